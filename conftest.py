@@ -1,0 +1,34 @@
+"""Shared pytest setup for every memroll package and the integration tests.
+
+pytest loads this file for any test under the repository root, so each package's tests get the
+same markers, warning policy and ``device`` fixture without importing a sibling package.
+
+* ``gpu``-marked tests are skipped cleanly when CUDA is not available.
+* The ``device`` fixture runs a test on ``cpu`` and, marked ``gpu``, on ``cuda``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device (gpu marker); none is available")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def device(request: pytest.FixtureRequest) -> torch.device:
+    """The device a test runs on: ``cpu`` always, ``cuda`` when one is present."""
+    return torch.device(request.param)
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    """Every test starts from the same global RNG state, so failures reproduce."""
+    torch.manual_seed(0)
