@@ -1,0 +1,86 @@
+"""Centred, orthonormal Fourier transforms over the last 2 or 3 dimensions (fastMRI's ``fft2c``).
+
+.. math::
+
+    \\operatorname{fftc}(x) = \\operatorname{fftshift}\\big(\\mathcal{F}(\\operatorname{ifftshift}(x))\\big),
+    \\qquad
+    \\operatorname{ifftc}(k) = \\operatorname{fftshift}\\big(\\mathcal{F}^{-1}(\\operatorname{ifftshift}(k))\\big)
+
+with the unitary DFT :math:`\\mathcal{F}` (``norm="ortho"``) over the last ``ndim`` dimensions, so the
+zero frequency sits at index ``n // 2`` of each transformed dimension, ``ifftc`` is both the
+inverse and the adjoint of ``fftc`` for every size (odd ones included), and
+:math:`\\|\\operatorname{fftc}(x)\\| = \\|x\\|`. These are the semantics of fastMRI's
+``fft2c``/``ifft2c``, on native complex tensors instead of the ``(..., 2)`` layout (see
+:func:`physops.last_dim_to_complex` for that layout).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["fftc", "ifftc"]
+
+
+def _dims(x: object, ndim: int, name: str) -> tuple[int, ...]:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} expects a torch.Tensor, got {type(x).__name__}.")
+    if isinstance(ndim, bool) or ndim not in (2, 3):
+        raise ValueError(
+            f"{name} transforms the last 2 or 3 dimensions: ndim must be 2 or 3, got {ndim!r}."
+        )
+    if x.ndim < ndim:
+        raise ValueError(
+            f"{name} with ndim={ndim} needs a tensor with at least {ndim} dimensions, got shape "
+            f"{tuple(x.shape)}."
+        )
+    if not (x.is_complex() or x.is_floating_point()):
+        raise TypeError(
+            f"{name} expects a complex (or real floating) tensor, got dtype {x.dtype}: convert "
+            "it with x.to(torch.complex64)."
+        )
+    return tuple(range(-ndim, 0))
+
+
+def fftc(x: Tensor, ndim: int = 2) -> Tensor:
+    """Centred orthonormal FFT over the last ``ndim`` dimensions.
+
+    Parameters
+    ----------
+    x
+        Complex tensor ``(..., *spatial)``; a real floating tensor is treated as complex with
+        zero imaginary part.
+    ndim
+        How many trailing dimensions to transform: 2 (``(H, W)``) or 3 (``(D, H, W)``).
+
+    Returns
+    -------
+    Tensor
+        k-space of the same shape, complex of the input's precision.
+    """
+    dims = _dims(x, ndim, "fftc")
+    x = torch.fft.ifftshift(x, dim=dims)
+    x = torch.fft.fftn(x, dim=dims, norm="ortho")
+    return torch.fft.fftshift(x, dim=dims)
+
+
+def ifftc(k: Tensor, ndim: int = 2) -> Tensor:
+    """Centred orthonormal inverse FFT over the last ``ndim`` dimensions (inverse and adjoint of
+    :func:`fftc`).
+
+    Parameters
+    ----------
+    k
+        Complex k-space ``(..., *spatial)`` with the zero frequency at index ``n // 2``.
+    ndim
+        How many trailing dimensions to transform: 2 or 3.
+
+    Returns
+    -------
+    Tensor
+        The image, complex, same shape and precision.
+    """
+    dims = _dims(k, ndim, "ifftc")
+    k = torch.fft.ifftshift(k, dim=dims)
+    k = torch.fft.ifftn(k, dim=dims, norm="ortho")
+    return torch.fft.fftshift(k, dim=dims)
