@@ -8,7 +8,6 @@ import torch
 
 from physops import fftc, ifftc
 
-
 SHAPES_NDIM = [((4, 6), 2), ((2, 5, 7), 2), ((2, 5, 7), 3), ((3, 4, 5, 6), 3)]
 
 
@@ -62,10 +61,10 @@ def test_fftc_rejects_too_few_dims():
 
 
 def test_fftc_rejects_integer_tensor():
-    with pytest.raises(TypeError, match="got dtype torch.int64"):
+    with pytest.raises(TypeError, match=r"got dtype torch\.int64"):
         fftc(torch.zeros(4, 4, dtype=torch.int64))
 
 
 def test_fftc_rejects_non_tensor():
-    with pytest.raises(TypeError, match="expects a torch.Tensor, got ndarray"):
+    with pytest.raises(TypeError, match=r"expects a torch\.Tensor, got ndarray"):
         fftc(np.zeros((4, 4)))  # type: ignore[arg-type]

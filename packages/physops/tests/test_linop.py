@@ -169,7 +169,7 @@ def test_multiply_by_tensor_with_dims_raises(mats):
 
 
 def test_multiply_by_integer_tensor_raises(mats):
-    with pytest.raises(TypeError, match="got dtype torch.int64"):
+    with pytest.raises(TypeError, match=r"got dtype torch\.int64"):
         Matrix(mats[0]) * torch.tensor(2)
 
 

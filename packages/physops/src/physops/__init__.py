@@ -1,4 +1,7 @@
-"""Differentiable forward models for computational imaging: MRI, deblurring, CT and Fourier ptychography as linear operators, with CG and conformance checks."""
+"""Differentiable forward models for computational imaging.
+
+MRI, deblurring, CT and Fourier ptychography as linear operators, with CG and conformance checks.
+"""
 
 from importlib.metadata import PackageNotFoundError, version
 

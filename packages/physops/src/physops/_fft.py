@@ -1,15 +1,14 @@
-"""Centred, orthonormal Fourier transforms over the last 2 or 3 dimensions (fastMRI's ``fft2c``).
+r"""Centred, orthonormal Fourier transforms over the last 2 or 3 dimensions (fastMRI's ``fft2c``).
 
 .. math::
 
-    \\operatorname{fftc}(x) = \\operatorname{fftshift}\\big(\\mathcal{F}(\\operatorname{ifftshift}(x))\\big),
-    \\qquad
-    \\operatorname{ifftc}(k) = \\operatorname{fftshift}\\big(\\mathcal{F}^{-1}(\\operatorname{ifftshift}(k))\\big)
+    \mathrm{fftc}(x) = \mathrm{fftshift}(\mathcal{F}(\mathrm{ifftshift}(x))), \qquad
+    \mathrm{ifftc}(k) = \mathrm{fftshift}(\mathcal{F}^{-1}(\mathrm{ifftshift}(k)))
 
-with the unitary DFT :math:`\\mathcal{F}` (``norm="ortho"``) over the last ``ndim`` dimensions, so the
-zero frequency sits at index ``n // 2`` of each transformed dimension, ``ifftc`` is both the
+with the unitary DFT :math:`\mathcal{F}` (``norm="ortho"``) over the last ``ndim`` dimensions, so
+the zero frequency sits at index ``n // 2`` of each transformed dimension, ``ifftc`` is both the
 inverse and the adjoint of ``fftc`` for every size (odd ones included), and
-:math:`\\|\\operatorname{fftc}(x)\\| = \\|x\\|`. These are the semantics of fastMRI's
+:math:`\|\mathrm{fftc}(x)\| = \|x\|`. These are the semantics of fastMRI's
 ``fft2c``/``ifft2c``, on native complex tensors instead of the ``(..., 2)`` layout (see
 :func:`physops.last_dim_to_complex` for that layout).
 """

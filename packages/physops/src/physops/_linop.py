@@ -1,9 +1,9 @@
-"""The abstract core every physops operator shares: ``LinearOperator`` and its algebra.
+r"""The abstract core every physops operator shares: ``LinearOperator`` and its algebra.
 
-A linear operator :math:`A : X \\to Y` is an :class:`torch.nn.Module` whose ``forward`` computes
+A linear operator :math:`A : X \to Y` is an :class:`torch.nn.Module` whose ``forward`` computes
 :math:`A x` and whose ``adjoint`` computes :math:`A^H y`, the operator with
-:math:`\\langle A x, y \\rangle_Y = \\langle x, A^H y \\rangle_X` for the inner product
-:math:`\\langle u, v \\rangle = \\sum_i \\overline{u_i} v_i`. From those two methods the base class
+:math:`\langle A x, y \rangle_Y = \langle x, A^H y \rangle_X` for the inner product
+:math:`\langle u, v \rangle = \sum_i \overline{u_i} v_i`. From those two methods the base class
 derives the normal operator :math:`A^H A` (subclasses specialise it where that is cheaper), the
 adjoint as an operator (``A.H``), composition (``A @ B``), sums and differences (``A + B``,
 ``A - B``), scalar multiples (``2 * A``, ``mu * A`` for a 0-dim tensor ``mu``, learnable or not)
@@ -68,12 +68,12 @@ def _check_scalar(scale: object) -> complex | Tensor:
                 "convert it with scale.float()."
             )
         return scale
-    if isinstance(scale, bool) or not isinstance(scale, numbers.Number):
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Complex):
         raise TypeError(
             "a LinearOperator can only be multiplied by a scalar (a Python number or a 0-dim "
             f"tensor), got {type(scale).__name__}. To compose two operators use A @ B."
         )
-    return complex(scale) if isinstance(scale, complex) else float(scale)  # type: ignore[arg-type]
+    return float(scale) if isinstance(scale, numbers.Real) else complex(scale)
 
 
 class LinearOperator(nn.Module, metaclass=abc.ABCMeta):
@@ -123,11 +123,11 @@ class LinearOperator(nn.Module, metaclass=abc.ABCMeta):
     # -- what subclasses provide -------------------------------------------------------------
     @abc.abstractmethod
     def forward(self, x: Tensor) -> Tensor:
-        """Apply the operator: :math:`y = A x`, shape ``(*batch, *in_shape) -> (*batch, *out_shape)``."""
+        """Apply the operator :math:`y = A x`: ``(*batch, *in_shape) -> (*batch, *out_shape)``."""
 
     @abc.abstractmethod
     def adjoint(self, y: Tensor) -> Tensor:
-        """Apply the adjoint: :math:`x = A^H y`, shape ``(*batch, *out_shape) -> (*batch, *in_shape)``."""
+        """Apply the adjoint :math:`x = A^H y`: ``(*batch, *out_shape) -> (*batch, *in_shape)``."""
 
     def normal(self, x: Tensor) -> Tensor:
         """Apply the normal operator :math:`A^H A x` (subclasses specialise it where cheaper)."""
@@ -145,7 +145,7 @@ class LinearOperator(nn.Module, metaclass=abc.ABCMeta):
             object.__setattr__(self, "_adjoint_operator", cached)
         return cached
 
-    def __matmul__(self, other: LinearOperator | Tensor) -> LinearOperator | Tensor:  # type: ignore[override]
+    def __matmul__(self, other: LinearOperator | Tensor) -> LinearOperator | Tensor:
         if isinstance(other, LinearOperator):
             return ComposedOperator(self, other)
         if isinstance(other, Tensor):
@@ -181,7 +181,7 @@ class LinearOperator(nn.Module, metaclass=abc.ABCMeta):
 
     # nn.Module defines __call__ with a loose signature; keep the typed one for users and mypy.
     def __call__(self, x: Tensor) -> Tensor:
-        return super().__call__(x)  # type: ignore[no-any-return]
+        return super().__call__(x)
 
     def extra_repr(self) -> str:
         return f"in_shape={self.in_shape}, out_shape={self.out_shape}"
@@ -305,12 +305,12 @@ class SumOperator(LinearOperator):
 
 
 class ScaledOperator(LinearOperator):
-    """:math:`s A` for a scalar :math:`s`; build it with ``s * A``.
+    r""":math:`s A` for a scalar :math:`s`; build it with ``s * A``.
 
     A 0-dim tensor ``s`` stays in the autograd graph: an :class:`torch.nn.Parameter` is registered
     as a parameter (so an optimiser of a model holding this operator updates it), any other tensor
     as a non-persistent buffer (so ``.to(device)`` moves it and ``state_dict`` stays clean). The
-    adjoint multiplies by :math:`\\bar{s}`.
+    adjoint multiplies by :math:`\bar{s}`.
     """
 
     def __init__(self, op: LinearOperator, scale: object) -> None:
