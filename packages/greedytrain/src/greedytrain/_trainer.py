@@ -1,0 +1,539 @@
+"""GreedyTrainer: GLEAM greedy module-wise training (Alg. 1) and single-process P-GLEAM (Alg. 2)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ._checkpoint import FORMAT, VERSION, atomic_save, get_rng_state, read_checkpoint, set_rng_state
+from ._split import StageSequence, split_stages
+from ._tree import tree_detach, tree_to
+from ._unit import (
+    LossFn,
+    ModuleUnit,
+    OptimizerFactory,
+    SchedulerFactory,
+    check_clip,
+    check_weight,
+    disjoint_parameters,
+    per_module,
+)
+
+__all__ = ["GreedyTrainer"]
+
+ModuleWrapper = Callable[[Sequence[nn.Module]], nn.Module]
+ContextTo = Callable[[Any, torch.device], Any]
+
+
+def _identity(state: Any) -> Any:
+    return state
+
+
+def _as_stages(stages: Any) -> list[nn.Module]:
+    if isinstance(stages, nn.Module) and not isinstance(stages, nn.ModuleList | nn.Sequential):
+        raise TypeError(
+            f"stages must be a list of nn.Module stages, got a single {type(stages).__name__}: "
+            "pass [stage_0, ..., stage_{N-1}] (an nn.ModuleList or nn.Sequential also works)"
+        )
+    if not isinstance(stages, Iterable) or isinstance(stages, str | bytes | Tensor):
+        raise TypeError(f"stages must be a list of nn.Module stages, got {type(stages).__name__}")
+    listed = list(stages)
+    for i, stage in enumerate(listed):
+        if not isinstance(stage, nn.Module):
+            raise TypeError(
+                f"stage {i} is a {type(stage).__name__}, not an nn.Module; every stage must be an "
+                "nn.Module called as stage(state, context) -> state"
+            )
+    return listed
+
+
+def _as_devices(devices: Any) -> list[torch.device] | None:
+    if devices is None:
+        return None
+    if isinstance(devices, str | torch.device | int):
+        devices = [devices]
+    parsed: list[torch.device] = []
+    for d in devices:
+        try:
+            device = torch.device(d)
+        except (RuntimeError, TypeError) as error:
+            raise ValueError(f"devices holds {d!r}, which is not a torch device: {error}") from None
+        if device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise ValueError(
+                    f"devices holds {d!r} but CUDA is not available; use devices=None or 'cpu'"
+                )
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            if index >= torch.cuda.device_count():
+                raise ValueError(
+                    f"devices holds {d!r} but only {torch.cuda.device_count()} CUDA device(s) exist"
+                )
+            device = torch.device("cuda", index)
+        parsed.append(device)
+    if not parsed:
+        raise ValueError("devices is empty: pass None (stay where the stages are) or >= 1 device")
+    return parsed
+
+
+def _first_device(module: nn.Module) -> torch.device | None:
+    for tensor in [*module.parameters(), *module.buffers()]:
+        return tensor.device
+    return None
+
+
+def _state_device(state: Any) -> torch.device:
+    from ._tree import tree_leaves
+
+    leaves = tree_leaves(state)
+    return leaves[0].device if leaves else torch.device("cpu")
+
+
+class GreedyTrainer:
+    r"""Greedy module-wise training of an unrolled network (GLEAM), or end-to-end with ``modules=1``.
+
+    The N stages are grouped into M contiguous modules; module :math:`m` maps the detached output
+    of module :math:`m-1` to its own output and is trained on its own loss (GLEAM Eq. 10):
+
+    .. math::
+
+        x^{(m)} = F_{\theta_m}\big(\operatorname{sg}[x^{(m-1)}];\ c\big), \qquad
+        \theta_m \leftarrow \operatorname{opt}_m\Big(\nabla_{\theta_m}
+        w_m \mathcal{L}_m\big(g(x^{(m)}), x\big)\Big),
+
+    where :math:`\operatorname{sg}` stops gradients (``detach``), :math:`c` is the context
+    (measurements, operator), :math:`g` is ``output_fn`` and :math:`x` the target. One
+    ``train_step`` runs Alg. 1 for one mini-batch: forward of module m, backward, update, graph
+    freed, then module m + 1. Training memory is therefore that of one module, not of the network.
+
+    With ``devices`` of length D, module m lives on ``devices[m % D]`` and the modules are handled
+    in blocks of D (P-GLEAM, Alg. 2): the D forward passes of a block run in a chain, then their
+    backward passes are issued together (one autograd call; on CUDA the autograd engine runs each
+    device's part on its own thread and stream, so they overlap). The updates equal GLEAM's.
+
+    Parameters
+    ----------
+    stages
+        The N stages (``nn.Module``), each called as ``stage(state, context) -> state``. ``state``
+        is a tensor or a (nested) tuple / list / dict of tensors, e.g. i-RIM's ``(eta, s)``.
+    loss_fn
+        ``loss_fn(prediction, target) -> scalar tensor``; GLEAM gives every module the same loss.
+        A list of M callables gives each module its own.
+    optimizer_factory
+        ``factory(params) -> torch.optim.Optimizer``, called once per module with that module's
+        trainable parameters; None: Adam(lr=1e-3, betas=(0.9, 0.999)) as in GLEAM. A list of M
+        factories gives each module its own.
+    modules
+        M, the number of modules; None means M = N (GLEAM's setting), 1 means end-to-end.
+    devices
+        None: every module stays where its stages are. A device or list of D devices: module m is
+        moved to ``devices[m % D]`` (single-process P-GLEAM when D > 1).
+    split
+        ``"even"`` (N/M stages each; M must divide N), ``"balanced"`` (sizes differ by at most one,
+        the first modules take the extra stages), or a list of M sizes. See ``module_sizes``.
+    loss_weights
+        A weight per module (or one for all) multiplying its loss before backward.
+    scheduler_factory
+        ``factory(optimizer) -> LR scheduler``, stepped once per ``train_step`` after the update.
+    clip_grad_norm
+        Clip each module's gradient norm to this value (per module: a list), or None.
+    amp
+        Run forward and loss under ``torch.autocast`` on each module's device (bfloat16 on CPU,
+        float16 with a per-module ``GradScaler`` on CUDA, unless ``amp_dtype`` says otherwise).
+    amp_dtype
+        The autocast dtype when ``amp`` is true.
+    output_fn
+        Maps a state to the prediction the loss and metrics see (default: the state itself), e.g.
+        ``lambda s: s[0]`` for i-RIM's ``(eta, s)``.
+    module_wrapper
+        Builds a module's runner from its list of stages, ``wrapper(stages) -> nn.Module`` called
+        as ``runner(state, context) -> state`` and computing the same function as applying the
+        stages in order (e.g. wrapped in activation checkpointing or a reversible engine).
+        Default: :class:`StageSequence`.
+    context_to
+        ``context_to(obj, device) -> obj`` moves the context and the target to a module's device
+        (only called when ``devices`` is given). Default: move every tensor in the (nested)
+        structure, leave other objects (e.g. an operator module) as they are.
+    check_shapes
+        Raise ``ValueError`` when a stage (or a wrapped module) returns a state whose nesting or
+        tensor shapes differ from its input's.
+
+    Attributes
+    ----------
+    module_sizes : list of int
+        The number of stages of each module; ``module_ranges`` gives their stage indices.
+    runners : nn.ModuleList
+        The M module runners (holding the stages).
+    optimizers, schedulers : list
+        Per module (None for a module without trainable parameters / without a scheduler).
+    step : int
+        The number of ``train_step`` calls so far (restored by :meth:`load`).
+
+    Examples
+    --------
+    >>> stages = [Stage() for _ in range(8)]                       # doctest: +SKIP
+    >>> trainer = GreedyTrainer(stages, nn.functional.l1_loss, None, modules=8)  # doctest: +SKIP
+    >>> losses = trainer.train_step(x0, {"y": y, "A": A}, x)       # 8 floats  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        stages: Sequence[nn.Module] | nn.ModuleList | nn.Sequential,
+        loss_fn: LossFn | Sequence[LossFn],
+        optimizer_factory: OptimizerFactory | Sequence[OptimizerFactory] | None = None,
+        modules: int | None = None,
+        devices: Sequence[torch.device | str | int] | torch.device | str | None = None,
+        *,
+        split: str | Sequence[int] = "even",
+        loss_weights: float | Sequence[float] = 1.0,
+        scheduler_factory: SchedulerFactory | Sequence[SchedulerFactory | None] | None = None,
+        clip_grad_norm: float | Sequence[float | None] | None = None,
+        amp: bool = False,
+        amp_dtype: torch.dtype | None = None,
+        output_fn: Callable[[Any], Any] | None = None,
+        module_wrapper: ModuleWrapper | None = None,
+        context_to: ContextTo | None = None,
+        check_shapes: bool = True,
+    ) -> None:
+        stage_list = _as_stages(stages)
+        n = len(stage_list)
+        m_count = n if modules is None else modules
+        self.module_sizes: list[int] = split_stages(n, m_count, split)
+        starts = [sum(self.module_sizes[:m]) for m in range(m_count)]
+        self.module_ranges: list[range] = [
+            range(s, s + size) for s, size in zip(starts, self.module_sizes)
+        ]
+        self.stages: tuple[nn.Module, ...] = tuple(stage_list)
+        self.devices = _as_devices(devices)
+        self.amp = bool(amp)
+        if amp_dtype is not None and amp_dtype not in (torch.float16, torch.bfloat16):
+            raise ValueError(f"amp_dtype must be torch.float16 or torch.bfloat16, got {amp_dtype}")
+        self.output_fn: Callable[[Any], Any] = output_fn if output_fn is not None else _identity
+        if not callable(self.output_fn):
+            raise TypeError(f"output_fn must be callable (state -> prediction), got {output_fn!r}")
+        self.context_to: ContextTo = context_to if context_to is not None else tree_to
+        self.check_shapes = check_shapes
+
+        losses = per_module(loss_fn, m_count, "loss_fn")
+        for m, fn in enumerate(losses):
+            if not callable(fn):
+                raise TypeError(
+                    f"loss_fn for module {m} must be callable as loss_fn(prediction, target) -> "
+                    f"scalar tensor, got {fn!r}"
+                )
+        factories = per_module(optimizer_factory, m_count, "optimizer_factory")
+        for m, factory in enumerate(factories):
+            if factory is not None and not callable(factory):
+                raise TypeError(
+                    f"optimizer_factory for module {m} must be callable as factory(params) -> "
+                    f"torch.optim.Optimizer (or None for Adam), got {factory!r}"
+                )
+        schedulers = per_module(scheduler_factory, m_count, "scheduler_factory")
+        for m, sched in enumerate(schedulers):
+            if sched is not None and not callable(sched):
+                raise TypeError(
+                    f"scheduler_factory for module {m} must be callable as factory(optimizer) -> "
+                    f"LR scheduler, got {sched!r}"
+                )
+        weights = [
+            check_weight(w, m) for m, w in enumerate(per_module(loss_weights, m_count, "loss_weights"))
+        ]
+        clips = [
+            check_clip(c, m) for m, c in enumerate(per_module(clip_grad_norm, m_count, "clip_grad_norm"))
+        ]
+        if module_wrapper is not None and not callable(module_wrapper):
+            raise TypeError(f"module_wrapper must be callable (stages -> nn.Module), got {module_wrapper!r}")
+
+        runners: list[nn.Module] = []
+        for m, r in enumerate(self.module_ranges):
+            module_stages = list(stage_list[r.start : r.stop])
+            if module_wrapper is None:
+                runner: Any = StageSequence(module_stages, offset=r.start, check_shapes=check_shapes)
+            else:
+                runner = module_wrapper(module_stages)
+                if not isinstance(runner, nn.Module):
+                    raise TypeError(
+                        f"module_wrapper returned a {type(runner).__name__} for module {m}; it must "
+                        "return an nn.Module called as runner(state, context) -> state"
+                    )
+            runners.append(runner)
+        self.runners = nn.ModuleList(runners)
+        disjoint_parameters(self.runners)
+
+        self.units: list[ModuleUnit] = []
+        for m in sorted(self._owned_modules()):
+            device = self._device_of(m)
+            if device is not None:
+                self.runners[m].to(device)
+            r = self.module_ranges[m]
+            self.units.append(
+                ModuleUnit(
+                    index=m,
+                    first=r.start,
+                    last=r.stop - 1,
+                    runner=self.runners[m],
+                    device=device,
+                    loss_fn=losses[m],
+                    weight=weights[m],
+                    optimizer_factory=factories[m],
+                    scheduler_factory=schedulers[m],
+                    clip_grad_norm=clips[m],
+                    amp=self.amp,
+                    amp_dtype=amp_dtype,
+                    check_layout=check_shapes and module_wrapper is not None,
+                )
+            )
+        self._units_by_index = {unit.index: unit for unit in self.units}
+        self._step = 0
+
+    # ------------------------------------------------------------------ layout
+    def _owned_modules(self) -> set[int]:
+        """The modules this process trains (all of them here; a subset in distributed)."""
+        return set(range(len(self.module_sizes)))
+
+    def _device_of(self, m: int) -> torch.device | None:
+        if self.devices is not None:
+            return self.devices[m % len(self.devices)]
+        return _first_device(self.runners[m])
+
+    @property
+    def num_modules(self) -> int:
+        """M, the number of modules."""
+        return len(self.module_sizes)
+
+    @property
+    def num_stages(self) -> int:
+        """N, the number of stages."""
+        return len(self.stages)
+
+    @property
+    def step(self) -> int:
+        """How many ``train_step`` calls have been made (restored by :meth:`load`)."""
+        return self._step
+
+    @property
+    def optimizers(self) -> list[torch.optim.Optimizer | None]:
+        return [self._units_by_index[m].optimizer if m in self._units_by_index else None
+                for m in range(self.num_modules)]
+
+    @property
+    def schedulers(self) -> list[Any]:
+        return [self._units_by_index[m].scheduler if m in self._units_by_index else None
+                for m in range(self.num_modules)]
+
+    def __repr__(self) -> str:
+        placement = "" if self.devices is None else f", devices={[str(d) for d in self.devices]}"
+        return (
+            f"{type(self).__name__}(stages={self.num_stages}, modules={self.num_modules}, "
+            f"module_sizes={self.module_sizes}{placement}, step={self._step})"
+        )
+
+    # ------------------------------------------------------------------ training
+    def _blocks(self) -> list[list[int]]:
+        d = 1 if self.devices is None else len(self.devices)
+        m_count = self.num_modules
+        return [list(range(b, min(b + d, m_count))) for b in range(0, m_count, d)]
+
+    def _place(
+        self, unit: ModuleUnit, state: Any, context: Any, target: Any, cache: dict[Any, Any]
+    ) -> tuple[Any, Any, Any, torch.device]:
+        device = unit.device
+        if self.devices is None or device is None:
+            return tree_detach(state), context, target, device or _state_device(state)
+        if device not in cache:
+            cache[device] = (self.context_to(context, device), self.context_to(target, device))
+        ctx, tgt = cache[device]
+        return tree_detach(tree_to(state, device)), ctx, tgt, device
+
+    def train_step(self, state0: Any, context: Any, target: Any) -> list[float]:
+        """One GLEAM step on one mini-batch; returns the loss of every module (unweighted).
+
+        Parameters
+        ----------
+        state0
+            The initial state :math:`x^{(0)}` (e.g. the zero-filled or adjoint reconstruction);
+            a tensor or a nested tuple / list / dict of tensors. It is detached.
+        context
+            Passed unchanged to every stage (measurements, operator, mask...).
+        target
+            The reference every module's loss compares its prediction with.
+
+        Returns
+        -------
+        list of float
+            ``losses[m]`` is ``loss_fn_m(output_fn(x^{(m)}), target)`` before its update.
+        """
+        cache: dict[Any, Any] = {}
+        state = state0
+        losses: list[Tensor] = []
+        for block in self._blocks():
+            pending: list[tuple[ModuleUnit, Tensor]] = []
+            for m in block:
+                unit = self._units_by_index[m]
+                inp, ctx, tgt, device = self._place(unit, state, context, target, cache)
+                out, loss = unit.forward(inp, ctx, tgt, self.output_fn, device)
+                state = tree_detach(out)
+                del out, inp
+                pending.append((unit, loss))
+            roots = [unit.backward_root(loss) for unit, loss in pending if unit.trainable]
+            if roots:
+                # Disjoint graphs: one call computes every module's gradients; on CUDA the
+                # engine's per-device threads run them concurrently.
+                torch.autograd.backward(roots)
+            del roots
+            for unit, loss in pending:
+                unit.step()
+                losses.append(loss.detach())
+            del pending
+        self._step += 1
+        return [float(loss) for loss in losses]
+
+    # ------------------------------------------------------------------ inference
+    def _modes(self) -> list[bool]:
+        return [runner.training for runner in self.runners]
+
+    def _run_stages(self, state0: Any, context: Any, n_stages: int | None, each: str) -> list[Any]:
+        """States after each module (``each="module"``) or stage, up to ``n_stages`` stages."""
+        n = self.num_stages if n_stages is None else n_stages
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"n_stages must be an int or None, got {n_stages!r}")
+        if not 1 <= n <= self.num_stages:
+            raise ValueError(
+                f"n_stages must be between 1 and the {self.num_stages} stages, got {n_stages}"
+            )
+        if each not in ("module", "stage"):
+            raise ValueError(f"per must be 'module' or 'stage', got {each!r}")
+        cache: dict[Any, Any] = {}
+        states: list[Any] = []
+        state = state0
+        modes = self._modes()
+        try:
+            self.runners.eval()
+            with torch.no_grad():
+                for m, r in enumerate(self.module_ranges):
+                    if r.start >= n:
+                        break
+                    unit = self._units_by_index.get(m)
+                    device = self._device_of(m) if unit is None else unit.device
+                    if self.devices is not None and device is not None:
+                        if device not in cache:
+                            cache[device] = self.context_to(context, device)
+                        ctx = cache[device]
+                        state = tree_to(state, device)
+                    else:
+                        ctx = context
+                    autocast = (
+                        unit.autocast(device or _state_device(state))
+                        if unit is not None
+                        else contextlib.nullcontext()
+                    )
+                    with autocast:
+                        if each == "module" and r.stop <= n:
+                            state = self.runners[m](state, ctx)
+                            states.append(state)
+                        else:
+                            for i in range(r.start, min(r.stop, n)):
+                                state = self.stages[i](state, ctx)
+                                if each == "stage":
+                                    states.append(state)
+                            if each == "module":
+                                states.append(state)
+        finally:
+            for runner, mode in zip(self.runners, modes):
+                runner.train(mode)
+        return states
+
+    def predict(self, state0: Any, context: Any, n_stages: int | None = None) -> Any:
+        """Inference with early exit: ``output_fn`` of the state after the first ``n_stages``.
+
+        Runs in ``eval`` mode under ``torch.no_grad`` (and autocast when ``amp``). GLEAM trains
+        every module to predict the target, so stopping early gives a usable (coarser)
+        reconstruction (GLEAM Fig. 8 and 9). ``n_stages=None`` runs all N stages.
+        """
+        return self.output_fn(self._run_stages(state0, context, n_stages, "module")[-1])
+
+    def evaluate(
+        self,
+        state0: Any,
+        context: Any,
+        target: Any,
+        metric: Callable[[Any, Any], Any] | None = None,
+        per: str = "module",
+    ) -> list[float]:
+        """``metric(output_fn(state), target)`` after every module (or every stage, ``per="stage"``).
+
+        ``metric`` defaults to each module's own loss function. The GLEAM paper's Fig. 9 is this
+        with ``per="stage"`` and PSNR as the metric.
+        """
+        states = self._run_stages(state0, context, None, per)
+        values: list[float] = []
+        for k, state in enumerate(states):
+            if metric is not None:
+                fn: Callable[[Any, Any], Any] = metric
+            else:
+                m = k if per == "module" else next(
+                    i for i, r in enumerate(self.module_ranges) if k in r
+                )
+                unit = self._units_by_index.get(m)
+                if unit is None:
+                    raise ValueError(f"module {m} is not trained by this process; pass a metric")
+                fn = unit.loss_fn
+            prediction = self.output_fn(state)
+            tgt = target
+            if isinstance(prediction, Tensor) and isinstance(target, Tensor):
+                tgt = target.to(prediction.device)
+            with torch.no_grad():
+                values.append(float(fn(prediction, tgt)))
+        return values
+
+    # ------------------------------------------------------------------ checkpoints
+    def _header(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "module_sizes": list(self.module_sizes),
+            "step": self._step,
+        }
+
+    def state_dict(self, extra: Any = None) -> dict[str, Any]:
+        """Everything a bit-identical resume needs: modules, optimizers, schedulers, AMP scalers,
+        the step counter and the RNG states (torch, CUDA, Python, NumPy), plus ``extra``."""
+        data = self._header()
+        data["units"] = [self._units_by_index[m].state_dict() for m in range(self.num_modules)]
+        data["rng"] = [get_rng_state()]
+        data["extra"] = extra
+        return data
+
+    def _check_compatible(self, data: dict[str, Any], where: str) -> None:
+        if list(data["module_sizes"]) != list(self.module_sizes):
+            raise ValueError(
+                f"{where} holds {len(data['module_sizes'])} modules of sizes "
+                f"{data['module_sizes']}, but this trainer has {self.num_modules} modules of sizes "
+                f"{self.module_sizes}: build the trainer with the same stages, modules and split"
+            )
+
+    def load_state_dict(self, data: dict[str, Any], restore_rng: bool = True) -> Any:
+        """Restore :meth:`state_dict`'s output; returns its ``extra``."""
+        self._check_compatible(data, "the state dict")
+        for m, unit in self._units_by_index.items():
+            unit.load_state_dict(data["units"][m])
+        self._step = int(data["step"])
+        if restore_rng:
+            set_rng_state(data["rng"][0])
+        return data.get("extra")
+
+    def save(self, path: str | os.PathLike[str], extra: Any = None) -> None:
+        """Write a checkpoint atomically (temporary file, then rename): a crash while saving
+        leaves the previous checkpoint intact. ``extra`` (any picklable object, e.g. the epoch and
+        data-loader position) is stored with it and returned by :meth:`load`."""
+        atomic_save(self.state_dict(extra), path)
+
+    def load(self, path: str | os.PathLike[str], restore_rng: bool = True) -> Any:
+        """Resume from a checkpoint written by :meth:`save` (or by the distributed trainer);
+        returns the ``extra`` saved with it. Continuing training gives bit-identical results to
+        a run that was never interrupted (same hardware, threads and data order)."""
+        return self.load_state_dict(read_checkpoint(path), restore_rng=restore_rng)

@@ -1,0 +1,199 @@
+"""Toy unrolled networks, a hand-written GLEAM reference and a process launcher for the tests.
+
+Imported by the test modules (pytest puts this folder on sys.path) and by spawned workers.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import Tensor, nn
+
+
+def fft2c(x: Tensor) -> Tensor:
+    return torch.fft.fftshift(torch.fft.fft2(torch.fft.ifftshift(x, dim=(-2, -1)), norm="ortho"),
+                              dim=(-2, -1))
+
+
+def ifft2c(x: Tensor) -> Tensor:
+    return torch.fft.fftshift(torch.fft.ifft2(torch.fft.ifftshift(x, dim=(-2, -1)), norm="ortho"),
+                              dim=(-2, -1))
+
+
+class PGDStage(nn.Module):
+    """x <- prox(x - t A^H(A x - y)) on real channels (B, 2, H, W); A = mask * F (single coil)."""
+
+    def __init__(self, features: int = 4, step: float = 0.5) -> None:
+        super().__init__()
+        self.step = step
+        self.conv1 = nn.Conv2d(2, features, 3, padding=1)
+        self.conv2 = nn.Conv2d(features, 2, 3, padding=1)
+
+    def forward(self, x: Tensor, context: dict[str, Any]) -> Tensor:
+        xc = torch.complex(x[:, 0], x[:, 1])
+        grad = ifft2c(context["mask"] * (fft2c(xc) - context["y"]))
+        x = x - self.step * torch.stack([grad.real, grad.imag], dim=1)
+        return x + self.conv2(torch.relu(self.conv1(x)))
+
+
+class ComplexStage(nn.Module):
+    """A complex state (B, H, W): x <- x - t A^H(A x - y) + small learned complex mixing."""
+
+    def __init__(self, size: int = 6) -> None:
+        super().__init__()
+        self.mix = nn.Parameter(0.01 * torch.randn(size, size, dtype=torch.complex128))
+
+    def forward(self, x: Tensor, context: dict[str, Any]) -> Tensor:
+        x = x - 0.5 * ifft2c(context["mask"] * (fft2c(x) - context["y"]))
+        return x + x @ self.mix.to(x.dtype)
+
+
+class RIMStage(nn.Module):
+    """A state (eta, s) like i-RIM's machine state; the prediction is eta."""
+
+    def __init__(self, size: int = 6) -> None:
+        super().__init__()
+        self.a = nn.Linear(size, size).double()
+        self.b = nn.Linear(size, size).double()
+
+    def forward(self, state: tuple[Tensor, Tensor], context: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        eta, s = state
+        s = torch.tanh(self.a(eta) + s)
+        return eta + self.b(s) - 0.1 * (eta - context["y"]), s
+
+
+def make_stages(n: int, seed: int = 1, dtype: torch.dtype = torch.float64) -> list[nn.Module]:
+    torch.manual_seed(seed)
+    return [PGDStage().to(dtype) for _ in range(n)]
+
+
+def make_batch(
+    batch: int = 2, size: int = 8, seed: int = 2, dtype: torch.dtype = torch.float64
+) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+    """(state0, context, target) for PGDStage: zero-filled image, k-space and mask, truth."""
+    g = torch.Generator().manual_seed(seed)
+    complex_dtype = torch.complex128 if dtype == torch.float64 else torch.complex64
+    truth = torch.randn(batch, size, size, generator=g, dtype=complex_dtype)
+    mask = (torch.rand(size, size, generator=g) < 0.5).to(dtype)
+    y = mask * fft2c(truth)
+    x0 = ifft2c(y)
+    as_channels = lambda z: torch.stack([z.real, z.imag], dim=1)  # noqa: E731
+    return as_channels(x0), {"y": y, "mask": mask}, as_channels(truth)
+
+
+def mse(prediction: Tensor, target: Tensor) -> Tensor:
+    return (prediction - target).abs().pow(2).mean()
+
+
+def gleam_reference(
+    stages: Sequence[nn.Module],
+    sizes: Sequence[int],
+    batches: Sequence[tuple[Any, Any, Any]],
+    losses: Sequence[Callable[[Any, Any], Tensor]] | None = None,
+    weights: Sequence[float] | None = None,
+    lr: float = 1e-3,
+    clip: float | None = None,
+    scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
+    output_fn: Callable[[Any], Any] = lambda s: s,
+) -> list[list[float]]:
+    """GLEAM Alg. 1 written out by hand, independent of greedytrain: per module forward, its
+    loss, backward, Adam update, then the detached output feeds the next module."""
+    m_count = len(sizes)
+    groups, start = [], 0
+    for size in sizes:
+        groups.append(list(stages[start : start + size]))
+        start += size
+    opts = [torch.optim.Adam([p for s in g for p in s.parameters()], lr=lr) for g in groups]
+    scheds = [scheduler(o) for o in opts] if scheduler else None
+    history = []
+    for x0, context, target in batches:
+        x, step_losses = x0, []
+        for m in range(m_count):
+            out = x.detach() if isinstance(x, Tensor) else tuple(t.detach() for t in x)
+            for stage in groups[m]:
+                out = stage(out, context)
+            loss = (losses[m] if losses else mse)(output_fn(out), target)
+            opts[m].zero_grad()
+            (loss * (weights[m] if weights else 1.0)).backward()
+            if clip is not None:
+                nn.utils.clip_grad_norm_([p for s in groups[m] for p in s.parameters()], clip)
+            opts[m].step()
+            if scheds:
+                scheds[m].step()
+            step_losses.append(float(loss.detach()))
+            x = out.detach() if isinstance(out, Tensor) else tuple(t.detach() for t in out)
+        history.append(step_losses)
+    return history
+
+
+def flat_parameters(stages: Sequence[nn.Module]) -> Tensor:
+    return torch.cat([p.detach().reshape(-1).cpu() for s in stages for p in s.parameters()])
+
+
+# ---------------------------------------------------------------------- process launching
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _entry(
+    rank: int, world: int, port: int, fn: Callable[..., None], args: tuple[Any, ...], log: str
+) -> None:
+    torch.set_num_threads(1)
+    try:
+        dist.init_process_group(
+            "gloo",
+            init_method=f"tcp://127.0.0.1:{port}",
+            rank=rank,
+            world_size=world,
+            timeout=datetime.timedelta(seconds=120),
+        )
+        fn(rank, world, *args)
+    except BaseException:
+        Path(log).write_text(traceback.format_exc())
+        raise
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run_ranks(
+    fn: Callable[..., None], world: int, args: tuple[Any, ...], workdir: Path, timeout: float = 180
+) -> dict[int, str]:
+    """Run ``fn(rank, world, *args)`` in ``world`` spawned gloo processes; always reaps them.
+
+    Returns {rank: traceback} for the ranks that failed (empty when all succeeded).
+    """
+    ctx = mp.get_context("spawn")
+    port = free_port()
+    logs = [str(workdir / f"rank{r}.log") for r in range(world)]
+    procs = [
+        ctx.Process(target=_entry, args=(r, world, port, fn, args, logs[r]), daemon=True)
+        for r in range(world)
+    ]
+    for p in procs:
+        p.start()
+    deadline = time.monotonic() + timeout
+    try:
+        for p in procs:
+            p.join(max(0.0, deadline - time.monotonic()))
+    finally:
+        hung = [r for r, p in enumerate(procs) if p.is_alive()]
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join(10)
+    if hung:
+        raise TimeoutError(f"ranks {hung} did not finish within {timeout} s")
+    return {r: Path(logs[r]).read_text() for r in range(world) if os.path.exists(logs[r])}
