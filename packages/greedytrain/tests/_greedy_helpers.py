@@ -197,3 +197,136 @@ def run_ranks(
     if hung:
         raise TimeoutError(f"ranks {hung} did not finish within {timeout} s")
     return {r: Path(logs[r]).read_text() for r in range(world) if os.path.exists(logs[r])}
+
+
+# ---------------------------------------------------------------------- distributed workers
+def problem(kind: str, batch: int, seed: int) -> tuple[Any, Any, Any]:
+    if kind == "pgd":
+        return make_batch(batch=batch, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    truth = torch.randn(batch, 6, 6, generator=g, dtype=torch.complex128)
+    mask = (torch.rand(6, 6, generator=g) < 0.5).double()
+    y = mask * fft2c(truth)
+    return ifft2c(y), {"y": y, "mask": mask}, truth
+
+
+def stages_for(kind: str, n: int) -> list[nn.Module]:
+    if kind == "pgd":
+        return make_stages(n)
+    torch.manual_seed(5)
+    return [ComplexStage() for _ in range(n)]
+
+
+def take(tree: Any, rows: slice) -> Any:
+    """The rows of a replica's share of the batch (tensors with a batch dimension)."""
+    if isinstance(tree, Tensor):
+        return tree[rows] if tree.dim() >= 3 else tree
+    if isinstance(tree, dict):
+        return {k: take(v, rows) for k, v in tree.items()}
+    return tree
+
+
+def gleam_worker(rank: int, world: int, out: str, config: dict[str, Any]) -> None:
+    """Train a toy network with DistributedGreedyTrainer; write each rank's results."""
+    from greedytrain.distributed import DistributedGreedyTrainer
+
+    kind, steps, replicas = config["kind"], config["steps"], config.get("replicas", 1)
+    stages = stages_for(kind, config["stages"])
+    trainer = DistributedGreedyTrainer(
+        stages,
+        mse,
+        modules=config["modules"],
+        replicas=replicas,
+        placement=config.get("placement", "round_robin"),
+        data=config.get("data", "per_rank"),
+        context_fn=(lambda c: {k: v for k, v in c.items() if k != "note"})
+        if config.get("data") == "broadcast"
+        else None,
+    )
+    positions = world // replicas
+    per_replica = config["batch"] // replicas
+    rows = slice(trainer.replica * per_replica, (trainer.replica + 1) * per_replica)
+    history = []
+    for step in range(steps):
+        x0, context, target = (take(t, rows) for t in problem(kind, config["batch"], 100 + step))
+        if config.get("data") == "broadcast":
+            context = {**context, "note": "a picklable non-tensor leaf"}
+            if rank % positions != 0:
+                x0, context, target = None, None, None
+        elif rank % positions != 0:
+            x0 = None
+        history.append(trainer.train_step(x0, context, target))
+    trainer.save(Path(out) / "checkpoint.pt", extra={"steps": steps})
+    torch.save(
+        {
+            "losses": history,
+            "modules": trainer.local_modules,
+            "params": {m: [p.detach().clone() for p in trainer.runners[m].parameters()]
+                       for m in trainer.local_modules},
+        },
+        Path(out) / f"result{rank}.pt",
+    )
+
+
+def failing_worker(rank: int, world: int, out: str) -> None:
+    """Rank 1's loss raises at step 1; every rank records the error it sees."""
+    from greedytrain.distributed import DistributedGreedyTrainer, RankFailedError
+
+    def loss(prediction: Tensor, target: Tensor) -> Tensor:
+        if rank == 1 and trainer.step == 1:
+            raise FloatingPointError("simulated failure: loss is not finite")
+        return mse(prediction, target)
+
+    trainer = DistributedGreedyTrainer(make_stages(4), loss, modules=4)
+    try:
+        for step in range(3):
+            x0, context, target = make_batch(seed=step)
+            trainer.train_step(x0 if rank == 0 else None, context, target)
+    except RankFailedError as error:
+        Path(out, f"error{rank}.txt").write_text(str(error))
+        return
+    Path(out, f"error{rank}.txt").write_text("no error")
+
+
+def mismatch_worker(rank: int, world: int, out: str) -> None:
+    from greedytrain.distributed import DistributedGreedyTrainer
+
+    try:
+        DistributedGreedyTrainer(make_stages(4), mse, modules=2 + 2 * rank)
+    except ValueError as error:
+        Path(out, f"error{rank}.txt").write_text(str(error))
+
+
+# ---------------------------------------------------------------------- kill-and-resume
+class NoisyStage(PGDStage):
+    """PGDStage with dropout, so training consumes the global RNG."""
+
+    def forward(self, x: Tensor, context: dict[str, Any]) -> Tensor:
+        return nn.functional.dropout(super().forward(x, context), p=0.2, training=self.training)
+
+
+def resume_main(checkpoint: str, out: str, total: int, mode: str) -> None:
+    """Train to ``total`` steps, saving after each; ``mode="resume"`` starts from the checkpoint,
+    ``"victim"`` sleeps after each save so that the parent can kill it mid-run."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    stages = [NoisyStage().double() for _ in range(4)]
+    from greedytrain import GreedyTrainer
+
+    trainer = GreedyTrainer(
+        stages, mse, lambda p: torch.optim.AdamW(p, lr=1e-2), modules=2,
+        scheduler_factory=lambda o: torch.optim.lr_scheduler.StepLR(o, 2, 0.5),
+    )
+    history: dict[int, list[float]] = {}
+    if mode == "resume":
+        history = trainer.load(checkpoint)
+    while trainer.step < total:
+        x0, context, target = make_batch(seed=int(torch.randint(0, 10**6, ())))
+        x0 = x0 + 0.01 * torch.randn_like(x0)
+        step = trainer.step
+        history[step] = trainer.train_step(x0, context, target)
+        trainer.save(checkpoint, extra=history)
+        print(f"saved {trainer.step}", flush=True)
+        if mode == "victim":
+            time.sleep(0.3)
+    torch.save({"params": flat_parameters(stages), "history": history}, out)
