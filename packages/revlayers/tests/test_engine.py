@@ -1,0 +1,413 @@
+"""ReversibleSequence: gradients equal backprop, drift control, stateful layers, physics steps."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from _revlayers_helpers import SmallNet, compare_with_backprop, grads_of, mixed_layers, rel
+from torch import Tensor, nn
+
+import revlayers as rl
+
+
+@pytest.mark.parametrize("checkpoint_every", [None, 1, 3, 4])
+def test_float64_gradients_equal_backprop_all_layers(
+    checkpoint_every: int | None, device: torch.device
+) -> None:
+    seq = rl.ReversibleSequence(
+        mixed_layers(repeats=2), checkpoint_every=checkpoint_every, check_drift=1e-8
+    )
+    seq = seq.to(device=device, dtype=torch.float64)
+    x = torch.randn(2, 4, 8, 8, dtype=torch.float64, device=device, requires_grad=True)
+    context = torch.randn(1, 1, 8, 8, dtype=torch.float64, device=device, requires_grad=True)
+    errors = compare_with_backprop(seq, x, context)
+    assert max(errors.values()) <= 1e-10, errors
+
+
+def test_unshared_weights_really_differ() -> None:
+    # the i-RIM reference reverse pass only worked with shared weights: ours must not care
+    layers = mixed_layers(repeats=3)
+    firsts = [layers[i].vectors for i in (0, 5, 10)]  # type: ignore[union-attr]
+    assert not torch.equal(firsts[0], firsts[1])
+    assert not torch.equal(firsts[1], firsts[2])
+
+
+def test_shared_weights_accumulate_gradients() -> None:
+    coupling = rl.AdditiveCoupling(SmallNet(2, 2), pass_context=False)
+    rotation = rl.HouseholderConv(4)
+    seq = rl.ReversibleSequence([rotation, coupling, rotation, coupling, rotation]).double()
+    x = torch.randn(2, 4, 6, 6, dtype=torch.float64, requires_grad=True)
+    errors = compare_with_backprop(seq, x)
+    assert max(errors.values()) <= 1e-10, errors
+
+
+def test_float32_depth_100_householder_additive() -> None:
+    layers: list[rl.InvertibleModule] = []
+    for _ in range(50):
+        layers += [rl.HouseholderConv(8), rl.AdditiveCoupling(SmallNet(4, 4), pass_context=False)]
+    seq = rl.ReversibleSequence(layers)
+    x = torch.randn(2, 8, 4, 4, requires_grad=True)
+    errors = compare_with_backprop(seq, x)
+    assert len(seq) == 100
+    assert max(errors.values()) <= 1e-4, errors
+
+
+@pytest.mark.parametrize("dtype", [torch.complex128])
+def test_complex_state_and_complex_context(dtype: torch.dtype) -> None:
+    weight = nn.Parameter(torch.randn(2, 2, dtype=torch.float64))
+
+    class G(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(2, 2, dtype=torch.complex128))
+
+        def forward(self, x1: Tensor, measurement: Tensor) -> Tensor:
+            return (
+                torch.einsum("oc,bc...->bo...", self.w, torch.tanh(x1.real) + 1j * x1.imag)
+                * measurement
+            )
+
+    def affine_g(x1: Tensor, measurement: Tensor) -> tuple[Tensor, Tensor]:
+        s = torch.einsum("oc,bc...->bo...", weight, x1.real)
+        return torch.sin(s), x1 * measurement
+
+    layers = [
+        rl.HouseholderConv(4, dims=1).double(),
+        rl.AdditiveCoupling(G()),
+        rl.AffineCoupling(affine_g),
+        rl.HouseholderConv(4, dims=1).double(),
+        rl.AdditiveCoupling(G(), update="first"),
+    ]
+    layers[2]._extra_tensors = (weight,)  # declared like Invertible(parameters=...) does
+    seq = rl.ReversibleSequence(layers, checkpoint_every=2)
+    x = torch.randn(2, 4, 5, dtype=dtype, requires_grad=True)
+    measurement = torch.randn(1, 2, 5, dtype=dtype, requires_grad=True)
+    errors = compare_with_backprop(seq, x, measurement)
+    assert max(errors.values()) <= 1e-10, errors
+    # the declared tensor got a gradient equal to plain backprop
+    weight.grad = None
+    seq(x, measurement).abs().sum().backward()
+    g_rev = weight.grad.clone()  # type: ignore[union-attr]
+    weight.grad = None
+    seq.memory_saving = False
+    seq(x, measurement).abs().sum().backward()
+    assert rel(g_rev, weight.grad) <= 1e-10
+
+
+def test_optimizer_steps_match_backprop() -> None:
+    seq = rl.ReversibleSequence(mixed_layers(repeats=1), checkpoint_every=2).double()
+    ref = copy.deepcopy(seq)
+    ref.memory_saving = False
+    x = torch.randn(2, 4, 8, 8, dtype=torch.float64)
+    c = torch.randn(1, 1, 8, 8, dtype=torch.float64)
+    for model in (seq, ref):
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        for _ in range(3):
+            opt.zero_grad()
+            model(x, c).square().mean().backward()
+            opt.step()
+    for p, q in zip(seq.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-11)
+
+
+def test_no_activations_kept_in_graph() -> None:
+    seq = rl.ReversibleSequence([rl.HouseholderConv(4) for _ in range(10)], checkpoint_every=5)
+    x = torch.randn(1, 4, 3, 3, requires_grad=True)
+    y = seq(x)
+    node = y.grad_fn
+    assert node is not None
+    assert type(node).__name__ == "_ReversibleFunctionBackward"
+    # stored: the input, the checkpoint at layer 5 and the output; nothing per layer
+    assert len(node.saved_tensors) == 3  # type: ignore[attr-defined]
+
+
+def test_plain_path_without_grad_and_in_eval() -> None:
+    seq = rl.ReversibleSequence(mixed_layers(repeats=1)).double()
+    x = torch.randn(1, 4, 8, 8, dtype=torch.float64)
+    c = torch.randn(1, 1, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        y = seq(x, c)
+    assert y.grad_fn is None
+    torch.testing.assert_close(seq.inverse(y, c), x)
+    seq.eval()
+    xg = x.clone().requires_grad_()
+    out = seq(xg, c)
+    # in eval mode with grad enabled the memory-saving path is still used
+    assert out.grad_fn is not None
+    assert type(out.grad_fn).__name__ == "_ReversibleFunctionBackward"
+
+
+def test_nested_sequences() -> None:
+    inner = rl.ReversibleSequence(mixed_layers(repeats=1), checkpoint_every=2)
+    outer = rl.ReversibleSequence([rl.HouseholderConv(4), inner, rl.HouseholderConv(4)]).double()
+    x = torch.randn(2, 4, 8, 8, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(1, 1, 8, 8, dtype=torch.float64)
+    errors = compare_with_backprop(outer, x, c)
+    assert max(errors.values()) <= 1e-10, errors
+
+
+# -- drift ------------------------------------------------------------------------------------
+
+
+class Lossy(rl.InvertibleModule):
+    """Not invertible: forward squashes, inverse pretends it was the identity."""
+
+    def forward(self, x: Tensor, *context: object) -> Tensor:
+        return torch.tanh(x)
+
+    def inverse(self, y: Tensor, *context: object) -> Tensor:
+        return y
+
+
+def test_non_invertible_layer_raises_drift_error_naming_it() -> None:
+    layers = [
+        rl.HouseholderConv(4),
+        rl.AdditiveCoupling(SmallNet(2, 2), pass_context=False),
+        Lossy(),
+        rl.HouseholderConv(4),
+    ]
+    seq = rl.ReversibleSequence(layers, check_drift=1e-6).double()
+    x = torch.randn(2, 4, 4, 4, dtype=torch.float64, requires_grad=True)
+    y = seq(x)
+    with pytest.raises(rl.DriftError, match=r"layer 2 \(Lossy\) does not reproduce") as info:
+        y.sum().backward()
+    assert info.value.layer_index == 2
+    assert info.value.kind == "layer"
+    assert info.value.drift > 1e-6
+    assert x.grad is None  # no wrong gradients were handed out
+
+
+def test_drift_recompute_policy_gives_backprop_gradients() -> None:
+    layers = [
+        rl.HouseholderConv(4),
+        rl.AdditiveCoupling(SmallNet(2, 2), pass_context=False),
+        Lossy(),
+        rl.HouseholderConv(4),
+    ]
+    seq = rl.ReversibleSequence(layers, check_drift=1e-6, on_drift="recompute").double()
+    x = torch.randn(2, 4, 4, 4, dtype=torch.float64, requires_grad=True)
+    errors = compare_with_backprop(seq, x)
+    assert max(errors.values()) <= 1e-12, errors
+    # without the check the same stack silently returns wrong gradients: what the check prevents
+    seq.check_drift = None
+    assert compare_with_backprop(seq, x)["input"] > 1e-3
+
+
+class Swap(rl.InvertibleModule):
+    """RevNet-style coupling with a steep g: exactly invertible; its inverse amplifies rounding."""
+
+    def forward(self, x: Tensor, *context: object) -> Tensor:
+        a, b = x.chunk(2, dim=1)
+        return torch.cat([b + 1e3 * torch.sin(a), a], dim=1)
+
+    def inverse(self, y: Tensor, *context: object) -> Tensor:
+        p, q = y.chunk(2, dim=1)
+        return torch.cat([q, p - 1e3 * torch.sin(q)], dim=1)
+
+
+def test_accumulated_drift_is_caught_at_the_checkpoint() -> None:
+    # every layer passes the per-layer check (it is invertible) but float32 errors explode
+    layers = [Swap() for _ in range(6)]
+    seq = rl.ReversibleSequence(layers, check_drift=1e-3)
+    x = torch.randn(1, 2, 8)
+    x.requires_grad_()
+    with pytest.raises(rl.DriftError, match="rebuilt by the reverse pass differs") as info:
+        seq(x).sum().backward()
+    assert info.value.kind in {"checkpoint", "layer"}
+    # checkpoints after every layer keep the reverse pass exact
+    seq_ck = rl.ReversibleSequence(layers, checkpoint_every=1, check_drift=1e-3)
+    seq_ck(x).sum().backward()
+    assert x.grad is not None
+    assert torch.isfinite(x.grad).all()
+
+
+# -- stateful layers ----------------------------------------------------------------------------
+
+
+def test_batchnorm_running_stats_updated_once_and_gradients_match() -> None:
+    def make() -> rl.ReversibleSequence:
+        torch.manual_seed(3)
+        g = nn.Sequential(
+            nn.Conv2d(2, 4, 3, padding=1, bias=False),
+            nn.BatchNorm2d(4),
+            nn.Tanh(),
+            nn.Conv2d(4, 2, 1),
+        )
+        return rl.ReversibleSequence(
+            [
+                rl.HouseholderConv(4),
+                rl.AdditiveCoupling(g, pass_context=False),
+                rl.HouseholderConv(4),
+            ]
+        ).double()
+
+    seq, ref = make(), make()
+    ref.memory_saving = False
+    x = torch.randn(3, 4, 5, 5, dtype=torch.float64, requires_grad=True)
+    p1, i1, _ = grads_of(seq, [x], lambda: seq(x))
+    p2, i2, _ = grads_of(ref, [x], lambda: ref(x))
+    assert max(rel(a, b) for a, b in zip(p1, p2)) <= 1e-10
+    assert rel(i1[0], i2[0]) <= 1e-10
+    bn, bn_ref = seq[1].g[1], ref[1].g[1]  # type: ignore[index]
+    assert int(bn.num_batches_tracked) == 1 == int(bn_ref.num_batches_tracked)
+    torch.testing.assert_close(bn.running_mean, bn_ref.running_mean)
+    torch.testing.assert_close(bn.running_var, bn_ref.running_var)
+
+
+def test_dropout_in_training_is_refused_and_eval_is_accepted() -> None:
+    g = nn.Sequential(nn.Conv2d(2, 2, 3, padding=1), nn.Dropout(0.2))
+    seq = rl.ReversibleSequence([rl.AdditiveCoupling(g, pass_context=False)])
+    x = torch.randn(1, 4, 4, 4, requires_grad=True)
+    with pytest.raises(ValueError, match=r"layer 0 .* submodule 'g.1' is Dropout"):
+        seq(x)
+    seq.eval()
+    seq(x).sum().backward()
+    assert x.grad is not None
+
+
+def test_spectral_norm_estimate_not_advanced_by_recomputation() -> None:
+    net = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1))
+    layer = rl.InvertibleResidual(net, lipschitz=0.9, pass_context=False).double()
+    seq = rl.ReversibleSequence([layer, rl.HouseholderConv(4).double()])
+    x = torch.randn(1, 4, 6, 6, dtype=torch.float64, requires_grad=True)
+    y = seq(x)
+    u_after_forward = [s.u.clone() for _, s in layer._scales]
+    y.sum().backward()
+    for (_, s), u in zip(layer._scales, u_after_forward):
+        torch.testing.assert_close(s.u, u, rtol=0, atol=0)
+
+
+# -- physics steps and the gradient rule ---------------------------------------------------------
+
+
+class _CGSolve(torch.autograd.Function):
+    """Solve (A^T A + mu I) x = b by CG with an implicit backward (a custom Function in a layer)."""
+
+    @staticmethod
+    def forward(ctx, a: Tensor, mu: Tensor, b: Tensor) -> Tensor:  # type: ignore[override]
+        x = _cg(a, mu, b)
+        ctx.save_for_backward(a, mu, x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[None, Tensor, Tensor]:  # type: ignore[override]
+        a, mu, x = ctx.saved_tensors
+        v = _cg(a, mu, grad)  # the normal matrix is symmetric
+        return None, -(v * x).sum().reshape(mu.shape), v
+
+
+def _normal(a: Tensor, mu: Tensor, x: Tensor) -> Tensor:
+    return torch.einsum("ij,bj->bi", a.T @ a, x) + mu * x
+
+
+def _cg(a: Tensor, mu: Tensor, b: Tensor, iterations: int = 200) -> Tensor:
+    x = torch.zeros_like(b)
+    r = b - _normal(a, mu, x)
+    p = r.clone()
+    rs = (r * r).sum(1, keepdim=True)
+    for _ in range(iterations):
+        ap = _normal(a, mu, p)
+        alpha = rs / (p * ap).sum(1, keepdim=True)
+        x = x + alpha * p
+        r = r - alpha * ap
+        rs_new = (r * r).sum(1, keepdim=True)
+        if rs_new.max() < 1e-28:
+            break
+        p = r + rs_new / rs * p
+        rs = rs_new
+    return x
+
+
+def test_modl_cg_step_with_learnable_mu_and_gradient_step() -> None:
+    torch.manual_seed(5)
+    n = 6
+    a = torch.randn(8, n, dtype=torch.float64) / 3
+    raw_mu = nn.Parameter(torch.tensor(0.3, dtype=torch.float64))
+    alpha = 0.5 / torch.linalg.matrix_norm(a.T @ a, ord=2)
+
+    def dc(x: Tensor, y: Tensor) -> Tensor:  # x -> (A^T A + mu I)^{-1} (A^T y + mu x)
+        mu = torch.nn.functional.softplus(raw_mu)
+        return _CGSolve.apply(a, mu, y @ a + mu * x)
+
+    def dc_inverse(z: Tensor, y: Tensor) -> Tensor:
+        mu = torch.nn.functional.softplus(raw_mu)
+        return (_normal(a, mu, z) - y @ a) / mu
+
+    def grad_term(x: Tensor, y: Tensor) -> Tensor:  # z = x - alpha A^T (A x - y)
+        return -alpha * ((x @ a.T - y) @ a)
+
+    prior = nn.Sequential(nn.Linear(n // 2, 8), nn.Tanh(), nn.Linear(8, n // 2)).double()
+    layers: list[rl.InvertibleModule] = []
+    for _ in range(3):
+        layers += [
+            rl.InvertibleResidual(grad_term, lipschitz=None),
+            rl.AdditiveCoupling(prior, pass_context=False),
+            rl.Invertible(dc, dc_inverse, parameters=[raw_mu]),
+        ]
+    seq = rl.ReversibleSequence(layers, check_drift=1e-8)
+    x0 = torch.randn(4, n, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(4, 8, dtype=torch.float64, requires_grad=True)
+    errors = compare_with_backprop(seq, x0, y)
+    assert max(errors.values()) <= 1e-10, errors
+    raw_mu.grad = None
+    seq(x0, y).square().sum().backward()
+    g_rev = raw_mu.grad.clone()  # type: ignore[union-attr]
+    raw_mu.grad = None
+    seq.memory_saving = False
+    seq(x0, y).square().sum().backward()
+    assert rel(g_rev, raw_mu.grad) <= 1e-10
+
+
+def test_undeclared_closure_tensor_is_detected() -> None:
+    scale = torch.tensor(2.0, requires_grad=True)
+    layer = rl.Invertible(
+        lambda x: x * scale, lambda y: y / scale, pass_context=False, name="scale"
+    )
+    seq = rl.ReversibleSequence([rl.HouseholderConv(3, dims=1), layer])
+    x = torch.randn(1, 3, 4, requires_grad=True)
+    y = seq(x)
+    with pytest.raises(
+        ValueError, match=r"layer 1 \(Invertible\(scale\)\) computes its output from a tensor"
+    ):
+        y.sum().backward()
+
+
+def test_undeclared_tensor_from_an_outer_graph_is_detected() -> None:
+    raw = torch.tensor(1.0, requires_grad=True)
+    scale = raw.exp()  # non-leaf computed outside the layer
+    layer = rl.Invertible(lambda x: x * scale, lambda y: y / scale, pass_context=False)
+    seq = rl.ReversibleSequence([layer])
+    x = torch.randn(2, 3, requires_grad=True)
+    with pytest.raises(ValueError, match="neither a context tensor"):
+        seq(x).sum().backward()
+    # declared, the non-leaf passes its gradient on to the outer graph
+    declared = rl.ReversibleSequence(
+        [
+            rl.Invertible(
+                lambda x: x * scale, lambda y: y / scale, parameters=[scale], pass_context=False
+            )
+        ]
+    )
+    declared(x).sum().backward()
+    torch.testing.assert_close(raw.grad, (x.detach() * scale.detach()).sum().reshape(()))
+
+
+def test_module_in_context_receives_gradients() -> None:
+    op = nn.Linear(3, 3, bias=False).double()
+
+    x = torch.randn(5, 3, dtype=torch.float64)
+    seq = rl.ReversibleSequence(
+        [
+            rl.InvertibleResidual(lambda x, m: 0.1 * torch.tanh(m(x)), lipschitz=None),
+            rl.AdditiveCoupling(lambda x1, m: x1 @ m.weight[:2, :1], split=1, update="first"),
+        ]
+    )
+    xr = x.clone().requires_grad_()
+    seq(xr, op).square().sum().backward()
+    g_rev = op.weight.grad.clone()  # type: ignore[union-attr]
+    op.weight.grad = None
+    seq.memory_saving = False
+    seq(xr, op).square().sum().backward()
+    assert rel(g_rev, op.weight.grad) <= 1e-10
