@@ -1,10 +1,45 @@
-"""Banach and Anderson fixed-point solvers, implicit gradients and inversion of gradient steps for PyTorch."""
+"""Banach and Anderson fixed-point solvers, implicit gradients and inversion of gradient steps.
+
+The public API (see ``README.md`` for an overview):
+
+* :func:`solve` (by name: :func:`get_solver`, :func:`register_solver`), :func:`anderson`,
+  :func:`banach` -> :class:`FixedPointResult`; failures by :class:`ConvergenceWarning` or
+  :class:`ConvergenceError`;
+* :func:`implicit` (with :class:`ImplicitDiagnostics`) and :func:`spectral_radius`;
+* :func:`invert_step`.
+"""
 
 from importlib.metadata import PackageNotFoundError, version
+
+from ._anderson import anderson
+from ._banach import banach
+from ._implicit import ImplicitDiagnostics, implicit
+from ._invert import invert_step
+from ._result import ConvergenceError, ConvergenceWarning, FixedPointResult
+from ._solve import available_solvers, get_solver, register_solver, solve, unregister_solver
+from ._spectral import spectral_radius
+from ._state import State
 
 try:
     __version__ = version("memroll-fixedpoint")
 except PackageNotFoundError:  # running from a source tree via PYTHONPATH (the GPU lane)
     __version__ = "0+unknown"
 
-__all__ = ["__version__"]
+__all__ = [
+    "ConvergenceError",
+    "ConvergenceWarning",
+    "FixedPointResult",
+    "ImplicitDiagnostics",
+    "State",
+    "__version__",
+    "anderson",
+    "available_solvers",
+    "banach",
+    "get_solver",
+    "implicit",
+    "invert_step",
+    "register_solver",
+    "solve",
+    "spectral_radius",
+    "unregister_solver",
+]

@@ -1,0 +1,163 @@
+"""The solver registry and :func:`solve`, the entry point that picks a solver by name."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any, TypeAlias
+
+from ._anderson import anderson
+from ._banach import banach
+from ._result import FixedPointResult, OnFailure, StopMode
+from ._state import State, StateFn
+
+Solver: TypeAlias = Callable[..., FixedPointResult]
+"""A registered solver: ``solver(f, z0, *, tol, max_iter, stop_mode, on_failure, **options)``."""
+
+
+_COMMON = ("tol", "max_iter", "stop_mode", "on_failure")
+_SOLVERS: dict[str, Solver] = {"anderson": anderson, "banach": banach}
+
+
+def available_solvers() -> tuple[str, ...]:
+    """The names :func:`get_solver` and :func:`solve` accept, sorted."""
+    return tuple(sorted(_SOLVERS))
+
+
+def get_solver(name: str) -> Solver:
+    """The solver registered under ``name``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown name; the message lists the valid ones.
+    """
+    try:
+        return _SOLVERS[name]
+    except (KeyError, TypeError):
+        valid = ", ".join(map(repr, available_solvers()))
+        raise ValueError(
+            f"unknown fixed-point method {name!r}; valid names: {valid} "
+            "(add your own with fixedpoint.register_solver)."
+        ) from None
+
+
+def register_solver(name: str, solver: Solver, *, overwrite: bool = False) -> None:
+    """Register ``solver`` under ``name``, for :func:`solve`, :func:`implicit`, :func:`invert_step`.
+
+    ``solver(f, z0, *, tol, max_iter, stop_mode, on_failure, **options)`` must return a
+    :class:`FixedPointResult` and keep no autograd graph.
+
+    Raises
+    ------
+    ValueError
+        When ``name`` is taken and ``overwrite`` is false.
+    TypeError
+        When ``name`` is not a string or ``solver`` is not callable.
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"a solver name must be a non-empty string, got {name!r}.")
+    if not callable(solver):
+        raise TypeError(f"solver must be callable, got {type(solver).__name__}.")
+    if name in _SOLVERS and not overwrite:
+        raise ValueError(
+            f"a solver named {name!r} is already registered; pass overwrite=True to replace it."
+        )
+    _SOLVERS[name] = solver
+
+
+def unregister_solver(name: str) -> None:
+    """Remove a solver added with :func:`register_solver` (the built-in ones stay)."""
+    if name in ("anderson", "banach"):
+        raise ValueError(f"the built-in solver {name!r} cannot be removed.")
+    get_solver(name)
+    del _SOLVERS[name]
+
+
+def check_options(name: str, solver: Solver, options: dict[str, Any]) -> None:
+    """Raise a helpful ``TypeError`` when ``options`` has keywords ``solver`` does not take."""
+    try:
+        params = inspect.signature(solver).parameters
+    except (TypeError, ValueError):  # builtins without a signature: let the call decide
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    valid = [
+        p
+        for p, spec in params.items()
+        if spec.kind is inspect.Parameter.KEYWORD_ONLY and p not in _COMMON
+    ]
+    unknown = [k for k in options if k not in valid]
+    if unknown:
+        listed = ", ".join(valid) if valid else "none"
+        raise TypeError(
+            f"method {name!r} got unknown option(s) {', '.join(map(repr, unknown))}; "
+            f"its options are: {listed}."
+        )
+
+
+def solve(
+    f: StateFn,
+    z0: State,
+    method: str = "anderson",
+    *,
+    tol: float = 1e-4,
+    max_iter: int = 50,
+    stop_mode: StopMode = "rel",
+    on_failure: OnFailure = "warn",
+    **options: Any,
+) -> FixedPointResult:
+    r"""Find ``z`` with ``z = f(z)``, batched, with per-sample stopping; keeps no autograd graph.
+
+    Parameters
+    ----------
+    f : callable
+        The map ``State -> State``; always called on the whole batch (it may close over
+        batch-shaped tensors). It runs under :func:`torch.no_grad`.
+    z0 : Tensor or tuple of Tensor
+        Initial iterate. Every tensor is ``(batch, *shape)``, floating or complex, on any device.
+    method : str
+        A registered solver: ``"anderson"`` (default) or ``"banach"`` (see
+        :func:`available_solvers`).
+    tol : float
+        Per-sample tolerance, relative or absolute by ``stop_mode``.
+    max_iter : int
+        Maximum number of evaluations of ``f``.
+    stop_mode : {"rel", "abs"}
+        ``"rel"``: sample ``b`` stops when :math:`\|f(x_b) - x_b\| \le tol\,\|f(x_b)\|`;
+        ``"abs"``: when :math:`\|f(x_b) - x_b\| \le tol`. A stopped sample is frozen.
+    on_failure : {"warn", "raise", "ignore"}
+        Policy for samples that do not converge or become non-finite.
+    **options
+        The method's own options: ``anderson(m=5, lam=1e-8, beta=1.0, coefficients="auto")``,
+        ``banach(relaxation=1.0)``.
+
+    Returns
+    -------
+    FixedPointResult
+        ``z`` (structured like ``z0``), ``iterations``, ``residuals``, ``converged`` (each
+        ``(batch,)``) and the residual ``trace``.
+
+    Raises
+    ------
+    ValueError
+        Unknown method, bad tolerance or option values, non-finite ``z0``.
+    TypeError
+        Unknown options, a ``z0`` or an output of ``f`` that is not a state like ``z0``.
+    ConvergenceError
+        With ``on_failure="raise"``, when a sample fails.
+
+    Examples
+    --------
+    >>> import torch, fixedpoint
+    >>> A = torch.tensor([[0.5, 0.2], [0.1, 0.3]])
+    >>> b = torch.tensor([[1.0, 2.0]])
+    >>> result = fixedpoint.solve(lambda z: z @ A.T + b, torch.zeros(1, 2), tol=1e-10)
+    >>> torch.allclose(result.z, torch.linalg.solve(torch.eye(2) - A, b[0])[None])
+    True
+    """
+    solver = get_solver(method)
+    check_options(method, solver, options)
+    return solver(
+        f, z0, tol=tol, max_iter=max_iter, stop_mode=stop_mode, on_failure=on_failure, **options
+    )
