@@ -1,10 +1,54 @@
-"""Unrolled physics-based networks (MoDL, PGD, RIM, i-RIM, LUSER, DEQ) trainable with memory-saving strategies."""
+"""Unrolled physics-based networks (MoDL, PGD, RIM, i-RIM, LUSER, DEQ) trainable with memory-saving strategies.
+
+Every model is called as ``x_hat = model(y, physics, x0=None)`` with a physops operator, and
+``model.set_strategy(...)`` (or ``unrolled.train(..., strategy=...)``) chooses how it is
+differentiated: ``"backprop"``, ``"checkpoint"``, ``"reversible"`` (MEL), ``"greedy"`` (GLEAM)
+or ``"implicit"`` (LUSER, DEQ).
+"""
 
 from importlib.metadata import PackageNotFoundError, version
+
+from ._base import InvertibleStage, Stage, StageContext, UnrolledModel
+from ._batch import Batch
+from ._layers import CGStep, GradientStep
+from ._metrics import get_loss, nrmse, psnr, ssim, ssim_torch
+from ._modl import MoDL, UnrolledPGD, lu_dncnn
+from ._nets import ConvGRUCell, DnCNN, ImageAdapter, LUSERProx, ResBlockProx, ResidualCNN
+from ._priors import INVERTIBLE_PRIORS, PRIORS, build_prior
+from ._strategy import STRATEGIES, Strategy, as_strategy
 
 try:
     __version__ = version("memroll-unrolled")
 except PackageNotFoundError:  # running from a source tree via PYTHONPATH (the GPU lane)
     __version__ = "0+unknown"
 
-__all__ = ["__version__"]
+__all__ = [
+    "INVERTIBLE_PRIORS",
+    "Batch",
+    "PRIORS",
+    "STRATEGIES",
+    "CGStep",
+    "ConvGRUCell",
+    "DnCNN",
+    "GradientStep",
+    "ImageAdapter",
+    "InvertibleStage",
+    "LUSERProx",
+    "MoDL",
+    "ResBlockProx",
+    "ResidualCNN",
+    "Stage",
+    "StageContext",
+    "Strategy",
+    "UnrolledModel",
+    "UnrolledPGD",
+    "__version__",
+    "as_strategy",
+    "build_prior",
+    "get_loss",
+    "lu_dncnn",
+    "nrmse",
+    "psnr",
+    "ssim",
+    "ssim_torch",
+]

@@ -1,0 +1,275 @@
+"""The structure every unrolled model shares, and how strategies run it.
+
+A model is a list of *stages* (one unrolled iteration each), an initial state and a read-out:
+
+    state_0 = initial_state(y, physics, x0)          # e.g. the adjoint reconstruction A^H y
+    state_k = stage_k(state_{k-1}, (y, physics))     # k = 1 .. N
+    x_hat   = readout(state_N)
+
+States are real tensors ``(batch, channels, *spatial)`` (complex images as real and imaginary
+channels, :class:`~unrolled._nets.ImageAdapter`), or tuples of them (the RIM's hidden states).
+Stages that are invertible expose their :class:`revlayers.InvertibleModule` layers, each called
+as ``layer(state, y, physics)``, so the ``"reversible"`` strategy can chain them in a
+:class:`revlayers.ReversibleSequence`, and ``"greedy"`` hands the stages to
+:class:`greedytrain.GreedyTrainer` with the context ``(y, physics)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import torch
+from revlayers import InvertibleModule, ReversibleSequence
+from torch import Tensor, nn
+
+from ._checkpoint import checkpoint_segments
+from ._nets import ImageAdapter
+from ._strategy import Strategy, as_strategy
+
+__all__ = ["InvertibleStage", "Stage", "StageContext", "UnrolledModel"]
+
+
+class StageContext(NamedTuple):
+    """What every stage reads and none changes: the measurements and the forward model."""
+
+    y: Tensor
+    physics: nn.Module
+
+
+class Stage(nn.Module):
+    """One unrolled iteration, called as ``stage(state, context) -> state``."""
+
+    def forward(self, state: Any, context: StageContext) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def invertible_layers(self) -> list[InvertibleModule] | None:
+        """The stage as invertible layers ``layer(state, y, physics)``, or ``None``."""
+        return None
+
+    def set_equilibrium_backward(self, mode: str) -> None:
+        """Stages with an inner equilibrium (LUSER, DEQ) switch their backward pass here."""
+
+
+class InvertibleStage(Stage):
+    """A stage made of invertible layers, applied in order."""
+
+    def __init__(self, layers: Sequence[InvertibleModule]):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, state: Tensor, context: StageContext) -> Tensor:
+        for layer in self.layers:
+            state = layer(state, *context)
+        return state
+
+    def invertible_layers(self) -> list[InvertibleModule]:
+        return list(self.layers)  # type: ignore[arg-type]
+
+
+class UnrolledModel(nn.Module):
+    """Base class of the models: ``x_hat = model(y, physics, x0=None)``.
+
+    Subclasses build ``self.stages`` (an ``nn.ModuleList`` of :class:`Stage`) and may override
+    :meth:`initial_state`, :meth:`readout`, :meth:`check_physics` and
+    :meth:`strategy_problem`. :meth:`set_strategy` chooses how the forward pass is
+    differentiated; the same parameters serve every strategy, so a model trained with one can be
+    evaluated or fine-tuned with another.
+    """
+
+    #: Whether the loss should see every stage's read-out (RIM: loss over all time steps).
+    loss_over_stages: bool = False
+
+    def __init__(self, adapter: ImageAdapter):
+        super().__init__()
+        self.adapter = adapter
+        self.stages = nn.ModuleList()
+        self._strategy = Strategy()
+        # the reversible chain is built lazily and kept unregistered: its layers are already
+        # submodules of the stages, and registering them twice would duplicate state_dict keys
+        object.__setattr__(self, "_chain", None)
+
+    # ------------------------------------------------------------------ subclass hooks
+    def check_physics(self, physics: object) -> None:
+        """Raise a clear error when ``physics`` is not an operator this model supports."""
+        for name in ("forward", "adjoint"):
+            if not callable(getattr(physics, name, None)):
+                raise TypeError(
+                    f"{type(self).__name__} needs a physics operator with forward(x) and "
+                    f"adjoint(y) (a physops.LinearOperator), got {type(physics).__name__}"
+                )
+
+    def initial_state(self, y: Tensor, physics: nn.Module, x0: Tensor | None) -> Any:
+        """The first state: ``x0`` if given, else the adjoint reconstruction ``A^H y``."""
+        image = physics.adjoint(y) if x0 is None else x0  # type: ignore[operator]
+        return self.adapter.to_net(image)
+
+    def readout(self, state: Any) -> Tensor:
+        """The image a state stands for."""
+        return self.adapter.from_net(state)
+
+    def strategy_problem(self, strategy: Strategy) -> str | None:
+        """Why ``strategy`` cannot train this model (and what would), or ``None`` when it can."""
+        name = strategy.name
+        if strategy.forward_name == "implicit":
+            return (
+                f"strategy 'implicit' needs a model with a fixed point (LUSER, DEQ); "
+                f"{type(self).__name__} has none: use 'checkpoint', 'reversible' or 'greedy' to "
+                "save memory"
+            )
+        if strategy.forward_name == "reversible":
+            bad = [i for i, s in enumerate(self.stages) if s.invertible_layers() is None]  # type: ignore[operator]
+            if bad:
+                return (
+                    f"strategy 'reversible' needs every stage to be invertible, but stage {bad[0]} "
+                    f"of {type(self).__name__} is not ({self._why_not_invertible()}); use "
+                    "'checkpoint' or 'greedy', or build the model with an invertible prior"
+                )
+        if name == "greedy":
+            n = len(self.stages)
+            m = n if strategy.modules is None else strategy.modules
+            if m > n:
+                return (
+                    f"strategy 'greedy' with modules={m} needs at least as many stages, but "
+                    f"{type(self).__name__} has {n}: use modules <= {n}"
+                )
+            ids = [id(s) for s in self.stages]
+            if len(set(ids)) < len(ids) and m > 1:
+                return (
+                    f"strategy 'greedy' trains each module's own weights, but {type(self).__name__} "
+                    "shares one set of weights across its stages: build it with different weights "
+                    "per stage, or use modules=1 (end-to-end), 'checkpoint' or 'implicit'"
+                )
+        return None
+
+    def _why_not_invertible(self) -> str:
+        return "its prior is not an invertible network"
+
+    # ------------------------------------------------------------------ strategy
+    @property
+    def strategy(self) -> Strategy:
+        return self._strategy
+
+    def set_strategy(self, strategy: str | Strategy = "backprop", **options: Any) -> UnrolledModel:
+        """Choose how the forward pass is differentiated (see :mod:`unrolled._strategy`).
+
+        Raises ``ValueError`` when the strategy is invalid for this model, saying what would work.
+        Returns the model, so ``model.set_strategy("reversible")(y, physics)`` reads naturally.
+        """
+        chosen = as_strategy(strategy, **options)
+        problem = self.strategy_problem(chosen)
+        if problem is not None:
+            raise ValueError(problem)
+        self._strategy = chosen
+        object.__setattr__(self, "_chain", None)
+        for stage in self._unique_stages():
+            stage.set_equilibrium_backward(
+                chosen.backward if chosen.forward_name == "implicit" else "unrolled"
+            )
+        return self
+
+    def _unique_stages(self) -> list[Stage]:
+        seen: set[int] = set()
+        out: list[Stage] = []
+        for s in self.stages:
+            if id(s) not in seen:
+                seen.add(id(s))
+                out.append(s)  # type: ignore[arg-type]
+        return out
+
+    def invertible_layers(self) -> list[InvertibleModule]:
+        """Every stage's invertible layers, in order (for ``"reversible"``)."""
+        layers: list[InvertibleModule] = []
+        for i, stage in enumerate(self.stages):
+            stage_layers = stage.invertible_layers()  # type: ignore[operator]
+            if stage_layers is None:
+                raise ValueError(f"stage {i} of {type(self).__name__} is not invertible")
+            layers += stage_layers
+        return layers
+
+    def _reversible_chain(self) -> ReversibleSequence:
+        chain = self.__dict__.get("_chain")
+        if chain is None:
+            s = self._strategy
+            chain = ReversibleSequence(
+                self.invertible_layers(),
+                checkpoint_every=s.checkpoint_every,
+                check_drift=s.check_drift,
+                on_drift=s.on_drift,
+            )
+            object.__setattr__(self, "_chain", chain)
+        return chain
+
+    # ------------------------------------------------------------------ running
+    def check_inputs(self, y: Tensor, physics: object, x0: Tensor | None) -> None:
+        """Validate the call's arguments; errors name what was received and what is expected."""
+        if not isinstance(y, Tensor):
+            raise TypeError(f"y (the measurements) must be a torch.Tensor, got {type(y).__name__}")
+        self.check_physics(physics)
+        if not bool(torch.isfinite(y).all()):
+            bad = int((~torch.isfinite(y)).sum())
+            raise ValueError(
+                f"y (the measurements) contains {bad} non-finite value(s) (NaN or inf); clean the "
+                "data before reconstruction"
+            )
+        if x0 is not None:
+            self.adapter.check(x0, "x0")
+            if not bool(torch.isfinite(x0).all()):
+                raise ValueError("x0 (the initial image) contains NaN or inf values")
+
+    def _prepare(self, y: Tensor, physics: nn.Module, x0: Tensor | None) -> tuple[Any, StageContext]:
+        self.check_inputs(y, physics, x0)
+        state = self.initial_state(y, physics, x0)
+        if isinstance(state, Tensor):
+            self.adapter.check(self.adapter.from_net(state), "the initial image (A^H y or x0)")
+        return state, StageContext(y, physics)
+
+    def run_stages(self, state: Any, context: StageContext, mode: str | None = None) -> Any:
+        """Apply every stage to ``state`` under the strategy's forward mode."""
+        mode = self._strategy.forward_name if mode is None else mode
+        if mode == "checkpoint" and torch.is_grad_enabled():
+            steps: list[Callable[[Any], Any]] = [
+                (lambda s, _stage=stage: _stage(s, context)) for stage in self.stages
+            ]
+            return checkpoint_segments(
+                steps, list(self.stages), state, self._strategy.checkpoint_every or 1
+            )
+        if mode == "reversible":
+            return self._reversible_chain()(state, *context)
+        for stage in self.stages:
+            state = stage(state, context)
+        return state
+
+    def forward(self, y: Tensor, physics: nn.Module, x0: Tensor | None = None) -> Tensor:
+        """Reconstruct the image from measurements ``y`` of ``physics``.
+
+        Parameters
+        ----------
+        y:
+            Measurements, shaped as ``physics`` produces them (batch first).
+        physics:
+            The forward model (a physops operator).
+        x0:
+            Initial image (default: ``physics.adjoint(y)``, or ``y`` for deblurring models).
+        """
+        state, context = self._prepare(y, physics, x0)
+        return self.readout(self.run_stages(state, context))
+
+    def intermediates(self, y: Tensor, physics: nn.Module, x0: Tensor | None = None) -> list[Tensor]:
+        """The read-out after every stage (for losses over all stages, and GLEAM's Fig. 9).
+
+        Runs the stages one by one (``"reversible"`` keeps no intermediate states, so it runs
+        them as ``"backprop"`` would: use it for evaluation under ``torch.no_grad``).
+        """
+        state, context = self._prepare(y, physics, x0)
+        mode = self._strategy.forward_name
+        outs: list[Tensor] = []
+        for stage in self.stages:
+            if mode == "checkpoint" and torch.is_grad_enabled():
+                state = checkpoint_segments(
+                    [lambda s, _stage=stage: _stage(s, context)], [stage], state, 1
+                )
+            else:
+                state = stage(state, context)
+            outs.append(self.readout(state))
+        return outs

@@ -1,0 +1,251 @@
+r"""MoDL and unrolled proximal gradient descent (GLEAM's two architectures, MEL's MRI network).
+
+MoDL (Aggarwal et al.; GLEAM Eq. 7-8), ``iterations`` times:
+
+.. math::
+
+    z_k = R_k(x_k), \qquad x_{k+1} = (A^H A + \mu_k I)^{-1} (A^H y + \mu_k z_k)
+
+Unrolled PGD (GLEAM Eq. 3-5; MEL Eq. 3-4), ``iterations`` times:
+
+.. math::
+
+    z_k = x_k - \alpha_k A^H (A x_k - y), \qquad x_{k+1} = \mathrm{prox}_k(z_k)
+
+Both start from :math:`x_0 = A^H y` (or the given ``x0``). With an invertible prior
+(``prior="coupling"`` or ``"iresnet"``) every stage is invertible and the models train with
+``strategy="reversible"`` (MEL); the CG step is inverted algebraically, the gradient step by
+backward Euler with :math:`\alpha_k L < 1` certified by :meth:`UnrolledPGD.certify`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import physops
+import torch
+from revlayers import InvertibleModule
+from torch import Tensor, nn
+
+from ._base import InvertibleStage, Stage, StageContext, UnrolledModel
+from ._layers import CGStep, GradientStep, PriorLayer
+from ._nets import ImageAdapter
+from ._priors import INVERTIBLE_PRIORS, build_prior
+from ._strategy import Strategy
+
+__all__ = ["MoDL", "UnrolledPGD", "lu_dncnn"]
+
+
+class _PlainStage(Stage):
+    """A stage of layers called as ``layer(state, y, physics)``, not all invertible."""
+
+    def __init__(self, layers: list[nn.Module]):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, state: Tensor, context: StageContext) -> Tensor:
+        for layer in self.layers:
+            state = layer(state, *context)
+        return state
+
+
+def _prior_layers(prior: nn.Module | list[InvertibleModule]) -> list[nn.Module]:
+    return list(prior) if isinstance(prior, list) else [PriorLayer(prior)]
+
+
+def _make_stage(layers: list[nn.Module]) -> Stage:
+    if all(isinstance(layer, InvertibleModule) for layer in layers):
+        return InvertibleStage(layers)  # type: ignore[arg-type]
+    return _PlainStage(layers)
+
+
+class _Unrolled(UnrolledModel):
+    prior_name: str
+
+    def _why_not_invertible(self) -> str:
+        return (
+            f"prior={self.prior_name!r} is not invertible; the invertible priors are "
+            f"{', '.join(INVERTIBLE_PRIORS)}"
+        )
+
+
+class MoDL(_Unrolled):
+    r"""Model-based deep learning: learned regulariser and CG data consistency, unrolled.
+
+    Parameters
+    ----------
+    iterations:
+        Number of unrolls N (GLEAM 2D: 8).
+    prior:
+        The regulariser :math:`R_k` (see :mod:`unrolled._priors`): ``"resnet"`` (5 convs + ReLU
+        with a skip, MoDL), ``"coupling"`` (RevNet-style invertible residual CNN, as GLEAM trains
+        all its MoDL baselines) or ``"iresnet"`` (MEL). Default ``"coupling"``: valid for every
+        strategy, so strategies compare on the same network.
+    features, layers:
+        Hidden features (GLEAM: 70) and convolutions of the regulariser.
+    mu:
+        Initial :math:`\mu` (GLEAM: 4.0 at R = 4, 0.05 at R = 16). Reversible training rebuilds
+        :math:`z` from :math:`x'` with gain up to :math:`(L + \mu) / \mu`, so small :math:`\mu`
+        amplifies rounding and CG errors layer after layer (measured at 10 unrolls, float32:
+        gradient error 7e-6 at mu = 4, 1e-4 at mu = 1, 6e-3 at mu = 0.3, and divergence at
+        mu = 0.05, where GLEAM also reports that MEL did not converge). Use hybrid checkpoints
+        (``checkpoint_every``) and ``check_drift`` for small :math:`\mu`.
+    learn_mu:
+        Train :math:`\mu_k` (one per unroll).
+    share_weights:
+        One regulariser and one :math:`\mu` for all unrolls (MoDL's original weight sharing).
+    cg_max_iter, cg_tol:
+        CG settings (CG stops early once the relative residual is below ``cg_tol``; reversible
+        training needs a tight tolerance for the algebraic inverse to hold).
+    complex, dims, color_channels:
+        Image type (see :class:`~unrolled._nets.ImageAdapter`): complex 2D MRI by default.
+    couplings:
+        Coupling layers per regulariser for ``prior="coupling"``.
+
+    Examples
+    --------
+    >>> model = MoDL(iterations=4, features=16)                 # doctest: +SKIP
+    >>> x_hat = model(y, physops.Sense(maps, mask))              # doctest: +SKIP
+    >>> model.set_strategy("reversible")                         # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        iterations: int = 8,
+        prior: str = "coupling",
+        features: int = 64,
+        layers: int = 5,
+        mu: float = 4.0,
+        learn_mu: bool = True,
+        share_weights: bool = False,
+        cg_max_iter: int = 50,
+        cg_tol: float | None = None,
+        complex: bool = True,
+        dims: int = 2,
+        color_channels: int | None = None,
+        couplings: int = 2,
+    ):
+        super().__init__(ImageAdapter(complex, dims, color_channels))
+        if iterations < 1:
+            raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
+        self.prior_name = prior
+        self.iterations = iterations
+
+        def stage() -> Stage:
+            reg = build_prior(prior, self.adapter.channels, features, layers, dims, couplings)
+            dc = CGStep(self.adapter, mu, learn_mu, cg_max_iter, cg_tol)
+            return _make_stage([*_prior_layers(reg), dc])
+
+        if share_weights:
+            shared = stage()
+            self.stages = nn.ModuleList([shared] * iterations)
+        else:
+            self.stages = nn.ModuleList([stage() for _ in range(iterations)])
+
+
+class UnrolledPGD(_Unrolled):
+    r"""Unrolled proximal gradient descent with a learned proximal network per iteration.
+
+    Parameters
+    ----------
+    iterations:
+        Number of unrolls N (GLEAM 2D: 8; LUSER's LU-DnCNN: 8).
+    prior:
+        The proximal network (see :mod:`unrolled._priors`): ``"resblocks"`` (GLEAM: 2 residual
+        blocks of ReLU + conv, no normalisation), ``"dncnn"`` (LU-DnCNN), ``"resnet"``,
+        ``"coupling"`` or ``"iresnet"`` (invertible, for ``strategy="reversible"``).
+    features, layers:
+        Hidden features (GLEAM: 100) and convolutions of the prior (where it has that knob).
+    step:
+        Initial gradient step size :math:`\alpha_k` (learned, one per iteration).
+    learn_step:
+        Train the step sizes.
+    share_weights:
+        One prox and one step for all iterations (LUSER's LU-DnCNN baseline shares them).
+    complex, dims, color_channels:
+        Image type (see :class:`~unrolled._nets.ImageAdapter`).
+    """
+
+    def __init__(
+        self,
+        iterations: int = 8,
+        prior: str = "resblocks",
+        features: int = 64,
+        layers: int = 5,
+        step: float = 0.5,
+        learn_step: bool = True,
+        share_weights: bool = False,
+        complex: bool = True,
+        dims: int = 2,
+        color_channels: int | None = None,
+        couplings: int = 2,
+    ):
+        super().__init__(ImageAdapter(complex, dims, color_channels))
+        if iterations < 1:
+            raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
+        self.prior_name = prior
+        self.iterations = iterations
+
+        def stage() -> Stage:
+            grad = GradientStep(self.adapter, step, learn_step)
+            prox = build_prior(prior, self.adapter.channels, features, layers, dims, couplings)
+            return _make_stage([grad, *_prior_layers(prox)])
+
+        if share_weights:
+            shared = stage()
+            self.stages = nn.ModuleList([shared] * iterations)
+        else:
+            self.stages = nn.ModuleList([stage() for _ in range(iterations)])
+
+    def gradient_steps(self) -> list[GradientStep]:
+        """The gradient-step layers (one per distinct stage)."""
+        return [m for s in self._unique_stages() for m in s.modules() if isinstance(m, GradientStep)]
+
+    @torch.no_grad()
+    def certify(self, physics: nn.Module, x_like: Tensor, iterations: int = 50, margin: float = 1.05) -> float:
+        r"""Bound :math:`L = \lambda_{\max}(A^H A)` by power iteration and cap every step size below
+        :math:`1 / L`, so each gradient step is invertible by backward Euler (MEL Eq. 7).
+
+        Returns the certified ``L`` (the power-iteration estimate times ``margin``, the worst
+        sample of the batch). Raises ``ValueError`` naming a valid step size when a current step
+        has :math:`\alpha_k L \ge 1`. During training the steps are then used as
+        :math:`\min(\alpha_k, 0.99 / L)`, so learning cannot make them non-invertible.
+        """
+        estimate = physops.power_iteration(physics, x_like, iterations=iterations)
+        lip = float(torch.as_tensor(estimate).max()) * margin
+        for g in self.gradient_steps():
+            g.lipschitz.fill_(lip)
+        self.check_step_sizes()
+        return lip
+
+    def strategy_problem(self, strategy: Strategy) -> str | None:
+        problem = super().strategy_problem(strategy)
+        if problem is None and strategy.forward_name == "reversible":
+            for g in self.gradient_steps():
+                if not bool(torch.isfinite(g.lipschitz)):
+                    return (
+                        "strategy 'reversible' inverts each gradient step by backward Euler, which "
+                        "needs alpha * L < 1 (MEL Eq. 7): call model.certify(physics, x_like) on a "
+                        "training batch first (unrolled.train does this for you)"
+                    )
+        return problem
+
+    def check_step_sizes(self) -> None:
+        """Raise when a learned step violates :math:`\\alpha L < 1`, naming a valid step."""
+        for k, g in enumerate(self.gradient_steps()):
+            lip = float(g.lipschitz)
+            alpha = float(torch.nn.functional.softplus(g.raw_step))
+            if alpha * lip >= 1:
+                raise ValueError(
+                    f"gradient step {k}: alpha = {alpha:.4g} with L = {lip:.4g} gives alpha * L = "
+                    f"{alpha * lip:.3g} >= 1, so the step cannot be inverted (MEL Eq. 7); a valid "
+                    f"step is alpha < {1 / lip:.4g}"
+                )
+
+
+def lu_dncnn(iterations: int = 8, **kwargs: Any) -> UnrolledPGD:
+    """LUSER's LU-DnCNN baseline: unrolled PGD with one shared 17-layer DnCNN prox."""
+    kwargs.setdefault("prior", "dncnn")
+    kwargs.setdefault("share_weights", True)
+    kwargs.setdefault("features", 64)
+    return UnrolledPGD(iterations=iterations, **kwargs)
