@@ -20,3 +20,56 @@ __all__ = [
     "fftc",
     "ifftc",
 ]
+
+# --- issue 3: masks, coil maps, data, CT, Fourier ptychography --------------------------------
+from physops._coils import (
+    birdcage_maps,
+    espirit_maps,
+    espirit_maps_sigpy,
+    jsense_maps_sigpy,
+    rss,
+    sense1,
+)
+from physops._data_anatomy import (
+    RealAnatomyDataset,
+    real_anatomy_images,
+    real_anatomy_volumes,
+    simulate_kspace,
+    smooth_phase,
+)
+from physops._data_fastmri import FastMRISliceDataset
+from physops._masks import (
+    MaskResult,
+    equispaced_mask_1d,
+    kt_mask,
+    poisson_disc_mask,
+    random_mask_1d,
+)
+from physops._ptycho import FourierPtychography, led_grid, ptychography_object
+from physops._radon import Radon, fbp, uniform_angles
+
+__all__ += [
+    "FastMRISliceDataset",
+    "FourierPtychography",
+    "MaskResult",
+    "Radon",
+    "RealAnatomyDataset",
+    "birdcage_maps",
+    "equispaced_mask_1d",
+    "espirit_maps",
+    "espirit_maps_sigpy",
+    "fbp",
+    "jsense_maps_sigpy",
+    "kt_mask",
+    "led_grid",
+    "poisson_disc_mask",
+    "ptychography_object",
+    "random_mask_1d",
+    "real_anatomy_images",
+    "real_anatomy_volumes",
+    "rss",
+    "sense1",
+    "simulate_kspace",
+    "smooth_phase",
+    "uniform_angles",
+]
