@@ -5,8 +5,19 @@ MRI, deblurring, CT and Fourier ptychography as linear operators, with CG and co
 
 from importlib.metadata import PackageNotFoundError, version
 
+from physops._blur import Blur, gaussian_kernel
+from physops._cg import SolveResult, cg, least_squares
+from physops._checks import check_adjoint, check_gradients
+from physops._convert import (
+    channels_to_complex,
+    complex_to_channels,
+    complex_to_last_dim,
+    last_dim_to_complex,
+)
 from physops._fft import fftc, ifftc
 from physops._linop import Identity, LinearOperator
+from physops._mri import FFT, FourierSampling, Sense
+from physops._power import power_iteration
 
 try:
     __version__ = version("memroll-physops")
@@ -14,11 +25,26 @@ except PackageNotFoundError:  # running from a source tree via PYTHONPATH (the G
     __version__ = "0+unknown"
 
 __all__ = [
+    "FFT",
+    "Blur",
+    "FourierSampling",
     "Identity",
     "LinearOperator",
+    "Sense",
+    "SolveResult",
     "__version__",
+    "cg",
+    "channels_to_complex",
+    "check_adjoint",
+    "check_gradients",
+    "complex_to_channels",
+    "complex_to_last_dim",
     "fftc",
+    "gaussian_kernel",
     "ifftc",
+    "last_dim_to_complex",
+    "least_squares",
+    "power_iteration",
 ]
 
 # --- issue 3: masks, coil maps, data, CT, Fourier ptychography --------------------------------
