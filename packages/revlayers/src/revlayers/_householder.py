@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._base import InvertibleModule, _Context, _relative, _Reversed
@@ -10,11 +11,20 @@ from ._base import InvertibleModule, _Context, _relative, _Reversed
 __all__ = ["HouseholderConv"]
 
 
+_CONVS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
 def _rotate(matrix: Tensor, x: Tensor) -> Tensor:
-    """Apply a ``(C, C)`` channel matrix to ``x`` of shape ``(B, C, *spatial)``."""
+    """Apply a ``(C, C)`` channel matrix to ``x`` of shape ``(B, C, *spatial)``.
+
+    Real states use a 1x1 convolution (returns a fresh tensor, not a view); complex states a
+    batched matrix product with the matrix cast to the complex dtype.
+    """
+    spatial = x.dim() - 2
+    if not x.is_complex() and spatial in _CONVS:
+        return _CONVS[spatial](x, matrix.reshape(*matrix.shape, *([1] * spatial)))
     flat = x.reshape(x.shape[0], x.shape[1], -1)
-    m = matrix if not x.is_complex() else matrix.to(x.dtype)
-    return torch.matmul(m, flat).reshape(x.shape)
+    return torch.matmul(matrix.to(x.dtype), flat).reshape(x.shape)
 
 
 def _outer_sum(a: Tensor, b: Tensor) -> Tensor:
