@@ -21,13 +21,15 @@ from torch import Tensor, nn
 
 
 def fft2c(x: Tensor) -> Tensor:
-    return torch.fft.fftshift(torch.fft.fft2(torch.fft.ifftshift(x, dim=(-2, -1)), norm="ortho"),
-                              dim=(-2, -1))
+    return torch.fft.fftshift(
+        torch.fft.fft2(torch.fft.ifftshift(x, dim=(-2, -1)), norm="ortho"), dim=(-2, -1)
+    )
 
 
 def ifft2c(x: Tensor) -> Tensor:
-    return torch.fft.fftshift(torch.fft.ifft2(torch.fft.ifftshift(x, dim=(-2, -1)), norm="ortho"),
-                              dim=(-2, -1))
+    return torch.fft.fftshift(
+        torch.fft.ifft2(torch.fft.ifftshift(x, dim=(-2, -1)), norm="ortho"), dim=(-2, -1)
+    )
 
 
 class PGDStage(nn.Module):
@@ -66,7 +68,9 @@ class RIMStage(nn.Module):
         self.a = nn.Linear(size, size).double()
         self.b = nn.Linear(size, size).double()
 
-    def forward(self, state: tuple[Tensor, Tensor], context: dict[str, Any]) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, state: tuple[Tensor, Tensor], context: dict[str, Any]
+    ) -> tuple[Tensor, Tensor]:
         eta, s = state
         s = torch.tanh(self.a(eta) + s)
         return eta + self.b(s) - 0.1 * (eta - context["y"]), s
@@ -261,8 +265,10 @@ def gleam_worker(rank: int, world: int, out: str, config: dict[str, Any]) -> Non
         {
             "losses": history,
             "modules": trainer.local_modules,
-            "params": {m: [p.detach().clone() for p in trainer.runners[m].parameters()]
-                       for m in trainer.local_modules},
+            "params": {
+                m: [p.detach().clone() for p in trainer.runners[m].parameters()]
+                for m in trainer.local_modules
+            },
         },
         Path(out) / f"result{rank}.pt",
     )
@@ -314,7 +320,10 @@ def resume_main(checkpoint: str, out: str, total: int, mode: str) -> None:
     from greedytrain import GreedyTrainer
 
     trainer = GreedyTrainer(
-        stages, mse, lambda p: torch.optim.AdamW(p, lr=1e-2), modules=2,
+        stages,
+        mse,
+        lambda p: torch.optim.AdamW(p, lr=1e-2),
+        modules=2,
         scheduler_factory=lambda o: torch.optim.lr_scheduler.StepLR(o, 2, 0.5),
     )
     history: dict[int, list[float]] = {}

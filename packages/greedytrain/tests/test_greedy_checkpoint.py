@@ -31,10 +31,18 @@ def _command(checkpoint: Path, out: Path, total: int, mode: str) -> list[str]:
 def test_killed_run_resumes_bit_identically(tmp_path: Path) -> None:
     total = 6
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(_command(tmp_path / "a.pt", tmp_path / "a.out", total, "fresh"),
-                   check=True, timeout=120, env=env)
-    victim = subprocess.Popen(_command(tmp_path / "b.pt", tmp_path / "b.out", total, "victim"),
-                              stdout=subprocess.PIPE, text=True, env=env)
+    subprocess.run(
+        _command(tmp_path / "a.pt", tmp_path / "a.out", total, "fresh"),
+        check=True,
+        timeout=120,
+        env=env,
+    )
+    victim = subprocess.Popen(
+        _command(tmp_path / "b.pt", tmp_path / "b.out", total, "victim"),
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         assert victim.stdout is not None
         for line in victim.stdout:
@@ -48,8 +56,12 @@ def test_killed_run_resumes_bit_identically(tmp_path: Path) -> None:
             victim.stdout.close()
     assert victim.returncode == -signal.SIGKILL
     assert not (tmp_path / "b.out").exists()  # it really died before finishing
-    subprocess.run(_command(tmp_path / "b.pt", tmp_path / "b.out", total, "resume"),
-                   check=True, timeout=120, env=env)
+    subprocess.run(
+        _command(tmp_path / "b.pt", tmp_path / "b.out", total, "resume"),
+        check=True,
+        timeout=120,
+        env=env,
+    )
     straight, resumed = torch.load(tmp_path / "a.out"), torch.load(tmp_path / "b.out")
     assert torch.equal(straight["params"], resumed["params"])
     assert resumed["history"] == straight["history"]
@@ -104,7 +116,9 @@ def test_rng_state_is_restored(tmp_path: Path) -> None:
 def test_loading_into_a_different_split_is_refused(tmp_path: Path) -> None:
     GreedyTrainer(make_stages(4), mse, modules=2).save(tmp_path / "ckpt.pt")
     other = GreedyTrainer(make_stages(4), mse, modules=4)
-    with pytest.raises(ValueError, match=r"holds 2 modules of sizes \[2, 2\], but this trainer has 4"):
+    with pytest.raises(
+        ValueError, match=r"holds 2 modules of sizes \[2, 2\], but this trainer has 4"
+    ):
         other.load(tmp_path / "ckpt.pt")
 
 

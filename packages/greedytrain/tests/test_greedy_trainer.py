@@ -9,7 +9,6 @@ import pytest
 import torch
 from _greedy_helpers import (
     ComplexStage,
-    PGDStage,
     RIMStage,
     flat_parameters,
     gleam_reference,
@@ -29,12 +28,16 @@ def batches(k: int, batch: int = 2) -> list:
 
 def close(got: list[list[float]], want: list[list[float]]) -> None:
     torch.testing.assert_close(
-        torch.tensor(got, dtype=torch.float64), torch.tensor(want, dtype=torch.float64),
-        rtol=1e-12, atol=0,
+        torch.tensor(got, dtype=torch.float64),
+        torch.tensor(want, dtype=torch.float64),
+        rtol=1e-12,
+        atol=0,
     )
 
 
-@pytest.mark.parametrize(("n", "modules", "split"), [(4, 4, "even"), (4, 2, "even"), (5, 2, "balanced")])
+@pytest.mark.parametrize(
+    ("n", "modules", "split"), [(4, 4, "even"), (4, 2, "even"), (5, 2, "balanced")]
+)
 def test_updates_equal_hand_written_alg1(n: int, modules: int, split: str) -> None:
     stages = make_stages(n)
     reference = copy.deepcopy(stages)
@@ -44,7 +47,9 @@ def test_updates_equal_hand_written_alg1(n: int, modules: int, split: str) -> No
     want = gleam_reference(reference, trainer.module_sizes, data)
     assert trainer.step == 3
     close(got, want)
-    torch.testing.assert_close(flat_parameters(stages), flat_parameters(reference), rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        flat_parameters(stages), flat_parameters(reference), rtol=0, atol=1e-12
+    )
 
 
 def test_modules_1_is_end_to_end_backprop() -> None:
@@ -63,7 +68,9 @@ def test_modules_1_is_end_to_end_backprop() -> None:
         ref_loss.backward()
         opt.step()
         assert loss == pytest.approx(float(ref_loss.detach()), rel=1e-12)
-    torch.testing.assert_close(flat_parameters(stages), flat_parameters(reference), rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        flat_parameters(stages), flat_parameters(reference), rtol=0, atol=1e-12
+    )
 
 
 def test_per_module_losses_weights_scheduler_and_clipping_match_reference() -> None:
@@ -83,11 +90,19 @@ def test_per_module_losses_weights_scheduler_and_clipping_match_reference() -> N
     )
     got = [trainer.train_step(*b) for b in data]
     want = gleam_reference(
-        reference, [1, 1, 1], data, losses=[mse, l1, mse], weights=[1.0, 2.0, 0.5], lr=1e-2,
-        clip=0.05, scheduler=schedule,
+        reference,
+        [1, 1, 1],
+        data,
+        losses=[mse, l1, mse],
+        weights=[1.0, 2.0, 0.5],
+        lr=1e-2,
+        clip=0.05,
+        scheduler=schedule,
     )
     close(got, want)
-    torch.testing.assert_close(flat_parameters(stages), flat_parameters(reference), rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        flat_parameters(stages), flat_parameters(reference), rtol=0, atol=1e-12
+    )
     assert [o.param_groups[0]["lr"] for o in trainer.optimizers] == [1e-2 * 0.5**3] * 3
 
 
@@ -96,12 +111,14 @@ def test_default_optimizer_is_adam_per_module() -> None:
     assert [type(o) for o in trainer.optimizers] == [torch.optim.Adam, torch.optim.Adam]
     owned = [{id(p) for g in o.param_groups for p in g["params"]} for o in trainer.optimizers]
     assert not owned[0] & owned[1]
-    assert trainer.module_sizes == [2, 2] and trainer.module_ranges == [range(0, 2), range(2, 4)]
+    assert trainer.module_sizes == [2, 2]
+    assert trainer.module_ranges == [range(0, 2), range(2, 4)]
 
 
 def test_modules_default_is_one_per_stage_and_split_is_stated() -> None:
     trainer = GreedyTrainer(make_stages(3), mse)
-    assert trainer.num_modules == 3 and trainer.module_sizes == [1, 1, 1]
+    assert trainer.num_modules == 3
+    assert trainer.module_sizes == [1, 1, 1]
     uneven = GreedyTrainer(make_stages(8), mse, modules=3, split="balanced")
     assert uneven.module_sizes == [3, 3, 2] == split_stages(8, 3, "balanced")
     assert "module_sizes=[3, 3, 2]" in repr(uneven)
@@ -188,7 +205,9 @@ def test_multi_device_on_cuda_equals_gleam_on_cpu() -> None:
     for b in data:
         assert pgleam.train_step(*b) == pytest.approx(gleam.train_step(*b), rel=1e-9)
     assert [next(s.parameters()).device.type for s in stages] == ["cuda"] * 4
-    torch.testing.assert_close(flat_parameters(stages), flat_parameters(reference), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(
+        flat_parameters(stages), flat_parameters(reference), rtol=1e-9, atol=1e-9
+    )
 
 
 def test_tuple_state_with_output_fn() -> None:
@@ -200,10 +219,13 @@ def test_tuple_state_with_output_fn() -> None:
     state0 = (y.clone(), torch.zeros_like(y))
     trainer = GreedyTrainer(stages, mse, modules=2, output_fn=lambda s: s[0])
     got = [trainer.train_step(state0, {"y": y}, truth) for _ in range(2)]
-    want = gleam_reference(reference, [2, 2], [(state0, {"y": y}, truth)] * 2,
-                           output_fn=lambda s: s[0])
+    want = gleam_reference(
+        reference, [2, 2], [(state0, {"y": y}, truth)] * 2, output_fn=lambda s: s[0]
+    )
     close(got, want)
-    torch.testing.assert_close(flat_parameters(stages), flat_parameters(reference), rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        flat_parameters(stages), flat_parameters(reference), rtol=0, atol=1e-12
+    )
 
 
 def test_dict_state_and_complex_state() -> None:
@@ -214,7 +236,8 @@ def test_dict_state_and_complex_state() -> None:
     trainer = GreedyTrainer(stages, mse, modules=2)
     before = flat_parameters(stages).clone()
     losses = trainer.train_step(torch.zeros_like(truth), context, truth)
-    assert len(losses) == 2 and not torch.equal(before, flat_parameters(stages))
+    assert len(losses) == 2
+    assert not torch.equal(before, flat_parameters(stages))
 
     class DictStage(nn.Module):
         def __init__(self) -> None:
@@ -224,13 +247,20 @@ def test_dict_state_and_complex_state() -> None:
         def forward(self, state: dict, context: object) -> dict:
             return {"x": state["x"] * self.w, "it": state["it"] + 1}
 
-    dict_trainer = GreedyTrainer([DictStage(), DictStage()], mse, modules=2,
-                                 output_fn=lambda s: s["x"])
+    dict_trainer = GreedyTrainer(
+        [DictStage(), DictStage()], mse, modules=2, output_fn=lambda s: s["x"]
+    )
     x = torch.ones(3, dtype=torch.float64)
-    dict_trainer.train_step({"x": x, "it": torch.zeros(())}, None, torch.zeros(3, dtype=torch.float64))
-    assert dict_trainer.evaluate({"x": x, "it": torch.zeros(())}, None, x, metric=lambda p, t: p.sum()) == [
+    dict_trainer.train_step(
+        {"x": x, "it": torch.zeros(())}, None, torch.zeros(3, dtype=torch.float64)
+    )
+    assert dict_trainer.evaluate(
+        {"x": x, "it": torch.zeros(())}, None, x, metric=lambda p, t: p.sum()
+    ) == [
         pytest.approx(3 * float(dict_trainer.stages[0].w.detach())),
-        pytest.approx(3 * float(dict_trainer.stages[0].w.detach()) * float(dict_trainer.stages[1].w.detach())),
+        pytest.approx(
+            3 * float(dict_trainer.stages[0].w.detach()) * float(dict_trainer.stages[1].w.detach())
+        ),
     ]
 
 
@@ -256,7 +286,9 @@ def test_module_wrapper_with_activation_checkpointing_gives_the_same_updates() -
     plain = GreedyTrainer(reference, mse, modules=2)
     for b in data:
         assert wrapped.train_step(*b) == pytest.approx(plain.train_step(*b), rel=1e-12)
-    torch.testing.assert_close(flat_parameters(stages), flat_parameters(reference), rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        flat_parameters(stages), flat_parameters(reference), rtol=0, atol=1e-12
+    )
 
 
 def test_predict_early_exit_and_per_module_metric() -> None:
@@ -268,7 +300,9 @@ def test_predict_early_exit_and_per_module_metric() -> None:
         for stage in stages:
             states.append(stage(states[-1], context))
     for n in range(1, 5):
-        torch.testing.assert_close(trainer.predict(x0, context, n_stages=n), states[n], rtol=0, atol=0)
+        torch.testing.assert_close(
+            trainer.predict(x0, context, n_stages=n), states[n], rtol=0, atol=0
+        )
     torch.testing.assert_close(trainer.predict(x0, context), states[4], rtol=0, atol=0)
     assert trainer.evaluate(x0, context, target) == pytest.approx(
         [float(mse(states[2], target)), float(mse(states[4], target))], rel=1e-12
@@ -315,9 +349,10 @@ def test_amp_runs_stages_under_autocast_on_cpu() -> None:
     trainer = GreedyTrainer([Probe(), Probe()], mse, modules=2, amp=True)
     before = flat_parameters(trainer.stages).clone()
     losses = trainer.train_step(torch.randn(2, 4), None, torch.randn(2, 4))
-    assert seen == [True, True] and all(torch.isfinite(torch.tensor(losses)))
+    assert seen == [True, True]
+    assert all(torch.isfinite(torch.tensor(losses)))
     assert not torch.equal(before, flat_parameters(trainer.stages))
-    assert trainer.units[0].scaler is None  # bfloat16 needs no loss scaling
+    assert trainer.scalers == [None, None]  # bfloat16 needs no loss scaling
 
 
 @pytest.mark.gpu
@@ -326,7 +361,7 @@ def test_amp_float16_on_cuda_uses_a_scaler_per_module() -> None:
     trainer = GreedyTrainer(stages, mse, modules=2, devices=["cuda"], amp=True)
     x0, context, target = make_batch(dtype=torch.float32)
     losses = [trainer.train_step(x0, context, target) for _ in range(3)]
-    assert all(isinstance(u.scaler, torch.amp.GradScaler) for u in trainer.units)
+    assert all(isinstance(s, torch.amp.GradScaler) for s in trainer.scalers)
     assert all(torch.isfinite(torch.tensor(step)).all() for step in losses)
 
 
@@ -337,7 +372,8 @@ def test_module_without_parameters_is_evaluated_not_trained() -> None:
 
     stages = [DataConsistency(), _Scale()]
     trainer = GreedyTrainer(stages, mse, modules=2)
-    assert trainer.optimizers[0] is None and trainer.optimizers[1] is not None
+    assert trainer.optimizers[0] is None
+    assert trainer.optimizers[1] is not None
     y = torch.randn(2, 3, dtype=torch.float64)
     losses = trainer.train_step(torch.zeros_like(y), y, y)
     assert losses[0] == pytest.approx(float(mse(0.5 * y, y)))
@@ -350,3 +386,30 @@ class _Scale(nn.Module):
 
     def forward(self, x, context):
         return self.w * x
+
+
+def test_nested_states_travel_in_pieces_and_come_back_whole() -> None:
+    from collections import namedtuple
+
+    from greedytrain._comm import _unwire, _wire, flatten_tree, unflatten_tree
+
+    Pair = namedtuple("Pair", ["eta", "s"])
+    state = {
+        "pair": Pair(torch.randn(2, 3, dtype=torch.complex64), torch.randn(2, 3)),
+        "list": [torch.arange(4), 7, "note"],
+    }
+    layout, tensors = flatten_tree(state)
+    wired = [_wire(t) for t in tensors]
+    assert not any(w.is_complex() for w in wired)  # complex tensors travel as real views
+    slots = [layout["pair"].eta, layout["pair"].s, layout["list"][0]]
+    back = unflatten_tree(layout, [_unwire(w.clone(), slot) for w, slot in zip(wired, slots)])
+    assert isinstance(back["pair"], Pair)
+    assert back["list"][1:] == [7, "note"]
+    for a, b in zip(flat_leaves(back), flat_leaves(state)):
+        assert torch.equal(a, b)
+
+
+def flat_leaves(tree):
+    from greedytrain._tree import tree_leaves
+
+    return tree_leaves(tree)

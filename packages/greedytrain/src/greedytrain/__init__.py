@@ -8,6 +8,7 @@ torch.distributed processes.
 
 from importlib.metadata import PackageNotFoundError, version
 
+from . import distributed
 from ._checkpoint import atomic_save
 from ._split import StageSequence, split_stages
 from ._trainer import GreedyTrainer
@@ -17,4 +18,11 @@ try:
 except PackageNotFoundError:  # running from a source tree via PYTHONPATH (the GPU lane)
     __version__ = "0+unknown"
 
-__all__ = ["GreedyTrainer", "StageSequence", "__version__", "atomic_save", "split_stages"]
+__all__ = [
+    "GreedyTrainer",
+    "StageSequence",
+    "__version__",
+    "atomic_save",
+    "distributed",
+    "split_stages",
+]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import sys
@@ -33,10 +34,8 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
             os.fsync(handle.fileno())
         os.replace(tmp_name, target)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
         raise
     if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable
         dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
@@ -88,4 +87,5 @@ def set_rng_state(state: dict[str, Any]) -> None:
     if "numpy" in state:
         import numpy
 
-        numpy.random.set_state(state["numpy"])
+        # the legacy global generator is what user code seeded with np.random.seed
+        numpy.random.set_state(state["numpy"])  # noqa: NPY002

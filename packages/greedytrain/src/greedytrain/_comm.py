@@ -156,9 +156,7 @@ class Channel:
         return unflatten_tree(layout, tensors)
 
 
-def broadcast_tree(
-    tree: Any, src: int, group: Any, device: torch.device, is_source: bool
-) -> Any:
+def broadcast_tree(tree: Any, src: int, group: Any, device: torch.device, is_source: bool) -> Any:
     """Broadcast ``tree`` from global rank ``src`` to every rank of ``group``."""
     if is_source:
         layout, tensors = flatten_tree(tree)

@@ -6,7 +6,7 @@ import contextlib
 import math
 import os
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -24,6 +24,13 @@ __all__ = ["DistributedGreedyTrainer", "RankFailedError"]
 PLACEMENTS = ("round_robin", "contiguous")
 DATA_MODES = ("per_rank", "broadcast")
 _FAILURE_KEY = "memroll-greedytrain/first-failure"
+
+
+def _not_distributed() -> NoReturn:
+    raise NotImplementedError(
+        "inference is not distributed: call save(path) here, then build a GreedyTrainer with "
+        "the same stages and split, load(path) it and call predict/evaluate"
+    )
 
 
 def _default_store() -> Any:
@@ -322,7 +329,10 @@ class DistributedGreedyTrainer(GreedyTrainer):
             source = self.replica * self.positions
             try:
                 context, target = broadcast_tree(
-                    (context, target), source, self._replica_group, self.device,
+                    (context, target),
+                    source,
+                    self._replica_group,
+                    self.device,
                     is_source=self.position == 0,
                 )
             except RuntimeError as error:
@@ -337,9 +347,7 @@ class DistributedGreedyTrainer(GreedyTrainer):
         for m in self.local_modules:
             if m == 0:
                 if state0 is None:
-                    raise ValueError(
-                        f"rank {self.rank} trains module 0 and needs state0, got None"
-                    )
+                    raise ValueError(f"rank {self.rank} trains module 0 and needs state0, got None")
                 inp = state0
             elif self._owner[m - 1] == self.position:
                 inp = local
@@ -388,11 +396,8 @@ class DistributedGreedyTrainer(GreedyTrainer):
 
     # ------------------------------------------------------------------ inference
     def predict(self, state0: Any, context: Any, n_stages: int | None = None) -> Any:
-        """Not available across ranks: save a checkpoint and load it into a :class:`GreedyTrainer`."""
-        raise NotImplementedError(
-            "inference is not distributed: call save(path) here, then build a GreedyTrainer with "
-            "the same stages and split, load(path) it and call predict/evaluate"
-        )
+        """Not available across ranks: save a checkpoint, load it into a :class:`GreedyTrainer`."""
+        _not_distributed()
 
     def evaluate(
         self,
@@ -403,7 +408,7 @@ class DistributedGreedyTrainer(GreedyTrainer):
         per: str = "module",
     ) -> list[float]:
         """Not available across ranks: see :meth:`predict`."""
-        return self.predict(state0, context)  # type: ignore[no-any-return]
+        _not_distributed()
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self, extra: Any = None) -> dict[str, Any]:
@@ -412,8 +417,10 @@ class DistributedGreedyTrainer(GreedyTrainer):
             local = {}
             if self.replica == 0:
                 cpu = torch.device("cpu")
-                local = {m: tree_map_tensors(lambda t: t.to(cpu), u.state_dict())
-                         for m, u in self._units_by_index.items()}
+                local = {
+                    m: tree_map_tensors(lambda t: t.to(cpu), u.state_dict())
+                    for m, u in self._units_by_index.items()
+                }
             mine = (local, get_rng_state())
             gathered: list[Any] | None = [None] * self.world_size if self.rank == 0 else None
             dist.gather_object(mine, gathered, dst=0)

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from ._checkpoint import FORMAT, VERSION, atomic_save, get_rng_state, read_checkpoint, set_rng_state
 from ._split import StageSequence, split_stages
-from ._tree import tree_detach, tree_to
+from ._tree import tree_detach, tree_leaves, tree_to
 from ._unit import (
     LossFn,
     ModuleUnit,
@@ -87,14 +87,12 @@ def _first_device(module: nn.Module) -> torch.device | None:
 
 
 def _state_device(state: Any) -> torch.device:
-    from ._tree import tree_leaves
-
     leaves = tree_leaves(state)
     return leaves[0].device if leaves else torch.device("cpu")
 
 
 class GreedyTrainer:
-    r"""Greedy module-wise training of an unrolled network (GLEAM), or end-to-end with ``modules=1``.
+    r"""Greedy module-wise training of an unrolled network (GLEAM); end-to-end with ``modules=1``.
 
     The N stages are grouped into M contiguous modules; module :math:`m` maps the detached output
     of module :math:`m-1` to its own output and is trained on its own loss (GLEAM Eq. 10):
@@ -240,24 +238,31 @@ class GreedyTrainer:
                     f"LR scheduler, got {sched!r}"
                 )
         weights = [
-            check_weight(w, m) for m, w in enumerate(per_module(loss_weights, m_count, "loss_weights"))
+            check_weight(w, m)
+            for m, w in enumerate(per_module(loss_weights, m_count, "loss_weights"))
         ]
         clips = [
-            check_clip(c, m) for m, c in enumerate(per_module(clip_grad_norm, m_count, "clip_grad_norm"))
+            check_clip(c, m)
+            for m, c in enumerate(per_module(clip_grad_norm, m_count, "clip_grad_norm"))
         ]
         if module_wrapper is not None and not callable(module_wrapper):
-            raise TypeError(f"module_wrapper must be callable (stages -> nn.Module), got {module_wrapper!r}")
+            raise TypeError(
+                f"module_wrapper must be callable (stages -> nn.Module), got {module_wrapper!r}"
+            )
 
         runners: list[nn.Module] = []
         for m, r in enumerate(self.module_ranges):
             module_stages = list(stage_list[r.start : r.stop])
             if module_wrapper is None:
-                runner: Any = StageSequence(module_stages, offset=r.start, check_shapes=check_shapes)
+                runner: Any = StageSequence(
+                    module_stages, offset=r.start, check_shapes=check_shapes
+                )
             else:
                 runner = module_wrapper(module_stages)
                 if not isinstance(runner, nn.Module):
                     raise TypeError(
-                        f"module_wrapper returned a {type(runner).__name__} for module {m}; it must "
+                        f"module_wrapper returned a {type(runner).__name__} for module {m}; "
+                        "it must "
                         "return an nn.Module called as runner(state, context) -> state"
                     )
             runners.append(runner)
@@ -317,13 +322,25 @@ class GreedyTrainer:
 
     @property
     def optimizers(self) -> list[torch.optim.Optimizer | None]:
-        return [self._units_by_index[m].optimizer if m in self._units_by_index else None
-                for m in range(self.num_modules)]
+        return [
+            self._units_by_index[m].optimizer if m in self._units_by_index else None
+            for m in range(self.num_modules)
+        ]
+
+    @property
+    def scalers(self) -> list[torch.amp.GradScaler | None]:
+        """Per module: its AMP ``GradScaler`` (float16 autocast only), else None."""
+        return [
+            self._units_by_index[m].scaler if m in self._units_by_index else None
+            for m in range(self.num_modules)
+        ]
 
     @property
     def schedulers(self) -> list[Any]:
-        return [self._units_by_index[m].scheduler if m in self._units_by_index else None
-                for m in range(self.num_modules)]
+        return [
+            self._units_by_index[m].scheduler if m in self._units_by_index else None
+            for m in range(self.num_modules)
+        ]
 
     def __repr__(self) -> str:
         placement = "" if self.devices is None else f", devices={[str(d) for d in self.devices]}"
@@ -464,7 +481,7 @@ class GreedyTrainer:
         metric: Callable[[Any, Any], Any] | None = None,
         per: str = "module",
     ) -> list[float]:
-        """``metric(output_fn(state), target)`` after every module (or every stage, ``per="stage"``).
+        """``metric(output_fn(state), target)`` after every module (or stage, ``per="stage"``).
 
         ``metric`` defaults to each module's own loss function. The GLEAM paper's Fig. 9 is this
         with ``per="stage"`` and PSNR as the metric.
@@ -475,8 +492,10 @@ class GreedyTrainer:
             if metric is not None:
                 fn: Callable[[Any, Any], Any] = metric
             else:
-                m = k if per == "module" else next(
-                    i for i, r in enumerate(self.module_ranges) if k in r
+                m = (
+                    k
+                    if per == "module"
+                    else next(i for i, r in enumerate(self.module_ranges) if k in r)
                 )
                 unit = self._units_by_index.get(m)
                 if unit is None:

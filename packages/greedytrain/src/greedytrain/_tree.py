@@ -51,8 +51,12 @@ def tree_detach(tree: Any) -> Any:
 
 
 def tree_to(tree: Any, device: torch.device) -> Any:
-    """``tree`` with every tensor moved to ``device`` (tensors already there are not copied)."""
-    return tree_map_tensors(lambda tensor: tensor.to(device, non_blocking=True), tree)
+    """``tree`` with every tensor moved to ``device`` (tensors already there are not copied).
+
+    Copies to a CUDA device are asynchronous (ordered on the streams); copies to the CPU are not,
+    since a non-blocking device-to-host copy could be read before it lands."""
+    non_blocking = device.type == "cuda"
+    return tree_map_tensors(lambda tensor: tensor.to(device, non_blocking=non_blocking), tree)
 
 
 def tree_layout(tree: Any) -> Any:

@@ -98,9 +98,10 @@ class ModuleUnit:
 
     @property
     def name(self) -> str:
-        stages = f"stage {self.first}" if self.first == self.last else (
-            f"stages {self.first}-{self.last}"
-        )
+        if self.first == self.last:
+            stages = f"stage {self.first}"
+        else:
+            stages = f"stages {self.first}-{self.last}"
         return f"module {self.index} ({stages})"
 
     def _amp_dtype_for(self, device: torch.device | None) -> torch.dtype:
@@ -121,7 +122,7 @@ class ModuleUnit:
         output_fn: Callable[[Any], Any],
         device: torch.device,
     ) -> tuple[Any, Tensor]:
-        """The module's output state and its (unweighted) loss ``loss_fn(output_fn(state), target)``."""
+        """The module's output state and unweighted loss ``loss_fn(output_fn(out), target)``."""
         if self.optimizer is not None:
             self.optimizer.zero_grad(set_to_none=True)
         grad_mode = torch.enable_grad() if self.trainable else torch.no_grad()
