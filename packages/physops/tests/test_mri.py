@@ -153,13 +153,19 @@ def test_sense_2d_time_matches_sigpy_frame_by_frame():
             np.testing.assert_allclose(k[b, :, t].numpy(), ref * x[b, t].numpy(), atol=1e-12)
 
 
-def test_fourier_sampling_matches_single_coil_sigpy():
-    mask = rand_mask(8, 6).to(torch.float64)
-    x = torch.randn(2, 8, 6, dtype=torch.complex128)
-    ref = sigpy_sense(np.ones((1, 8, 6), dtype=np.complex128), mask.numpy())
-    k = FourierSampling(mask)(x)
+@pytest.mark.parametrize("shape", [(8, 6), (7, 5), (4, 6, 3)])
+def test_fourier_sampling_matches_single_coil_sigpy(shape):
+    mask = rand_mask(*shape).to(torch.float64)
+    x = torch.randn(2, *shape, dtype=torch.complex128)
+    y = torch.randn(2, *shape, dtype=torch.complex128)
+    ref = sigpy_sense(np.ones((1, *shape), dtype=np.complex128), mask.numpy())
+    op = FourierSampling(mask, ndim=len(shape))
     for b in range(2):
-        np.testing.assert_allclose(k[b].numpy(), (ref * x[b].numpy())[0], atol=1e-12)
+        np.testing.assert_allclose(op(x)[b].numpy(), (ref * x[b].numpy())[0], atol=1e-12)
+        np.testing.assert_allclose(
+            op.adjoint(y)[b].numpy(), ref.H * y[b : b + 1].numpy(), atol=1e-12
+        )
+        np.testing.assert_allclose(op.normal(x)[b].numpy(), ref.N * x[b].numpy(), atol=1e-12)
 
 
 def test_fourier_sampling_equals_single_coil_sense_with_unit_map():

@@ -24,7 +24,7 @@ from typing import cast
 import torch
 from torch import Tensor
 
-from physops._fft import fftc, ifftc
+from physops._fft import centring, fftc, ifftc
 from physops._linop import LinearOperator, operand, register_operand
 
 __all__ = ["FFT", "FourierSampling", "Sense"]
@@ -138,6 +138,7 @@ class FourierSampling(LinearOperator):
             in_shape=trailing if known else None, out_shape=trailing if known else None
         )
         self.ndim = ndim
+        self._dims = tuple(range(-ndim, 0))
         register_operand(self, "mask", mask)
 
     def _mask(self, x: Tensor, who: str) -> Tensor:
@@ -155,18 +156,33 @@ class FourierSampling(LinearOperator):
             )
         return mask
 
+    # With even sizes the centring shifts become checkerboards (see physops._fft.centring), folded
+    # into the mask here: the same result as ifftc/fftc, with two fewer passes over the data.
     def forward(self, x: Tensor) -> Tensor:
         x = _check_complex(x, "FourierSampling", "image x")
-        return self._mask(x, "FourierSampling") * fftc(x, self.ndim)
+        mask = self._mask(x, "FourierSampling")
+        boards = centring(x, self.ndim)
+        if boards is None:
+            return mask * fftc(x, self.ndim)
+        return (mask * boards[1]) * torch.fft.fftn(boards[0] * x, dim=self._dims, norm="ortho")
 
     def adjoint(self, y: Tensor) -> Tensor:
         y = _check_complex(y, "FourierSampling.adjoint", "k-space y")
-        return ifftc(self._mask(y, "FourierSampling.adjoint") * y, self.ndim)
+        mask = self._mask(y, "FourierSampling.adjoint")
+        boards = centring(y, self.ndim)
+        if boards is None:
+            return ifftc(mask * y, self.ndim)
+        return boards[1] * torch.fft.ifftn((mask * boards[0]) * y, dim=self._dims, norm="ortho")
 
     def normal(self, x: Tensor) -> Tensor:
         x = _check_complex(x, "FourierSampling.normal", "image x")
-        mask = self._mask(x, "FourierSampling.normal")
-        return ifftc(mask.square() * fftc(x, self.ndim), self.ndim)
+        weight = self._mask(x, "FourierSampling.normal").square()
+        boards = centring(x, self.ndim)
+        if boards is None:
+            return ifftc(weight * fftc(x, self.ndim), self.ndim)
+        # s c F^-1(c M^2 s c F(c x)) = c F^-1(M^2 F(c x)): the inner checkerboards cancel.
+        k = torch.fft.fftn(boards[0] * x, dim=self._dims, norm="ortho")
+        return boards[0] * torch.fft.ifftn(weight * k, dim=self._dims, norm="ortho")
 
     def extra_repr(self) -> str:
         return f"mask_shape={tuple(cast(Tensor, self.mask).shape)}, ndim={self.ndim}"
@@ -279,6 +295,7 @@ class Sense(LinearOperator):
             out_shape=None if frames_unknown else (maps.shape[1], *image_shape),
         )
         self.ndim = fft_ndim
+        self._dims = tuple(range(-fft_ndim, 0))
         self.image_ndim = image_ndim
         self.coils = int(maps.shape[1])
         self.batch = int(batch)
@@ -332,26 +349,46 @@ class Sense(LinearOperator):
         return t
 
     # -- the operator ------------------------------------------------------------------------
+    # With even FFT sizes the centring shifts become checkerboards (physops._fft.centring): the
+    # image-side one is applied to the (coil-free) image, the k-space-side one is folded into the
+    # mask, so each method makes one pass over the coil images besides the FFTs.
     def forward(self, x: Tensor) -> Tensor:
         x = self._check(x, "Sense", "image x", coil=False)
         maps = operand(self, "maps", x)
-        k = fftc(x.unsqueeze(1) * maps, self.ndim)
-        return k * self._mask(x) if self.has_mask else k
+        boards = centring(x, self.ndim)
+        if boards is None:
+            k = fftc(x.unsqueeze(1) * maps, self.ndim)
+            return k * self._mask(x) if self.has_mask else k
+        pre, post = boards
+        k = torch.fft.fftn((pre * x).unsqueeze(1) * maps, dim=self._dims, norm="ortho")
+        return k * (self._mask(x) * post if self.has_mask else post)
 
     def adjoint(self, y: Tensor) -> Tensor:
         y = self._check(y, "Sense.adjoint", "k-space y", coil=True)
         maps = operand(self, "maps", y)
-        if self.has_mask:
-            y = y * self._mask(y)
-        return (ifftc(y, self.ndim) * maps.conj()).sum(dim=1)
+        boards = centring(y, self.ndim)
+        if boards is None:
+            if self.has_mask:
+                y = y * self._mask(y)
+            return (ifftc(y, self.ndim) * maps.conj()).sum(dim=1)
+        pre, post = boards
+        weight = self._mask(y) * pre if self.has_mask else pre
+        images = torch.fft.ifftn(y * weight, dim=self._dims, norm="ortho")
+        return post * (images * maps.conj()).sum(dim=1)
 
     def normal(self, x: Tensor) -> Tensor:
         x = self._check(x, "Sense.normal", "image x", coil=False)
         maps = operand(self, "maps", x)
         if not self.has_mask:
             return x * maps.abs().square().sum(dim=1)
-        k = fftc(x.unsqueeze(1) * maps, self.ndim) * self._mask(x).square()
-        return (ifftc(k, self.ndim) * maps.conj()).sum(dim=1)
+        weight = self._mask(x).square()
+        boards = centring(x, self.ndim)
+        if boards is None:
+            k = fftc(x.unsqueeze(1) * maps, self.ndim) * weight
+            return (ifftc(k, self.ndim) * maps.conj()).sum(dim=1)
+        pre = boards[0]  # s c F^-1(c M^2 s c F(c S x)) = c F^-1(M^2 F(c S x))
+        k = torch.fft.fftn((pre * x).unsqueeze(1) * maps, dim=self._dims, norm="ortho") * weight
+        return pre * (torch.fft.ifftn(k, dim=self._dims, norm="ortho") * maps.conj()).sum(dim=1)
 
     def extra_repr(self) -> str:
         return (
