@@ -112,7 +112,7 @@ def anderson(
     :math:`\operatorname{Re} H` and real coefficients, identical to running on the real view.
     The regulariser is relative (Jacobi-scaled), so it does not stall at tight tolerances. A sample
     whose least-squares system is singular falls back to the Picard step instead of failing.
-    Memory: :math:`2m + 2` states.
+    Memory: :math:`2m + 3` states besides ``f``'s own.
 
     Parameters
     ----------

@@ -40,7 +40,8 @@ def banach(
     the Picard iteration for :math:`\tau = 1` and the Krasnoselskii-Mann iteration for
     :math:`0 < \tau < 1`. It converges linearly, with rate :math:`L`, when ``f`` is a contraction
     with Lipschitz constant :math:`L < 1` (Banach's theorem); the relaxed iteration also converges
-    for a nonexpansive ``f`` (:math:`L = 1`) that has a fixed point. Memory: three states.
+    for a nonexpansive ``f`` (:math:`L = 1`) that has a fixed point. Memory: at most four states
+    besides ``f``'s own.
 
     Parameters
     ----------

@@ -86,13 +86,16 @@ class _ImplicitGrad(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: FunctionCtx, *grads: Tensor) -> tuple[Tensor | None, ...]:
         cfg: _BackwardConfig = ctx.cfg  # type: ignore[attr-defined]
+        v = tuple(grads)
+        if cfg.mode == "phantom" and cfg.phantom_steps == 1:  # no Jacobian needed
+            return (None, None, *(cfg.phantom_damping * t for t in v))
         saved = ctx.saved_tensors  # type: ignore[attr-defined]
         z_star, params = saved[: cfg.n_state], saved[cfg.n_state :]
+        # one graph of f at z*, reused by every vector-Jacobian product below
         leaves = tuple(t.detach().requires_grad_() for t in z_star)
         with torch.enable_grad():
             out = cfg.f(_structure(cfg, leaves), *params)
         vjp = vjp_function(components(out), leaves)
-        v = tuple(grads)
         if cfg.mode == "phantom":
             lam = cfg.phantom_damping
             w = v
@@ -165,7 +168,7 @@ def implicit(
     and the ``backward`` options are
 
     * ``"implicit"``: solve :math:`u = v + J^H u` by fixed-point iteration (``backward_method``,
-      ``backward_tol``, ...); one evaluation-free vector-Jacobian product (VJP) per iteration.
+      ``backward_tol``, ...); one vector-Jacobian product (VJP) per iteration, no new graph.
       Exact up to the tolerances.
     * ``"jacobian_free"``: :math:`u = v` (Fung et al. 2022); no extra cost, biased by
       :math:`(I - J)^{-H} - I = J^H + (J^H)^2 + \dots`.
@@ -184,7 +187,9 @@ def implicit(
     ----------
     f : callable
         Called as ``f(z, *params)``; returns a state shaped like ``z``. May be an ``nn.Module``.
-        Samples must not interact (per-sample stopping and per-sample estimates assume it).
+        Samples must not interact (per-sample stopping and per-sample estimates assume it), and
+        ``f`` should have no side effects (such as BatchNorm's running statistics in training
+        mode): it is evaluated once per iteration, then once more in the backward pass.
     z0 : Tensor or tuple of Tensor
         Initial iterate, ``(batch, *shape)`` per tensor, floating or complex.
     *params : Tensor

@@ -88,8 +88,8 @@ def invert_step(
     y : Tensor or tuple of Tensor
         The output of the step, ``(batch, *shape)`` per tensor.
     method : str
-        ``"anderson"`` (default; :math:`2m + 2` states of memory) or ``"banach"`` (MEL's plain
-        iteration; three states).
+        ``"anderson"`` (default; :math:`2m + 3` states of memory) or ``"banach"`` (MEL's plain
+        iteration; at most four states).
     lipschitz : float or Tensor, optional
         A bound on :math:`\operatorname{Lip}(g)`, a number or one per sample ``(batch,)``.
     tol, max_iter, stop_mode, on_failure, **options
