@@ -5,7 +5,8 @@ Sections of the report (Markdown, written to ``--out`` and printed):
 1. Solves: iterations and time to reach a relative residual of 1e-4 and 1e-6 on three maps (a
    contractive conv layer with input injection, a complex Hermitian and a complex non-normal
    contraction; see ``maps.py``), the complex ones also on their real views, for fixedpoint's
-   ``anderson`` and ``banach`` and torchdeq's ``anderson`` and ``fixed_point_iter``. Iterations
+   ``anderson``, ``banach`` and ``broyden`` and torchdeq's ``anderson``, ``fixed_point_iter`` and
+   ``broyden``. Iterations
    are evaluations of ``f`` (the most any sample needed); times are medians of repeated solves.
 2. Training memory and time: one forward + backward step of an implicit layer on the conv map
    (weights learnable) with 10 and with 100 forward and backward iterations, against plain
@@ -131,12 +132,14 @@ def bench_solves(cfg: dict, device: str) -> list[dict]:
             solvers = {
                 "fixedpoint anderson": _ours(f, z0, "anderson", tol, max_iter),
                 "fixedpoint banach": _ours(f, z0, "banach", tol, max_iter),
+                "fixedpoint broyden": _ours(f, z0, "broyden", tol, max_iter),
             }
             if torchdeq_solver is not None:
                 solvers["torchdeq anderson"] = _theirs(f, z0, "anderson", tol, max_iter)
                 solvers["torchdeq fixed_point_iter"] = _theirs(
                     f, z0, "fixed_point_iter", tol, max_iter
                 )
+                solvers["torchdeq broyden"] = _theirs(f, z0, "broyden", tol, max_iter)
             for solver_name, run in solvers.items():
                 seconds, (iters, converged) = _timed(run, cfg["repeats"], device)
                 rows.append(
@@ -403,7 +406,8 @@ def main(argv: list[str] | None = None) -> None:
         f"torchdeq {TORCHDEQ_VERSION}; "
         f"intra-op threads: {args.threads}. Conv map: {c['batch']}x{c['channels']}x{c['size']}x"
         f"{c['size']} float32; complex maps: n = {cfg['n']}, batch {cfg['batch']}, complex64. "
-        "Defaults of both libraries (fixedpoint Anderson m=5, torchdeq m=6, lam=1e-4); "
+        "Defaults of both libraries (fixedpoint: Anderson m=5, Broyden m=10; torchdeq: Anderson "
+        "m=6, lam=1e-4, Broyden keeping max_iter terms); "
         "relative residual ||f(x) - x|| / ||f(x)|| per sample.",
     ]
     report = "\n".join(

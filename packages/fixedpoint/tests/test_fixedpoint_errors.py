@@ -17,7 +17,7 @@ def expanding(z):
 
 
 # -- failure policy -----------------------------------------------------------------------------
-@pytest.mark.parametrize("method", ["anderson", "banach"])
+@pytest.mark.parametrize("method", ["anderson", "banach", "broyden"])
 def test_non_contraction_warns_by_default(method):
     with pytest.warns(fixedpoint.ConvergenceWarning, match=r"did not converge for 2 of 2 samples"):
         result = fixedpoint.solve(expanding, torch.zeros(2, 3), method, max_iter=5)
@@ -25,7 +25,7 @@ def test_non_contraction_warns_by_default(method):
     assert result.iterations.tolist() == [5, 5]
 
 
-@pytest.mark.parametrize("method", ["anderson", "banach"])
+@pytest.mark.parametrize("method", ["anderson", "banach", "broyden"])
 def test_non_contraction_raises_with_the_result_attached(method):
     with pytest.raises(fixedpoint.ConvergenceError, match=r"max_iter=5.*tol=0.0001") as info:
         fixedpoint.solve(expanding, torch.zeros(2, 3), method, max_iter=5, on_failure="raise")
@@ -40,7 +40,7 @@ def test_ignore_policy_is_silent():
     assert not result.all_converged
 
 
-@pytest.mark.parametrize("method", ["anderson", "banach"])
+@pytest.mark.parametrize("method", ["anderson", "banach", "broyden"])
 def test_nan_in_one_sample_is_reported_and_the_others_converge(method):
     calls = []
 
@@ -65,17 +65,18 @@ def test_nan_in_one_sample_is_reported_and_the_others_converge(method):
 # -- registry -------------------------------------------------------------------------------------
 def test_unknown_method_lists_the_valid_names():
     with pytest.raises(
-        ValueError, match=r"unknown fixed-point method 'broyd'.*'anderson', 'banach'"
+        ValueError, match=r"unknown fixed-point method 'broyd'.*'anderson', 'banach', 'broyden'"
     ):
         fixedpoint.solve(expanding, torch.zeros(1, 2), "broyd")
-    with pytest.raises(ValueError, match=r"valid names: 'anderson', 'banach'"):
+    with pytest.raises(ValueError, match=r"valid names: 'anderson', 'banach', 'broyden'"):
         fixedpoint.get_solver("newton")
 
 
 def test_get_solver_returns_the_registered_functions():
     assert fixedpoint.get_solver("anderson") is fixedpoint.anderson
     assert fixedpoint.get_solver("banach") is fixedpoint.banach
-    assert fixedpoint.available_solvers() == ("anderson", "banach")
+    assert fixedpoint.get_solver("broyden") is fixedpoint.broyden
+    assert fixedpoint.available_solvers() == ("anderson", "banach", "broyden")
 
 
 def test_register_a_custom_solver_and_use_it_by_name():
@@ -214,6 +215,8 @@ def test_bad_on_failure():
 def test_bad_history_size(m):
     with pytest.raises(ValueError, match="m \\(Anderson's history size\\) must be an integer >= 1"):
         fixedpoint.anderson(expanding, torch.zeros(1, 2), m=m)
+    with pytest.raises(ValueError, match="m \\(Broyden's number of rank-one terms\\) must be"):
+        fixedpoint.broyden(expanding, torch.zeros(1, 2), m=m)
 
 
 def test_bad_regularisation():

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import fixedpoint
 from fixedpoint._anderson import _AndersonStep
 
-METHODS = ["anderson", "banach"]
+METHODS = ["anderson", "banach", "broyden"]
 DTYPES = [torch.float32, torch.float64, torch.complex64, torch.complex128]
 
 
@@ -201,6 +201,19 @@ def test_anderson_beats_picard_on_a_slow_linear_contraction():
     aa = fixedpoint.solve(linear_map(A, b), torch.zeros_like(b), "anderson", **kwargs)
     picard = fixedpoint.solve(linear_map(A, b), torch.zeros_like(b), "banach", **kwargs)
     assert (aa.iterations * 2 < picard.iterations).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
+def test_broyden_solves_a_linear_system_in_at_most_2n_steps(dtype):
+    """Gay's theorem: keeping every rank-one term, good Broyden ends in 2n steps on linear maps."""
+    n = 6
+    A = contraction(n, 0.9, dtype)
+    b = torch.randn(3, n, dtype=dtype)
+    result = fixedpoint.broyden(
+        linear_map(A, b), torch.zeros_like(b), tol=1e-11, max_iter=100, m=2 * n
+    )
+    assert (result.iterations <= 2 * n + 1).all()
+    torch.testing.assert_close(result.z, direct_solution(A, b), rtol=1e-9, atol=1e-9)
 
 
 def test_banach_relaxation_is_krasnoselskii_mann():

@@ -3,8 +3,8 @@
 The public API (see ``README.md`` for an overview):
 
 * :func:`solve` (by name: :func:`get_solver`, :func:`register_solver`), :func:`anderson`,
-  :func:`banach` -> :class:`FixedPointResult`; failures by :class:`ConvergenceWarning` or
-  :class:`ConvergenceError`;
+  :func:`banach`, :func:`broyden` -> :class:`FixedPointResult`; failures by
+  :class:`ConvergenceWarning` or :class:`ConvergenceError`;
 * :func:`implicit` (with :class:`ImplicitDiagnostics`) and :func:`spectral_radius`;
 * :func:`invert_step`.
 """
@@ -13,6 +13,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from ._anderson import anderson
 from ._banach import banach
+from ._broyden import broyden
 from ._implicit import ImplicitDiagnostics, implicit
 from ._invert import invert_step
 from ._result import ConvergenceError, ConvergenceWarning, FixedPointResult
@@ -35,6 +36,7 @@ __all__ = [
     "anderson",
     "available_solvers",
     "banach",
+    "broyden",
     "get_solver",
     "implicit",
     "invert_step",

@@ -8,6 +8,7 @@ from typing import Any, TypeAlias
 
 from ._anderson import anderson
 from ._banach import banach
+from ._broyden import broyden
 from ._result import FixedPointResult, OnFailure, StopMode
 from ._state import State, StateFn
 
@@ -16,7 +17,8 @@ Solver: TypeAlias = Callable[..., FixedPointResult]
 
 
 _COMMON = ("tol", "max_iter", "stop_mode", "on_failure")
-_SOLVERS: dict[str, Solver] = {"anderson": anderson, "banach": banach}
+_BUILTIN: dict[str, Solver] = {"anderson": anderson, "banach": banach, "broyden": broyden}
+_SOLVERS: dict[str, Solver] = dict(_BUILTIN)
 
 
 def available_solvers() -> tuple[str, ...]:
@@ -68,7 +70,7 @@ def register_solver(name: str, solver: Solver, *, overwrite: bool = False) -> No
 
 def unregister_solver(name: str) -> None:
     """Remove a solver added with :func:`register_solver` (the built-in ones stay)."""
-    if name in ("anderson", "banach"):
+    if name in _BUILTIN:
         raise ValueError(f"the built-in solver {name!r} cannot be removed.")
     get_solver(name)
     del _SOLVERS[name]
@@ -117,7 +119,7 @@ def solve(
     z0 : Tensor or tuple of Tensor
         Initial iterate. Every tensor is ``(batch, *shape)``, floating or complex, on any device.
     method : str
-        A registered solver: ``"anderson"`` (default) or ``"banach"`` (see
+        A registered solver: ``"anderson"`` (default), ``"banach"`` or ``"broyden"`` (see
         :func:`available_solvers`).
     tol : float
         Per-sample tolerance, relative or absolute by ``stop_mode``.
@@ -130,7 +132,7 @@ def solve(
         Policy for samples that do not converge or become non-finite.
     **options
         The method's own options: ``anderson(m=5, lam=1e-8, beta=1.0, coefficients="auto")``,
-        ``banach(relaxation=1.0)``.
+        ``banach(relaxation=1.0)``, ``broyden(m=10)``.
 
     Returns
     -------
