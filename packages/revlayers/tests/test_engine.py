@@ -123,6 +123,17 @@ def test_no_activations_kept_in_graph() -> None:
     assert len(node.saved_tensors) == 3  # type: ignore[attr-defined]
 
 
+def test_retain_graph_allows_a_second_backward() -> None:
+    seq = rl.ReversibleSequence(mixed_layers(repeats=1)).double()
+    x = torch.randn(1, 4, 8, 8, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(1, 1, 8, 8, dtype=torch.float64)
+    y = seq(x, c)
+    y.sum().backward(retain_graph=True)
+    first = x.grad.clone()  # type: ignore[union-attr]
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, 2 * first)
+
+
 def test_plain_path_without_grad_and_in_eval() -> None:
     seq = rl.ReversibleSequence(mixed_layers(repeats=1)).double()
     x = torch.randn(1, 4, 8, 8, dtype=torch.float64)

@@ -274,7 +274,6 @@ class _ReversibleFunction(torch.autograd.Function):
         saved = ctx.saved_tensors
         stored = dict(zip(ctx.stored_indices, saved[:-1]))
         grad_x, grads = plan.backward(stored, saved[-1], grad_y)
-        ctx.plan = None
         return (None, grad_x, *grads)
 
 
