@@ -58,6 +58,7 @@ def test_gradient_equals_autograd_and_finite_differences() -> None:
     torch.testing.assert_close(fd, predicted, rtol=1e-6, atol=1e-8)
 
 
+@pytest.mark.slow  # about 10 s on a loaded 2-core machine: complex gradcheck of a gradient
 def test_gradient_is_differentiable_float64() -> None:
     op = tiny()
     y = torch.rand(1, 3, 4, 4, dtype=torch.float64)
