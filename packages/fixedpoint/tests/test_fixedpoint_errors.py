@@ -157,6 +157,17 @@ def test_tuple_components_with_different_batch_sizes():
         fixedpoint.solve(lambda s: s, (torch.zeros(2, 1), torch.zeros(3, 1)))
 
 
+def test_tuple_components_on_different_devices():
+    # the "meta" device stands in for a second device on machines without one
+    with pytest.raises(ValueError, match=r"must be on one device, got \['cpu', 'meta'\]"):
+        fixedpoint.solve(lambda s: s, (torch.zeros(2, 1), torch.zeros(2, 1, device="meta")))
+
+
+def test_f_returns_a_tensor_on_another_device():
+    with pytest.raises(ValueError, match=r"f is on meta, but the state is on cpu"):
+        fixedpoint.solve(lambda z: torch.zeros(2, 3, device="meta"), torch.zeros(2, 3))
+
+
 def test_non_finite_z0():
     with pytest.raises(ValueError, match="z0 contains non-finite values"):
         fixedpoint.solve(expanding, torch.tensor([[float("nan"), 0.0]]))

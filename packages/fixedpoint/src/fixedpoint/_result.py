@@ -58,15 +58,16 @@ class FixedPointResult:
         absolute residual of the true fixed point.
     converged : Tensor, shape (batch,), bool
         ``residuals <= tol`` and finite.
-    trace : Tensor, shape (iterations.max(), batch), real
-        The residual of every sample at every evaluation; NaN after the sample stopped.
+    trace : Tensor, shape (iterations.max(), batch), real, or None
+        The residual of every sample at every evaluation; NaN after the sample stopped. The
+        built-in solvers always record it; a registered solver may leave it out.
     """
 
     z: State
     iterations: Tensor
     residuals: Tensor
     converged: Tensor
-    trace: Tensor
+    trace: Tensor | None = None
 
     @property
     def all_converged(self) -> bool:

@@ -115,7 +115,8 @@ def solve(
     ----------
     f : callable
         The map ``State -> State``; always called on the whole batch (it may close over
-        batch-shaped tensors). It runs under :func:`torch.no_grad`.
+        batch-shaped tensors), under :func:`torch.no_grad`. It must return new tensors and leave
+        its input unchanged (no in-place operations on it).
     z0 : Tensor or tuple of Tensor
         Initial iterate. Every tensor is ``(batch, *shape)``, floating or complex, on any device.
     method : str
