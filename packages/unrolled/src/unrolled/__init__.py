@@ -52,3 +52,9 @@ __all__ = [
     "ssim",
     "ssim_torch",
 ]
+
+# --- issue 7: the recurrent inference machine and its invertible version (i-RIM) ---------------
+from ._irim import IRIM, fanned_downsampling
+from ._rim import RIM
+
+__all__ += ["IRIM", "RIM", "fanned_downsampling"]

@@ -221,7 +221,8 @@ class UnrolledModel(nn.Module):
         self.check_inputs(y, physics, x0)
         state = self.initial_state(y, physics, x0)
         if isinstance(state, Tensor):
-            self.adapter.check(self.adapter.from_net(state), "the initial image (A^H y or x0)")
+            # the read-out, not the whole state: a state may carry more channels than the image
+            self.adapter.check(self.readout(state), "the initial image (A^H y or x0)")
         return state, StageContext(y, physics)
 
     def run_stages(self, state: Any, context: StageContext, mode: str | None = None) -> Any:
