@@ -68,3 +68,11 @@ def test_fftc_rejects_integer_tensor():
 def test_fftc_rejects_non_tensor():
     with pytest.raises(TypeError, match=r"expects a torch\.Tensor, got ndarray"):
         fftc(np.zeros((4, 4)))  # type: ignore[arg-type]
+
+
+def test_checkerboards_built_in_inference_mode_still_serve_autograd():
+    with torch.inference_mode():
+        fftc(torch.randn(2, 10, 12, dtype=torch.complex64))  # fills the checkerboard cache
+    x = torch.randn(2, 10, 12, dtype=torch.complex64, requires_grad=True)
+    fftc(x).abs().sum().backward()
+    assert x.grad is not None

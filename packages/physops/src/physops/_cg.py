@@ -206,7 +206,8 @@ def cg(
     backward
         ``"implicit"`` (default): gradients by a second CG solve with the same system (see the
         module notes); memory does not grow with the iterations, gradients reach ``b`` and every
-        tensor ``apply_A`` uses. ``"unrolled"``: plain autograd through the iterations.
+        tensor ``apply_A`` uses (first-order only: it cannot be differentiated twice).
+        ``"unrolled"``: plain autograd through the iterations.
     on_fail
         What to do when a sample did not converge: ``"ignore"`` (default: the result says so in
         ``converged``; unrolled networks run a fixed budget on purpose), ``"warn"`` or ``"raise"``.

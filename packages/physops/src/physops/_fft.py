@@ -15,6 +15,8 @@ inverse and the adjoint of ``fftc`` for every size (odd ones included), and
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -37,16 +39,26 @@ def centring(x: Tensor, ndim: int) -> tuple[Tensor, Tensor] | None:
     operators fold them into their masks and maps. Returns ``(c, s * c)`` in ``x``'s real
     precision, or ``None`` when a size is odd (then the shifts are needed).
     """
-    sizes = tuple(x.shape[-ndim:])
+    sizes = tuple(int(n) for n in x.shape[-ndim:])
     if any(n % 2 for n in sizes):
         return None
     real = x.dtype.to_real() if (x.is_complex() or x.is_floating_point()) else torch.float32
-    board = torch.ones((), dtype=real, device=x.device)
-    for axis, n in enumerate(sizes):
-        sign = 1 - 2 * (torch.arange(n, device=x.device) % 2).to(real)
-        board = board.unsqueeze(-1) * sign.reshape((1,) * axis + (n,))
-    flip = -1.0 if sum(n // 2 for n in sizes) % 2 else 1.0
-    return board, board * flip
+    return _boards(sizes, real, x.device)
+
+
+@functools.lru_cache(maxsize=64)
+def _boards(
+    sizes: tuple[int, ...], real: torch.dtype, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    # Cached: an operator applied every CG iteration would otherwise launch a few tiny kernels per
+    # call. Built outside inference mode so that autograd may save them later.
+    with torch.inference_mode(False):
+        board = torch.ones((), dtype=real, device=device)
+        for axis, n in enumerate(sizes):
+            sign = 1 - 2 * (torch.arange(n, device=device) % 2).to(real)
+            board = board.unsqueeze(-1) * sign.reshape((1,) * axis + (n,))
+        flip = -1.0 if sum(n // 2 for n in sizes) % 2 else 1.0
+        return board, board * flip
 
 
 def _dims(x: object, ndim: int, name: str) -> tuple[int, ...]:
