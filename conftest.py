@@ -9,6 +9,8 @@ same markers, warning policy and ``device`` fixture without importing a sibling 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 
@@ -29,6 +31,12 @@ def device(request: pytest.FixtureRequest) -> torch.device:
 
 
 @pytest.fixture(autouse=True)
-def _seed() -> None:
-    """Every test starts from the same global RNG state, so failures reproduce."""
+def _seed_and_threads() -> Iterator[None]:
+    """Every test starts from the same global RNG state, so failures reproduce, and runs on one
+    intra-op thread: the tests use tiny tensors, for which thread start-up dominates (up to 100x
+    slower with 2 threads on a loaded 2-core machine)."""
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
