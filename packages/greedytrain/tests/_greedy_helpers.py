@@ -230,6 +230,22 @@ def take(tree: Any, rows: slice) -> Any:
     return tree
 
 
+def job_worker(
+    rank: int, world: int, out: str, configs: list[dict[str, Any]], checks: bool
+) -> None:
+    """One process-group job running several scenarios in turn (starting processes is the slow
+    part of these tests): with ``checks``, first a configuration mismatch, then every config in
+    ``configs`` (results under ``out/config{i}``), then, with ``checks``, a failing rank."""
+    if checks:
+        mismatch_worker(rank, world, out)
+    for i, config in enumerate(configs):
+        folder = Path(out) / f"config{i}"
+        folder.mkdir(exist_ok=True)
+        gleam_worker(rank, world, str(folder), config)
+    if checks:
+        failing_worker(rank, world, out)
+
+
 def gleam_worker(rank: int, world: int, out: str, config: dict[str, Any]) -> None:
     """Train a toy network with DistributedGreedyTrainer; write each rank's results."""
     from greedytrain.distributed import DistributedGreedyTrainer
@@ -300,7 +316,7 @@ def mismatch_worker(rank: int, world: int, out: str) -> None:
     try:
         DistributedGreedyTrainer(make_stages(4), mse, modules=2 + 2 * rank)
     except ValueError as error:
-        Path(out, f"error{rank}.txt").write_text(str(error))
+        Path(out, f"mismatch{rank}.txt").write_text(str(error))
 
 
 # ---------------------------------------------------------------------- kill-and-resume

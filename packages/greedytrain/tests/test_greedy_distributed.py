@@ -13,11 +13,9 @@ import pytest
 import torch
 import torch.distributed as dist
 from _greedy_helpers import (
-    failing_worker,
     free_port,
-    gleam_worker,
+    job_worker,
     make_stages,
-    mismatch_worker,
     mse,
     problem,
     run_ranks,
@@ -38,12 +36,10 @@ def _single_process(config: dict) -> tuple[GreedyTrainer, list[list[float]]]:
     return trainer, losses
 
 
-CONFIGS = [
-    pytest.param(
-        2, {"kind": "pgd", "stages": 4, "modules": 4, "batch": 2}, id="2 ranks, round robin"
-    ),
-    pytest.param(
-        2,
+TWO_RANKS = [
+    ("round robin", {"kind": "pgd", "stages": 4, "modules": 4, "batch": 2}),
+    (
+        "contiguous, broadcast, complex state",
         {
             "kind": "complex",
             "stages": 4,
@@ -52,34 +48,43 @@ CONFIGS = [
             "placement": "contiguous",
             "data": "broadcast",
         },
-        id="2 ranks, contiguous, broadcast, complex state",
-    ),
-    # four processes on a 2-core machine take ~20 s to start and finish: marked slow
-    pytest.param(
-        4,
-        {"kind": "pgd", "stages": 4, "modules": 4, "batch": 2},
-        marks=pytest.mark.slow,
-        id="4 ranks, 4 positions",
-    ),
-    pytest.param(
-        4,
-        {"kind": "pgd", "stages": 4, "modules": 4, "batch": 4, "replicas": 2},
-        marks=pytest.mark.slow,
-        id="4 ranks, 2 positions x 2 replicas",
     ),
 ]
+FOUR_RANKS = [
+    ("4 positions", {"kind": "pgd", "stages": 4, "modules": 4, "batch": 2}),
+    (
+        "2 positions x 2 replicas",
+        {"kind": "pgd", "stages": 4, "modules": 4, "batch": 4, "replicas": 2},
+    ),
+]
+STEPS = 3
 
 
-@pytest.mark.distributed
-@pytest.mark.parametrize(("world", "config"), CONFIGS)
-def test_parameters_equal_single_process_gleam(world: int, config: dict, tmp_path: Path) -> None:
-    config = {**config, "steps": 3}
-    failures = run_ranks(gleam_worker, world, (str(tmp_path), config), tmp_path)
+def _job(factory: pytest.TempPathFactory, world: int, configs: list, checks: bool) -> Path:
+    """Start ``world`` gloo processes once for several scenarios (process start-up dominates)."""
+    folder = factory.mktemp(f"ranks{world}")
+    configs = [{**config, "steps": STEPS} for _, config in configs]
+    failures = run_ranks(job_worker, world, (str(folder), configs, checks), folder, timeout=300)
     assert not failures, failures
+    return folder
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _job(tmp_path_factory, 2, TWO_RANKS, checks=True)
+
+
+@pytest.fixture(scope="module")
+def four_ranks(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _job(tmp_path_factory, 4, FOUR_RANKS, checks=False)
+
+
+def _check_against_single_process(folder: Path, world: int, config: dict) -> None:
+    config = {**config, "steps": STEPS}
     reference, ref_losses = _single_process(config)
     seen = set()
     for rank in range(world):
-        result = torch.load(tmp_path / f"result{rank}.pt")
+        result = torch.load(folder / f"result{rank}.pt")
         torch.testing.assert_close(
             torch.tensor(result["losses"]), torch.tensor(ref_losses), rtol=1e-6, atol=1e-9
         )
@@ -92,18 +97,29 @@ def test_parameters_equal_single_process_gleam(world: int, config: dict, tmp_pat
     resumed = GreedyTrainer(
         stages_for(config["kind"], config["stages"]), mse, modules=config["modules"]
     )
-    assert resumed.load(tmp_path / "checkpoint.pt", restore_rng=False) == {"steps": 3}
-    assert resumed.step == 3
+    assert resumed.load(folder / "checkpoint.pt", restore_rng=False) == {"steps": STEPS}
+    assert resumed.step == STEPS
     for a, b in zip(resumed.runners.parameters(), reference.runners.parameters()):
         torch.testing.assert_close(a, b.detach(), rtol=0, atol=1e-6)
 
 
 @pytest.mark.distributed
-def test_a_failing_rank_stops_the_job_and_is_named(tmp_path: Path) -> None:
-    failures = run_ranks(failing_worker, 2, (str(tmp_path),), tmp_path, timeout=120)
-    assert not failures, failures
-    own = (tmp_path / "error1.txt").read_text()
-    peer = (tmp_path / "error0.txt").read_text()
+@pytest.mark.parametrize("index", range(len(TWO_RANKS)), ids=[n for n, _ in TWO_RANKS])
+def test_two_ranks_equal_single_process_gleam(two_ranks: Path, index: int) -> None:
+    _check_against_single_process(two_ranks / f"config{index}", 2, TWO_RANKS[index][1])
+
+
+@pytest.mark.distributed
+@pytest.mark.slow  # four processes on a 2-core machine: ~20 s or more under load
+@pytest.mark.parametrize("index", range(len(FOUR_RANKS)), ids=[n for n, _ in FOUR_RANKS])
+def test_four_ranks_equal_single_process_gleam(four_ranks: Path, index: int) -> None:
+    _check_against_single_process(four_ranks / f"config{index}", 4, FOUR_RANKS[index][1])
+
+
+@pytest.mark.distributed
+def test_a_failing_rank_stops_the_job_and_is_named(two_ranks: Path) -> None:
+    own = (two_ranks / "error1.txt").read_text()
+    peer = (two_ranks / "error0.txt").read_text()
     assert own.startswith("rank 1 (pipeline position 1, replica 0, modules [1, 3]) failed")
     assert "step 1" in own
     assert "simulated failure" in own
@@ -112,14 +128,11 @@ def test_a_failing_rank_stops_the_job_and_is_named(tmp_path: Path) -> None:
 
 
 @pytest.mark.distributed
-def test_ranks_configured_differently_are_named(tmp_path: Path) -> None:
-    run_ranks(mismatch_worker, 2, (str(tmp_path),), tmp_path, timeout=120)
+def test_ranks_configured_differently_are_named(two_ranks: Path) -> None:
     for rank in range(2):
-        assert (
-            "every rank must build the trainer with the same arguments"
-            in (tmp_path / f"error{rank}.txt").read_text()
-        )
-    assert "rank 1 was configured with" in (tmp_path / "error0.txt").read_text()
+        message = (two_ranks / f"mismatch{rank}.txt").read_text()
+        assert "every rank must build the trainer with the same arguments" in message
+    assert "rank 1 was configured with" in (two_ranks / "mismatch0.txt").read_text()
 
 
 TORCHRUN_SCRIPT = textwrap.dedent(

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from ._checkpoint import atomic_save, get_rng_state, read_checkpoint, set_rng_state
 from ._comm import Channel, RankFailedError, broadcast_tree
 from ._split import split_stages
-from ._trainer import GreedyTrainer
+from ._trainer import GreedyTrainer, _as_stages
 from ._tree import tree_detach, tree_map_tensors, tree_to
 from ._unit import LossFn, OptimizerFactory
 
@@ -158,7 +158,8 @@ class DistributedGreedyTrainer(GreedyTrainer):
         self.backend = str(dist.get_backend())
         self.device = self._resolve_device(device)
 
-        n_stages = len(list(stages))
+        stage_list = _as_stages(stages)
+        n_stages = len(stage_list)
         m_count = n_stages if modules is None else modules
         sizes = split_stages(n_stages, m_count, kwargs.get("split", "even"))
         if self.positions > len(sizes):
@@ -175,7 +176,7 @@ class DistributedGreedyTrainer(GreedyTrainer):
 
         self._store = _default_store()
         self._check_same_configuration(n_stages, sizes)
-        super().__init__(stages, loss_fn, optimizer_factory, modules, None, **kwargs)
+        super().__init__(stage_list, loss_fn, optimizer_factory, modules, None, **kwargs)
         self._channel = Channel(self.device)
         self._position_group: Any = None
         self._replica_group: Any = None
