@@ -207,6 +207,11 @@ def run_ranks(
 def problem(kind: str, batch: int, seed: int) -> tuple[Any, Any, Any]:
     if kind == "pgd":
         return make_batch(batch=batch, seed=seed)
+    if kind == "rim":  # a tuple state (eta, s); the prediction is eta
+        g = torch.Generator().manual_seed(seed)
+        y = torch.randn(batch, 6, generator=g, dtype=torch.float64)
+        truth = torch.randn(batch, 6, generator=g, dtype=torch.float64)
+        return (y.clone(), torch.zeros_like(y)), {"y": y}, truth
     g = torch.Generator().manual_seed(seed)
     truth = torch.randn(batch, 6, 6, generator=g, dtype=torch.complex128)
     mask = (torch.rand(6, 6, generator=g) < 0.5).double()
@@ -217,8 +222,19 @@ def problem(kind: str, batch: int, seed: int) -> tuple[Any, Any, Any]:
 def stages_for(kind: str, n: int) -> list[nn.Module]:
     if kind == "pgd":
         return make_stages(n)
+    if kind == "rim":
+        torch.manual_seed(6)
+        return [RIMStage() for _ in range(n)]
     torch.manual_seed(5)
     return [ComplexStage() for _ in range(n)]
+
+
+def output_fn_for(kind: str) -> Callable[[Any], Any] | None:
+    return first_of if kind == "rim" else None
+
+
+def first_of(state: Any) -> Any:
+    return state[0]
 
 
 def take(tree: Any, rows: slice) -> Any:
@@ -227,6 +243,8 @@ def take(tree: Any, rows: slice) -> Any:
         return tree[rows] if tree.dim() >= 3 else tree
     if isinstance(tree, dict):
         return {k: take(v, rows) for k, v in tree.items()}
+    if isinstance(tree, tuple):
+        return tuple(take(v, rows) for v in tree)
     return tree
 
 
@@ -262,6 +280,8 @@ def gleam_worker(rank: int, world: int, out: str, config: dict[str, Any]) -> Non
         context_fn=(lambda c: {k: v for k, v in c.items() if k != "note"})
         if config.get("data") == "broadcast"
         else None,
+        sync_losses=config.get("sync_losses", True),
+        output_fn=output_fn_for(kind),
     )
     positions = world // replicas
     per_replica = config["batch"] // replicas
