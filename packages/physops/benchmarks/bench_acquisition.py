@@ -196,7 +196,8 @@ def _worker(config: dict[str, Any]) -> dict[str, Any]:
             return _radon._backproject(v, angles, geometry)
     else:
         forward, adjoint = op, op.adjoint
-    weight = torch.tensor(1e-3, requires_grad=True)
+    lipschitz = float(physops.power_iteration(op, x0, iterations=30).max())
+    weight = torch.tensor(1.0 / lipschitz, requires_grad=True)  # a convergent step size
     with open("/proc/self/clear_refs", "w") as refs:
         refs.write("5")
     base = _peak_rss_kib()
