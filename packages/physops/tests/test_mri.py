@@ -354,3 +354,56 @@ def test_sense_rejects_fft_over_more_dims_than_image():
 def test_bad_fft_ndim(make):
     with pytest.raises(ValueError, match=r"must be 2 or 3, got 1\. For 2D\+time"):
         make(1)
+
+
+# -- the cached conjugate maps ---------------------------------------------------------------------
+def test_conjugate_cache_follows_in_place_changes_of_the_maps():
+    maps = rand_maps(1, 3, 8, 6)
+    mask = rand_mask(8, 6)
+    expected_op = Sense(maps.clone() * 2j, mask)
+    op = Sense(maps, mask)  # its buffer shares memory with ``maps`` (as register_buffer does)
+    y = torch.randn(2, 3, 8, 6, dtype=torch.complex64)
+    op.adjoint(y)  # fills the cache
+    torch.view_as_complex(op.maps).mul_(2j)  # the stored buffer, changed in place
+    torch.testing.assert_close(op.adjoint(y), expected_op.adjoint(y))
+
+
+def test_conjugate_cache_built_in_inference_mode_serves_autograd():
+    op = Sense(rand_maps(1, 3, 8, 6), rand_mask(8, 6))
+    with torch.inference_mode():
+        op.normal(torch.randn(1, 8, 6, dtype=torch.complex64))
+    x = torch.randn(1, 8, 6, dtype=torch.complex64, requires_grad=True)
+    op.normal(x).abs().sum().backward()
+    assert x.grad is not None
+
+
+def unique_saved_bytes(fn) -> int:
+    """Bytes of the distinct storages autograd saves while ``fn`` runs."""
+    storages: dict[int, int] = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(storages.values())
+
+
+def test_autograd_saves_no_coil_sized_copy_per_call():
+    # Each call of normal() under autograd may save image-sized tensors, but no coil-sized copy of
+    # the maps (the conjugate is cached once per operator).
+    maps = rand_maps(1, 8, 16, 12)
+    op = Sense(maps, rand_mask(16, 12))
+    x = torch.randn(1, 16, 12, dtype=torch.complex64, requires_grad=True)
+
+    def chain(n):
+        def run():
+            v = x
+            for _ in range(n):
+                v = op.normal(v)
+
+        return run
+
+    per_call = unique_saved_bytes(chain(4)) - unique_saved_bytes(chain(3))
+    assert per_call < maps.numel() * maps.element_size()

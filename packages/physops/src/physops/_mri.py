@@ -68,12 +68,6 @@ def _check_mask(mask: object, who: str) -> Tensor:
     return mask
 
 
-def _conj(maps: Tensor) -> Tensor:
-    # A materialised conjugate: multiplying by a lazily conjugated tensor takes torch's slow path
-    # (measured about 2.5x the cost of conj_physical plus a plain multiplication on CPU).
-    return maps.conj_physical() if maps.is_complex() else maps
-
-
 class FFT(LinearOperator):
     r"""Centred orthonormal Fourier transform :math:`y = F x` over the last ``ndim`` dimensions.
 
@@ -310,6 +304,28 @@ class Sense(LinearOperator):
             register_operand(self, "mask", mask)
 
     # -- helpers -----------------------------------------------------------------------------
+    def _conj(self, maps: Tensor) -> Tensor:
+        """:math:`\\overline{S}`, materialised once per maps tensor and cached (not registered).
+
+        Multiplying by a lazily conjugated tensor takes torch's slow path (about 2.5x slower on
+        CPU), and materialising it on every call would make autograd save a fresh coil-sized copy
+        per call (per CG iteration). Maps in a graph (learnable) get the lazy view instead.
+        """
+        if not maps.is_complex():
+            return maps
+        if maps.requires_grad:
+            return maps.conj()
+        key = (maps.data_ptr(), maps._version, maps.dtype, maps.device, tuple(maps.shape))
+        cached = self.__dict__.get("_conj_cache")
+        if cached is not None and cached[0] == key:
+            return cast(Tensor, cached[1])
+        with torch.inference_mode(False):  # autograd may save it later
+            conj = maps.conj_physical()
+        # Holding ``maps`` keeps its memory from being reused by another tensor, which makes the
+        # (address, version) key sound.
+        object.__setattr__(self, "_conj_cache", (key, conj, maps))
+        return conj
+
     def _mask(self, like: Tensor) -> Tensor:
         """The mask as ``(Bm, 1, *image)``: padded to one batch dim, with a coil axis."""
         mask = operand(self, "mask", like)
@@ -374,11 +390,11 @@ class Sense(LinearOperator):
         if boards is None:
             if self.has_mask:
                 y = y * self._mask(y)
-            return (ifftc(y, self.ndim) * _conj(maps)).sum(dim=1)
+            return (ifftc(y, self.ndim) * self._conj(maps)).sum(dim=1)
         pre, post = boards
         weight = self._mask(y) * pre if self.has_mask else pre
         images = torch.fft.ifftn(y * weight, dim=self._dims, norm="ortho")
-        return post * (images * _conj(maps)).sum(dim=1)
+        return post * (images * self._conj(maps)).sum(dim=1)
 
     def normal(self, x: Tensor) -> Tensor:
         x = self._check(x, "Sense.normal", "image x", coil=False)
@@ -389,10 +405,12 @@ class Sense(LinearOperator):
         boards = centring(x, self.ndim)
         if boards is None:
             k = fftc(x.unsqueeze(1) * maps, self.ndim) * weight
-            return (ifftc(k, self.ndim) * _conj(maps)).sum(dim=1)
+            return (ifftc(k, self.ndim) * self._conj(maps)).sum(dim=1)
         pre = boards[0]  # s c F^-1(c M^2 s c F(c S x)) = c F^-1(M^2 F(c S x))
         k = torch.fft.fftn((pre * x).unsqueeze(1) * maps, dim=self._dims, norm="ortho") * weight
-        return pre * (torch.fft.ifftn(k, dim=self._dims, norm="ortho") * _conj(maps)).sum(dim=1)
+        return pre * (torch.fft.ifftn(k, dim=self._dims, norm="ortho") * self._conj(maps)).sum(
+            dim=1
+        )
 
     def extra_repr(self) -> str:
         return (
