@@ -58,3 +58,39 @@ from ._irim import IRIM, fanned_downsampling
 from ._rim import RIM
 
 __all__ += ["IRIM", "RIM", "fanned_downsampling"]
+
+# --- issue 7: data tasks, the training loop and evaluation --------------------------------------
+# (noqa: E402 because an `__all__ +=` above counts as code; `__all__ = [*__all__, ...]` does not)
+from ._evaluate import (  # noqa: E402
+    METRICS,
+    MetricsTable,
+    evaluate,
+    load_model,
+    psnr_per_stage,
+    save_model,
+)
+from ._options import SCHEDULERS, TrainOptions, batch_indices  # noqa: E402
+from ._run import TrainResult  # noqa: E402
+from ._tasks import TASKS, TaskDataset, TaskSpec, get_task, make_dataset, register_task  # noqa: E402
+from ._train import train  # noqa: E402
+
+__all__ = [
+    *__all__,
+    "METRICS",
+    "SCHEDULERS",
+    "TASKS",
+    "MetricsTable",
+    "TaskDataset",
+    "TaskSpec",
+    "TrainOptions",
+    "TrainResult",
+    "batch_indices",
+    "evaluate",
+    "get_task",
+    "load_model",
+    "make_dataset",
+    "psnr_per_stage",
+    "register_task",
+    "save_model",
+    "train",
+]

@@ -1,0 +1,235 @@
+r"""One optimizer step of :func:`unrolled.train`: plain (one Adam) or greedy (GLEAM Alg. 1).
+
+The loss of a model on a batch :math:`(y, A, x)`:
+
+.. math::
+
+    \mathcal{L} = \ell(\hat x_N, x)                                  \quad\text{(default)}, \qquad
+    \mathcal{L} = \textstyle\sum_{k=1}^{N} \ell(\hat x_k, x)         \quad\text{(RIM)}, \qquad
+    \mathcal{L} = \ell(\hat x_N, x) + w \textstyle\sum_{k<N} \mathrm{MSE}(\hat x_k, x)
+                                                                     \quad\text{(LUSER aux.)}
+
+(:func:`model_loss`). The greedy engine hands the stages to :class:`greedytrain.GreedyTrainer`;
+each module runs its stages with the strategy's ``inner`` mode (:func:`module_wrapper`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+import greedytrain
+from revlayers import ReversibleSequence
+
+from ._base import Stage, UnrolledModel
+from ._batch import Batch
+from ._checkpoint import checkpoint_segments
+from ._options import TrainOptions
+from ._strategy import Strategy
+
+__all__ = ["GreedyEngine", "PlainEngine", "aux_loss_weight", "model_loss", "module_wrapper"]
+
+
+def _make_scheduler(optimizer: torch.optim.Optimizer, opts: TrainOptions) -> Any:
+    if opts.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=opts.steps, eta_min=opts.min_lr
+        )
+    if opts.scheduler == "step":
+        every = opts.scheduler_step or max(1, opts.steps // 3)
+        return torch.optim.lr_scheduler.StepLR(
+            optimizer, step_size=every, gamma=opts.scheduler_gamma
+        )
+    return None
+
+
+def _adam(params: list[nn.Parameter], opts: TrainOptions) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=opts.lr, betas=opts.betas, weight_decay=opts.weight_decay)
+
+
+def _mse(x_hat: Tensor, x: Tensor) -> Tensor:
+    d = x_hat - x
+    return (torch.view_as_real(d) if d.is_complex() else d).square().mean()
+
+
+def aux_loss_weight(model: nn.Module) -> float:
+    """The model's auxiliary-loss weight ``model.aux_loss_weight`` (LUSER), 0 when absent."""
+    weight = getattr(model, "aux_loss_weight", 0.0)
+    if weight is None:
+        return 0.0
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
+        raise ValueError(
+            f"{type(model).__name__}.aux_loss_weight must be a number >= 0, got {weight!r}"
+        )
+    return float(weight)
+
+
+def model_loss(
+    model: UnrolledModel, batch: Batch, loss_fn: Callable[[Tensor, Tensor], Tensor]
+) -> Tensor:
+    """The training loss of ``model`` on ``batch`` (see the module docstring)."""
+    weight = aux_loss_weight(model)
+    if model.loss_over_stages or weight > 0:
+        outs = model.intermediates(batch.y, batch.physics, batch.x0)
+        if model.loss_over_stages:
+            return torch.stack([loss_fn(o, batch.target) for o in outs]).sum()
+        total = loss_fn(outs[-1], batch.target)
+        if len(outs) > 1:
+            total = total + weight * torch.stack([_mse(o, batch.target) for o in outs[:-1]]).sum()
+        return total
+    return loss_fn(model(batch.y, batch.physics, batch.x0), batch.target)
+
+
+class PlainEngine:
+    """Backprop, checkpoint, reversible and implicit: one Adam over the whole model."""
+
+    def __init__(self, model: UnrolledModel, loss_fn: Callable[..., Tensor], opts: TrainOptions):
+        self.model, self.loss_fn, self.opts = model, loss_fn, opts
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = _adam(self.params, opts)
+        self.scheduler = _make_scheduler(self.optimizer, opts)
+
+    def step(self, batch: Batch, step: int) -> tuple[float, dict[str, float]]:
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = model_loss(self.model, batch, self.loss_fn)
+        _check_finite(loss, step)
+        loss.backward()
+        if self.opts.clip_grad_norm is not None:
+            nn.utils.clip_grad_norm_(self.params, self.opts.clip_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return float(loss.detach()), {}
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+
+
+def _check_finite(loss: Tensor, step: int) -> None:
+    if not bool(torch.isfinite(loss.detach()).all()):
+        raise FloatingPointError(
+            f"the training loss is {float(loss.detach())} at step {step + 1}; the parameters were "
+            "not updated. Lower lr, set clip_grad_norm, or check the data (resume from the last "
+            "checkpoint after changing nothing but those)"
+        )
+
+
+class _CheckpointedModule(nn.Module):
+    """A greedy module's stages under activation checkpointing (the ``"checkpoint"`` inner mode)."""
+
+    def __init__(self, stages: Sequence[nn.Module], every: int):
+        super().__init__()
+        self.stages = nn.ModuleList(stages)
+        self.every = every
+
+    def forward(self, state: Any, context: Any) -> Any:
+        steps = [(lambda s, _stage=stage: _stage(s, context)) for stage in self.stages]
+        if not torch.is_grad_enabled():
+            for step in steps:
+                state = step(state)
+            return state
+        return checkpoint_segments(steps, list(self.stages), state, self.every)
+
+
+class _ReversibleModule(nn.Module):
+    """A greedy module's stages as one reversible chain of their invertible layers."""
+
+    def __init__(self, stages: Sequence[nn.Module], strategy: Strategy):
+        super().__init__()
+        layers = []
+        for stage in stages:
+            found = stage.invertible_layers() if isinstance(stage, Stage) else None
+            if found is None:
+                raise ValueError(
+                    f"inner='reversible' needs invertible stages, got a {type(stage).__name__}"
+                )
+            layers += found
+        self.chain = ReversibleSequence(
+            layers,
+            checkpoint_every=strategy.checkpoint_every,
+            check_drift=strategy.check_drift,
+            on_drift=strategy.on_drift,
+        )
+
+    def forward(self, state: Any, context: Any) -> Any:
+        return self.chain(state, *context)
+
+
+def module_wrapper(strategy: Strategy) -> Callable[[Sequence[nn.Module]], nn.Module] | None:
+    """How a greedy module runs its stages: its strategy's ``inner`` mode (None: plain)."""
+    if strategy.inner == "checkpoint":
+        every = strategy.checkpoint_every or 1
+        return lambda stages: _CheckpointedModule(stages, every)
+    if strategy.inner == "reversible":
+        return lambda stages: _ReversibleModule(stages, strategy)
+    return None  # backprop; implicit stages switch their own backward (set_equilibrium_backward)
+
+
+class GreedyEngine:
+    """GLEAM Alg. 1 through :class:`greedytrain.GreedyTrainer`."""
+
+    def __init__(
+        self,
+        model: UnrolledModel,
+        loss_fn: Callable[..., Tensor],
+        opts: TrainOptions,
+        strategy: Strategy,
+    ):
+        self.model = model
+        self.trainer = greedytrain.GreedyTrainer(
+            model.stages,
+            loss_fn,
+            lambda params: _adam(params, opts),
+            modules=strategy.modules,
+            scheduler_factory=(
+                None
+                if opts.scheduler == "none"
+                else (lambda optimizer: _make_scheduler(optimizer, opts))
+            ),
+            clip_grad_norm=opts.clip_grad_norm,
+            output_fn=model.readout,
+            module_wrapper=module_wrapper(strategy),
+        )
+
+    def step(self, batch: Batch, step: int) -> tuple[float, dict[str, float]]:
+        self.model.train()
+        state0, context = self.model._prepare(batch.y, batch.physics, batch.x0)
+        losses = self.trainer.train_step(state0, context, batch.target)
+        for loss in losses:
+            if not math.isfinite(loss):
+                raise FloatingPointError(
+                    f"a module's training loss is {loss} at step {step + 1} (module losses "
+                    f"{losses}); lower lr or set clip_grad_norm"
+                )
+        return losses[-1], {f"loss_module_{m}": v for m, v in enumerate(losses)}
+
+    @property
+    def lr(self) -> float:
+        for optimizer in self.trainer.optimizers:
+            if optimizer is not None:
+                return float(optimizer.param_groups[0]["lr"])
+        return float("nan")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"greedy": self.trainer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.trainer.load_state_dict(state["greedy"], restore_rng=False)
