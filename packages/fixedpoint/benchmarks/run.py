@@ -58,7 +58,7 @@ CONFIGS = {
         "conv": {"batch": 4, "channels": 32, "size": 64},
         "n": 256,
         "batch": 4,
-        "repeats": 5,
+        "repeats": 7,
         "max_iter": 500,
         "memory_iters": (10, 100),
         "timing_steps": 3,
@@ -125,28 +125,43 @@ def _theirs(f: Callable, z0: torch.Tensor, method: str, tol: float, max_iter: in
 
 
 def bench_solves(cfg: dict, device: str) -> list[dict]:
-    rows = []
+    """Every solver on every map and tolerance. The timings of one map and its real view are
+    taken round-robin (all solvers, both views, then the next repeat), so that load from other
+    processes on a shared machine falls on all of them alike; the median is reported."""
+    maps = _maps(cfg, device)
+    groups = [
+        [name, f"{name} (real view)"] if f"{name} (real view)" in maps else [name]
+        for name in maps
+        if not name.endswith("(real view)")
+    ]
     max_iter = cfg["max_iter"]
-    for name, (f, z0) in _maps(cfg, device).items():
+    rows = []
+    for group in groups:
         for tol in TOLS:
-            solvers = {
-                "fixedpoint anderson": _ours(f, z0, "anderson", tol, max_iter),
-                "fixedpoint banach": _ours(f, z0, "banach", tol, max_iter),
-                "fixedpoint broyden": _ours(f, z0, "broyden", tol, max_iter),
-            }
-            if torchdeq_solver is not None:
-                solvers["torchdeq anderson"] = _theirs(f, z0, "anderson", tol, max_iter)
-                solvers["torchdeq fixed_point_iter"] = _theirs(
-                    f, z0, "fixed_point_iter", tol, max_iter
-                )
-                solvers["torchdeq broyden"] = _theirs(f, z0, "broyden", tol, max_iter)
-            for solver_name, run in solvers.items():
-                seconds, (iters, converged) = _timed(run, cfg["repeats"], device)
+            runs: dict[tuple[str, str], Callable[[], tuple[int, bool]]] = {}
+            for name in group:
+                f, z0 = maps[name]
+                for method in ("anderson", "banach", "broyden"):
+                    runs[name, f"fixedpoint {method}"] = _ours(f, z0, method, tol, max_iter)
+                if torchdeq_solver is not None:
+                    for method in ("anderson", "fixed_point_iter", "broyden"):
+                        runs[name, f"torchdeq {method}"] = _theirs(f, z0, method, tol, max_iter)
+            outcome = {key: run() for key, run in runs.items()}  # warm-up, and the iterations
+            times: dict[tuple[str, str], list[float]] = {key: [] for key in runs}
+            for _ in range(cfg["repeats"]):
+                for key, run in runs.items():
+                    _sync(device)
+                    start = time.perf_counter()
+                    run()
+                    _sync(device)
+                    times[key].append(time.perf_counter() - start)
+            for (name, solver), (iters, converged) in outcome.items():
+                seconds = statistics.median(times[name, solver])
                 rows.append(
                     {
                         "map": name,
                         "tol": tol,
-                        "solver": solver_name,
+                        "solver": solver,
                         "iterations": iters,
                         "converged": converged,
                         "ms": 1e3 * seconds,
@@ -154,6 +169,7 @@ def bench_solves(cfg: dict, device: str) -> list[dict]:
                     }
                 )
                 print(json.dumps(rows[-1]), file=sys.stderr)
+    rows.sort(key=lambda r: (list(maps).index(r["map"]), -r["tol"]))
     return rows
 
 
@@ -349,6 +365,10 @@ def _summary(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}" if b > 0 else "-"
+
+
 def _fmt_memory(rows: list[dict], device: str) -> str:
     base = {r["iters"]: r for r in rows if r["method"] == "backprop"}
     low, high = sorted(base)
@@ -361,13 +381,12 @@ def _fmt_memory(rows: list[dict], device: str) -> str:
     methods = dict.fromkeys(r["method"] for r in rows)
     for m in methods:
         r = {x["iters"]: x for x in rows if x["method"] == m}
+        lo, hi = r[low]["peak_bytes"], r[high]["peak_bytes"]
         lines.append(
-            f"| {m} | {r[low]['peak_bytes'] / 2**20:.1f} | {r[high]['peak_bytes'] / 2**20:.1f} | "
-            f"{r[high]['peak_bytes'] / r[low]['peak_bytes']:.2f} | "
-            f"{r[low]['peak_bytes'] / base[low]['peak_bytes']:.2f} | "
-            f"{r[high]['peak_bytes'] / base[high]['peak_bytes']:.2f} | "
+            f"| {m} | {lo / 2**20:.1f} | {hi / 2**20:.1f} | {_ratio(hi, lo)} | "
+            f"{_ratio(lo, base[low]['peak_bytes'])} | {_ratio(hi, base[high]['peak_bytes'])} | "
             f"{r[low]['seconds']:.2f} | {r[high]['seconds']:.2f} | "
-            f"{r[high]['seconds'] / base[high]['seconds']:.2f} |"
+            f"{_ratio(r[high]['seconds'], base[high]['seconds'])} |"
         )
     what = "torch.cuda.max_memory_allocated" if device.startswith("cuda") else "VmHWM"
     return "\n".join(lines) + f"\n\nPeak = {what} during the step minus memory before it."

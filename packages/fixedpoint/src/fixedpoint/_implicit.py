@@ -195,7 +195,7 @@ def implicit(
     *params : Tensor
         Tensors passed to ``f`` after ``z``.
     backward : {"implicit", "jacobian_free", "phantom"}
-        Gradient, see the table.
+        Which gradient; see the list above.
     method, tol, max_iter, stop_mode, on_failure, **options
         The forward solve, as in :func:`solve`.
     backward_method, backward_tol, backward_max_iter, backward_options
