@@ -94,3 +94,21 @@ __all__ = [
     "save_model",
     "train",
 ]
+
+# --- issue 7: LUSER and DEQ4IP (equilibrium models) -----------------------------------------------
+from ._deq import DEQ, DEQStage  # noqa: E402
+from ._equilibrium import EQUILIBRIUM_MODES, EquilibriumSolver  # noqa: E402
+from ._luser import LUSER, LUSERStage  # noqa: E402
+from ._nets import SpectralNorm, spectral_norm  # noqa: E402
+
+__all__ = [
+    *__all__,
+    "DEQ",
+    "EQUILIBRIUM_MODES",
+    "LUSER",
+    "DEQStage",
+    "EquilibriumSolver",
+    "LUSERStage",
+    "SpectralNorm",
+    "spectral_norm",
+]

@@ -1,0 +1,214 @@
+r"""DEQ4IP: the proximal-gradient iteration as one deep equilibrium (Gilton et al. 2021).
+
+Where an unrolled network runs a fixed number of iterations, DEQ4IP runs the learned iteration to
+its fixed point:
+
+.. math::
+
+    x^* = f(x^*), \qquad f(x) = \mathrm{prox}_\theta\big(x - \alpha A^H (A x - y)\big),
+
+with :math:`\mathrm{prox}_\theta` a DnCNN (:class:`~unrolled.DnCNN`, residual output
+:math:`z - \mathrm{body}(z)`, spectrally normalised, without BatchNorm) and a learned step
+:math:`\alpha > 0`, solved by Anderson acceleration from :math:`x_0 = A^H y` (or :math:`y` for
+deblurring) and differentiated implicitly, so that training memory does not grow with the number
+of iterations (LUSER Sec. 2.2; LUSER uses it as a baseline). Note that every iteration applies
+:math:`A` and :math:`A^H` once, and that the map is a contraction only if the prox is: with
+:math:`\alpha \lambda_{\max}(A^H A) \le 2` the gradient step is non-expansive, and spectral
+normalisation bounds the Lipschitz constant of ``body`` by 1, so that of the prox by 2 (not 1);
+read the solver diagnostics, and pretrain the prox as a denoiser as Gilton et al. advise.
+
+:class:`~unrolled.UnrolledModel` is a list of stages; a DEQ is one stage (the equilibrium), so
+``model.stages`` has length 1 and :meth:`intermediates` returns one image. Strategies:
+``"implicit"`` (default; its ``backward`` option as for LUSER) and ``"backprop"`` (autograd
+through the solver's iterations, memory growing with them: the reference). ``"checkpoint"``,
+``"reversible"`` and ``"greedy"`` are refused, saying why.
+
+The paper's DnCNN has BatchNorm (LUSER Table 3 counts DEQ4IP like LU-DnCNN: 556,033 parameters on
+CT). A fixed point under batch statistics couples the samples of a batch and updates the running
+statistics at every solver iteration, so this DEQ has none: in their place every hidden
+convolution has a bias, 555,137 parameters on CT (-0.16%).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, cast
+
+from torch import Tensor, nn
+
+import fixedpoint
+import physops
+
+from ._base import Stage, StageContext, UnrolledModel
+from ._equilibrium import EQUILIBRIUM_MODES, EquilibriumSolver, as_solver, equilibrium
+from ._layers import GradientStep
+from ._luser import INITS, _check_measurements_are_images, calibrate_steps
+from ._nets import DnCNN, ImageAdapter
+from ._strategy import Strategy
+
+__all__ = ["DEQ", "DEQStage"]
+
+
+class DEQStage(Stage):
+    """The equilibrium :math:`x^* = \\mathrm{prox}(x^* - \\alpha A^H(A x^* - y))` as one stage.
+
+    Attributes
+    ----------
+    diagnostics:
+        :class:`fixedpoint.ImplicitDiagnostics` of the last solve (see
+        :meth:`LUSER.equilibrium_diagnostics`).
+    backward_mode:
+        ``"implicit"``, ``"jacobian_free"``, ``"phantom"`` or ``"unrolled"``.
+    """
+
+    def __init__(self, step: GradientStep, prox: nn.Module, solver: EquilibriumSolver):
+        super().__init__()
+        self.step = step
+        self.prox = prox
+        self.solver = solver
+        self.backward_mode = "implicit"
+        self.diagnostics: fixedpoint.ImplicitDiagnostics | None = None
+
+    def set_equilibrium_backward(self, mode: str) -> None:
+        if mode not in EQUILIBRIUM_MODES:
+            raise ValueError(
+                f"unknown equilibrium backward {mode!r}; valid: {', '.join(EQUILIBRIUM_MODES)}"
+            )
+        self.backward_mode = mode
+
+    def iteration(self, x: Tensor, context: StageContext) -> Tensor:
+        """One application of the map :math:`f(x)` (real channels in, real channels out)."""
+        out: Tensor = self.prox(self.step(x, context.y, context.physics))
+        return out
+
+    def forward(self, state: Tensor, context: StageContext) -> Tensor:
+        diagnostics = fixedpoint.ImplicitDiagnostics()
+        out = equilibrium(
+            lambda x: self.iteration(x, context),
+            state,
+            mode=self.backward_mode,
+            solver=self.solver,
+            diagnostics=diagnostics,
+        )
+        self.diagnostics = diagnostics
+        return out
+
+
+class DEQ(UnrolledModel):
+    r"""DEQ4IP (Gilton et al.), the deep-equilibrium proximal gradient method, with a DnCNN prox.
+
+    Parameters
+    ----------
+    features, depth:
+        DnCNN hidden features (64) and convolutions (17).
+    spectral_norm:
+        Spectrally normalise the DnCNN's convolutions (the paper's stabilisation; default).
+    step:
+        Initial :math:`\alpha` (positive, learned through a softplus); see :class:`LUSER` and
+        :meth:`calibrate_steps` for CT.
+    learn_step:
+        Train :math:`\alpha`.
+    init:
+        ``"adjoint"`` (:math:`x_0 = A^H y`) or ``"measurements"`` (:math:`x_0 = y`, deblurring).
+    solver:
+        :class:`~unrolled.EquilibriumSolver` (or a dict of its fields). DEQ4IP iterates "until
+        convergence (in practice, usually around 50 iterations)" (LUSER Sec. 2.2): the default
+        caps the forward solve at 50 evaluations.
+    complex, dims, color_channels:
+        Image type (:class:`~unrolled.ImageAdapter`).
+
+    Examples
+    --------
+    >>> model = DEQ(features=64, complex=False)             # doctest: +SKIP
+    >>> x_hat = model(y, physops.Blur(kernel), x0=y)        # doctest: +SKIP
+    >>> model.equilibrium_diagnostics()[0].forward.converged  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        features: int = 64,
+        depth: int = 17,
+        spectral_norm: bool = True,
+        step: float = 1.0,
+        learn_step: bool = True,
+        init: Literal["adjoint", "measurements"] = "adjoint",
+        solver: EquilibriumSolver | dict[str, Any] | None = None,
+        complex: bool = True,
+        dims: int = 2,
+        color_channels: int | None = None,
+    ):
+        super().__init__(ImageAdapter(complex, dims, color_channels))
+        if init not in INITS:
+            raise ValueError(
+                f"init must be 'adjoint' (x0 = A^H y: MRI, CT) or 'measurements' (x0 = y: "
+                f"deblurring), got {init!r}"
+            )
+        self.init = init
+        prox = DnCNN(
+            self.adapter.channels,
+            features,
+            depth,
+            dims,
+            batchnorm=False,
+            spectral_norm=spectral_norm,
+        )
+        step_layer = GradientStep(self.adapter, step, learn_step)
+        self.stages = nn.ModuleList([DEQStage(step_layer, prox, as_solver(solver))])
+        self.set_strategy("implicit")
+
+    @property
+    def solver(self) -> EquilibriumSolver:
+        """The equilibrium settings (assign a new one, or a dict, to change them)."""
+        return self._stage().solver
+
+    @solver.setter
+    def solver(self, value: EquilibriumSolver | dict[str, Any] | None) -> None:
+        self._stage().solver = as_solver(value)
+
+    def calibrate_steps(
+        self,
+        physics: physops.LinearOperator,
+        x_like: Tensor,
+        fraction: float = 1.0,
+        iterations: int = 30,
+    ) -> float:
+        r"""Set :math:`\alpha` to ``fraction / L``, :math:`L = \lambda_{\max}(A^H A)`; returns
+        ``L`` (see :meth:`LUSER.calibrate_steps`)."""
+        return calibrate_steps([self._stage().step], physics, x_like, fraction, iterations)
+
+    def equilibrium_diagnostics(self) -> list[fixedpoint.ImplicitDiagnostics | None]:
+        """The diagnostics of the last solve, as a one-element list (one stage)."""
+        return [self._stage().diagnostics]
+
+    def _stage(self) -> DEQStage:
+        return cast(DEQStage, self.stages[0])
+
+    def initial_state(self, y: Tensor, physics: nn.Module, x0: Tensor | None) -> Any:
+        if x0 is None and self.init == "measurements":
+            return self.adapter.to_net(y)
+        return super().initial_state(y, physics, x0)
+
+    def check_inputs(self, y: Tensor, physics: object, x0: Tensor | None) -> None:
+        super().check_inputs(y, physics, x0)
+        if x0 is None and self.init == "measurements":
+            _check_measurements_are_images(self.adapter, y, physics)
+
+    def strategy_problem(self, strategy: Strategy) -> str | None:
+        name = strategy.name
+        if name == "greedy":
+            return (
+                "strategy 'greedy' splits a model's stages into modules, but a DEQ is a single "
+                "equilibrium stage: use 'implicit' (constant memory in the iterations) or "
+                "'backprop'"
+            )
+        if name == "checkpoint":
+            return (
+                "strategy 'checkpoint' recomputes stages in the backward pass, but a DEQ is a "
+                "single equilibrium stage, so it would store just as much: use 'implicit' "
+                "(constant memory in the iterations) or 'backprop'"
+            )
+        if name == "reversible":
+            return (
+                "strategy 'reversible' needs invertible stages, but the DEQ's DnCNN prox is not "
+                "invertible: use 'implicit' (constant memory in the iterations) or 'backprop'"
+            )
+        return None

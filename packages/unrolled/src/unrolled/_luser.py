@@ -1,0 +1,358 @@
+r"""LUSER: loop unrolling with shallow equilibrium regularisers (Guan et al., Sec. 3).
+
+:math:`K` stages (8 in the paper), each a gradient step and a shallow equilibrium proximal block
+(:class:`~unrolled.LUSERProx`, Table 1):
+
+.. math::
+
+    d_k = x_k + \lambda_k A^H (y - A x_k), \qquad
+    u_k = \mathrm{Inject}(d_k), \qquad
+    r^* = \mathrm{Mix}\big(\mathrm{Data}(r^*) \oplus u_k\big) \ \text{from}\ r^{(0)} = 0,
+
+.. math::
+
+    x_{k+1} = d_k + \mathrm{Mix}\big(\mathrm{Data}(r^*) \oplus u_k\big) \qquad \text{(Eq. 7)}
+
+with :math:`\lambda_k > 0` learned and :math:`r^*` found by Anderson acceleration
+(:mod:`fixedpoint`). The injection runs once per stage; only the data and mix layers iterate.
+:math:`x_0 = A^H y` (MRI, CT) or :math:`y` (deblurring, ``init="measurements"``).
+
+Variants: LUSER-DW (``share_weights=False``, a block and a step size per stage) and LUSER-SW
+(one block and one step size for all stages). Strategies: ``"implicit"`` (the paper's, and the
+default) solves each block without a graph and differentiates it implicitly, with the backward
+option of the strategy (``"implicit"``, ``"jacobian_free"``, ``"phantom"``);
+``"backprop"``, ``"checkpoint"`` and ``"greedy"`` (LUSER-DW only) differentiate through the
+solver's iterations (the reference those are checked against). ``"reversible"`` does not apply:
+the blocks are not invertible.
+
+Parameter counts against LUSER Table 3 (``features=32``; the tests check them):
+
+=========================  ==========  =========  =================================================
+task (channels)            paper       ours       difference
+=========================  ==========  =========  =================================================
+CT (1), LUSER-SW           93,954      93,954     none
+MRI (2), LUSER-SW          95,107      95,107     none
+deblurring (3), LUSER-SW   96,503      96,260     -243 = 3 x 9 x 9: the paper's count seems to
+                                                  include its 9 x 9 blur kernel on 3 channels
+                                                  (its LU-DnCNN count has the same +243; its
+                                                  LUSER-DW count does not)
+CT / MRI / deblurring, DW  751,625 /   751,632 /  +7: one step size per stage (the paper's counts
+                           760,849 /   760,856 /  are 8 blocks + 1 shared step); per-stage steps
+                           770,073     770,080    keep the stages independent for greedy training
+=========================  ==========  =========  =================================================
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Any, Literal, cast
+
+import torch
+from torch import Tensor, nn
+
+import fixedpoint
+import physops
+
+from ._base import Stage, StageContext, UnrolledModel
+from ._equilibrium import EQUILIBRIUM_MODES, EquilibriumSolver, as_solver, equilibrium
+from ._layers import GradientStep
+from ._nets import ImageAdapter, LUSERProx
+from ._strategy import Strategy
+
+__all__ = ["LUSER", "LUSERStage", "calibrate_steps"]
+
+INITS = ("adjoint", "measurements")
+
+
+class LUSERStage(Stage):
+    """One LUSER stage: the gradient step :math:`d_k` and the equilibrium block (Eq. 7).
+
+    Parameters
+    ----------
+    step:
+        The gradient step :math:`d = x + \\lambda A^H(y - A x)` (shared between the stages of
+        LUSER-SW).
+    prox:
+        The proximal block (shared in LUSER-SW).
+    solver:
+        The equilibrium settings.
+
+    Attributes
+    ----------
+    diagnostics:
+        :class:`fixedpoint.ImplicitDiagnostics` of the stage's last solve: ``forward`` (a
+        :class:`fixedpoint.FixedPointResult` with per-sample ``iterations``, ``residuals``,
+        ``converged``) and, in ``"implicit"`` mode once the backward pass ran, ``backward``.
+    backward_mode:
+        ``"implicit"``, ``"jacobian_free"``, ``"phantom"`` or ``"unrolled"``.
+    """
+
+    def __init__(self, step: GradientStep, prox: LUSERProx, solver: EquilibriumSolver):
+        super().__init__()
+        self.step = step
+        self.prox = prox
+        self.solver = solver
+        self.backward_mode = "implicit"
+        self.diagnostics: fixedpoint.ImplicitDiagnostics | None = None
+
+    def set_equilibrium_backward(self, mode: str) -> None:
+        if mode not in EQUILIBRIUM_MODES:
+            raise ValueError(
+                f"unknown equilibrium backward {mode!r}; valid: {', '.join(EQUILIBRIUM_MODES)}"
+            )
+        self.backward_mode = mode
+
+    def forward(self, state: Tensor, context: StageContext) -> Tensor:
+        d = self.step(state, context.y, context.physics)
+        u = self.prox.inject(d)
+        diagnostics = fixedpoint.ImplicitDiagnostics()
+        r = equilibrium(
+            self.prox.mix,
+            torch.zeros_like(d),
+            u,
+            mode=self.backward_mode,
+            solver=self.solver,
+            diagnostics=diagnostics,
+        )
+        self.diagnostics = diagnostics
+        return d + r
+
+
+def _inverse_softplus(value: float) -> float:
+    return value + math.log(-math.expm1(-value))
+
+
+@torch.no_grad()
+def calibrate_steps(
+    steps: list[GradientStep],
+    physics: physops.LinearOperator,
+    x_like: Tensor,
+    fraction: float = 1.0,
+    iterations: int = 30,
+) -> float:
+    r"""Set every step size to ``fraction / L`` with :math:`L = \lambda_{\max}(A^H A)` estimated
+    by :func:`physops.power_iteration` (the largest over the batch); returns ``L``."""
+    if not (isinstance(fraction, (int, float)) and 0 < fraction < 2):
+        raise ValueError(
+            f"fraction must be in (0, 2) (a gradient step alpha = fraction / L converges for "
+            f"alpha L < 2), got {fraction!r}"
+        )
+    lip = float(
+        torch.as_tensor(physops.power_iteration(physics, x_like, iterations=iterations)).max()
+    )
+    if not lip > 0:
+        raise ValueError(f"the power iteration gave lambda_max(A^H A) = {lip:g}; expected > 0")
+    for g in steps:
+        g.raw_step.fill_(_inverse_softplus(fraction / lip))
+    return lip
+
+
+class LUSER(UnrolledModel):
+    r"""Loop unrolled shallow equilibrium regulariser (Guan et al.; see the module docstring).
+
+    Parameters
+    ----------
+    iterations:
+        Number of stages K (the paper: 8).
+    share_weights:
+        LUSER-SW (one block and step size for all stages) when true, else LUSER-DW.
+    features, groups:
+        Channels F of the block's injection and data layers (32) and GroupNorm groups.
+    data_gain:
+        Initial gain of the block's data path (:class:`~unrolled.LUSERProx`; 0.01 makes the
+        equilibrium maps contractions at initialisation on the package's tasks, measured).
+    step:
+        Initial step size :math:`\lambda` (positive, learned through a softplus). 1 suits
+        operators with :math:`\|A^H A\| \le 1` (Fourier sampling with an orthonormal FFT,
+        normalised coil maps, blurs whose kernel sums to 1); for CT call
+        :meth:`calibrate_steps` or pass about :math:`1 / \lambda_{\max}(A^H A)`.
+    learn_step:
+        Train the step sizes.
+    init:
+        :math:`x_0` when the call gives none: ``"adjoint"`` (:math:`A^H y`: MRI, CT) or
+        ``"measurements"`` (:math:`y` itself: deblurring, where it is an image).
+    aux_loss_weight:
+        Weight :math:`w \ge 0` of the auxiliary loss on intermediate reconstructions (Sec. 4):
+        the training loop adds :math:`w \sum_{k<K} \mathrm{MSE}(\hat x_k, x)` computed from
+        :meth:`intermediates`. 0 turns it off.
+    solver:
+        :class:`~unrolled.EquilibriumSolver` (or a dict of its fields): method, tolerances,
+        iteration caps and the failure policy of the forward and backward solves.
+    complex, dims, color_channels:
+        Image type (:class:`~unrolled.ImageAdapter`): complex 2D MRI by default; real with
+        ``complex=False`` (CT, grey deblurring), ``color_channels=3`` for RGB.
+    negative_slope:
+        Of the block's LeakyReLUs (the paper does not give it).
+
+    Shapes
+    ------
+    ==========  ====================================  ===========================================
+    tensor      shape                                 dtype
+    ==========  ====================================  ===========================================
+    ``y``       as ``physics`` produces it            ``physics``' measurement dtype
+    ``x0``      ``(B, [C,] *spatial)``                complex (MRI) or real (CT, deblurring)
+    output      like ``x0``                           like ``x0``
+    ==========  ====================================  ===========================================
+
+    Examples
+    --------
+    >>> model = LUSER(iterations=8, complex=False)          # doctest: +SKIP
+    >>> x_hat = model(y, physops.Radon(64, angles))         # doctest: +SKIP
+    >>> model.equilibrium_diagnostics()[0].forward.iterations   # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        iterations: int = 8,
+        share_weights: bool = False,
+        features: int = 32,
+        groups: int = 8,
+        data_gain: float = 0.01,
+        step: float = 1.0,
+        learn_step: bool = True,
+        init: Literal["adjoint", "measurements"] = "adjoint",
+        aux_loss_weight: float = 0.0,
+        solver: EquilibriumSolver | dict[str, Any] | None = None,
+        complex: bool = True,
+        dims: int = 2,
+        color_channels: int | None = None,
+        negative_slope: float = 0.1,
+    ):
+        super().__init__(ImageAdapter(complex, dims, color_channels))
+        if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+            raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
+        if init not in INITS:
+            raise ValueError(
+                f"init must be 'adjoint' (x0 = A^H y: MRI, CT) or 'measurements' (x0 = y: "
+                f"deblurring), got {init!r}"
+            )
+        self.iterations = iterations
+        self.share_weights = bool(share_weights)
+        self.init = init
+        self.aux_loss_weight = aux_loss_weight
+        chosen = as_solver(solver)
+        channels = self.adapter.channels
+
+        def block() -> tuple[GradientStep, LUSERProx]:
+            prox = LUSERProx(channels, features, groups, dims, data_gain, negative_slope)
+            return GradientStep(self.adapter, step, learn_step), prox
+
+        if share_weights:
+            shared = block()
+            blocks = [shared] * iterations
+        else:
+            blocks = [block() for _ in range(iterations)]
+        self.stages = nn.ModuleList([LUSERStage(g, p, chosen) for g, p in blocks])
+        self.set_strategy("implicit")
+
+    # ------------------------------------------------------------------ settings
+    @property
+    def aux_loss_weight(self) -> float:
+        """Weight of the auxiliary loss on intermediate reconstructions (0: off)."""
+        return self._aux_loss_weight
+
+    @aux_loss_weight.setter
+    def aux_loss_weight(self, value: float) -> None:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not (0 <= value < math.inf)
+        ):
+            raise ValueError(
+                f"aux_loss_weight must be a finite number >= 0 (0 turns the auxiliary loss "
+                f"off), got {value!r}"
+            )
+        self._aux_loss_weight = float(value)
+
+    @property
+    def solver(self) -> EquilibriumSolver:
+        """The equilibrium settings of every stage (assign a new one to change them all)."""
+        return self._luser_stages()[0].solver
+
+    @solver.setter
+    def solver(self, value: EquilibriumSolver | dict[str, Any] | None) -> None:
+        chosen = as_solver(value)
+        for stage in self._luser_stages():
+            stage.solver = chosen
+
+    def gradient_steps(self) -> list[GradientStep]:
+        """The gradient-step layers (one per distinct stage)."""
+        seen: dict[int, GradientStep] = {}
+        for stage in self._luser_stages():
+            seen.setdefault(id(stage.step), stage.step)
+        return list(seen.values())
+
+    def calibrate_steps(
+        self,
+        physics: physops.LinearOperator,
+        x_like: Tensor,
+        fraction: float = 1.0,
+        iterations: int = 30,
+    ) -> float:
+        r"""Set every :math:`\lambda_k` to ``fraction / L``, :math:`L = \lambda_{\max}(A^H A)` by
+        power iteration on ``x_like`` (an image of the physics); returns ``L``. For CT, whose
+        :math:`\|A^H A\|` grows with the image size and the number of angles."""
+        return calibrate_steps(self.gradient_steps(), physics, x_like, fraction, iterations)
+
+    def equilibrium_diagnostics(self) -> list[fixedpoint.ImplicitDiagnostics | None]:
+        """Per stage, the diagnostics of its last solve (``None`` before the first call).
+
+        Each is a :class:`fixedpoint.ImplicitDiagnostics`: ``forward.iterations``,
+        ``forward.residuals`` and ``forward.converged`` per sample, and in ``"implicit"`` mode
+        ``backward`` (the same for the backward solve) once ``loss.backward()`` ran.
+        """
+        return [stage.diagnostics for stage in self._luser_stages()]
+
+    def _luser_stages(self) -> list[LUSERStage]:
+        return [cast(LUSERStage, stage) for stage in self.stages]
+
+    # ------------------------------------------------------------------ base hooks
+    def initial_state(self, y: Tensor, physics: nn.Module, x0: Tensor | None) -> Any:
+        if x0 is None and self.init == "measurements":
+            return self.adapter.to_net(y)
+        return super().initial_state(y, physics, x0)
+
+    def check_inputs(self, y: Tensor, physics: object, x0: Tensor | None) -> None:
+        super().check_inputs(y, physics, x0)
+        if x0 is None and self.init == "measurements":
+            _check_measurements_are_images(self.adapter, y, physics)
+
+    def strategy_problem(self, strategy: Strategy) -> str | None:
+        if strategy.forward_name == "reversible":
+            return (
+                "strategy 'reversible' needs invertible stages, but LUSER's equilibrium blocks "
+                "are not invertible: use 'implicit' (the paper's, constant memory in the solver "
+                "iterations), 'checkpoint' or 'greedy'"
+            )
+        if strategy.name == "greedy" and self.share_weights:
+            return (
+                "strategy 'greedy' trains each module's own weights, but this LUSER-SW shares "
+                "one block and step size across its stages: build LUSER(share_weights=False) "
+                "(LUSER-DW), or use 'implicit' or 'checkpoint'"
+            )
+        if strategy.forward_name == "implicit":
+            if strategy.name == "greedy":  # the module count, checked as for any inner mode
+                return super().strategy_problem(replace(strategy, inner="backprop"))
+            return None
+        return super().strategy_problem(strategy)
+
+
+def _check_measurements_are_images(adapter: ImageAdapter, y: Tensor, physics: object) -> None:
+    """``init='measurements'`` starts from ``y``: it must be an image of the physics."""
+    hint = (
+        "init='measurements' starts from y itself (deblurring), so y must be an image; use "
+        "init='adjoint' (x0 = A^H y) for physics whose measurements are not images (MRI, CT), "
+        "or pass x0"
+    )
+    try:
+        adapter.check(y, "y")
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"{err}; {hint}") from None
+    in_shape = getattr(physics, "in_shape", None)
+    out_shape = getattr(physics, "out_shape", None)
+    if in_shape is not None and out_shape is not None and tuple(in_shape) != tuple(out_shape):
+        raise ValueError(
+            f"{type(physics).__name__} maps images of shape {tuple(in_shape)} to measurements of "
+            f"shape {tuple(out_shape)}; {hint}"
+        )
