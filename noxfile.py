@@ -64,9 +64,11 @@ def _siblings(package: str) -> list[str]:
 def _install_torch(session: nox.Session) -> list[str]:
     """Install torch first; return pip arguments that pin it for every later install."""
     session.install(*TORCH.split())
-    version = session.run(
-        "python", "-c", "import torch; print(torch.__version__)", silent=True
-    ).strip().splitlines()[-1]
+    version = (
+        session.run("python", "-c", "import torch; print(torch.__version__)", silent=True)
+        .strip()
+        .splitlines()[-1]
+    )
     constraints = Path(session.create_tmp()) / "torch-constraint.txt"
     constraints.write_text(f"torch=={version}\n")
     return ["-c", str(constraints)]

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-import physops
 import pytest
 import torch
 
+import physops
 
-def make_sense(batch: int = 2, coils: int = 4, size: int = 24, dtype=torch.complex64, seed: int = 0):
+
+def make_sense(
+    batch: int = 2, coils: int = 4, size: int = 24, dtype=torch.complex64, seed: int = 0
+):
     """A random multi-coil problem: normalised maps, a 40% random mask, x and y = A x."""
     g = torch.Generator().manual_seed(seed)
     maps = torch.randn(batch, coils, size, size, dtype=dtype, generator=g)

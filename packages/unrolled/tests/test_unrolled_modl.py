@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_sense
 
 import unrolled
+from conftest import make_sense
 
 
 def _grads(model, y, A, x, strategy, **options):
@@ -79,7 +79,7 @@ def test_pgd_certify_refuses_a_step_above_one_over_l():
 
 def test_reversible_refuses_non_invertible_prior():
     model = unrolled.MoDL(iterations=2, prior="resnet", features=8)
-    with pytest.raises(ValueError, match="prior='resnet' is not invertible.*coupling, iresnet"):
+    with pytest.raises(ValueError, match=r"prior='resnet' is not invertible.*coupling, iresnet"):
         model.set_strategy("reversible")
 
 
@@ -91,7 +91,7 @@ def test_implicit_refused_without_fixed_point():
 
 def test_greedy_with_more_modules_than_stages():
     model = unrolled.MoDL(iterations=2, features=8)
-    with pytest.raises(ValueError, match="modules=3 needs at least as many stages.*modules <= 2"):
+    with pytest.raises(ValueError, match=r"modules=3 needs at least as many stages.*modules <= 2"):
         model.set_strategy("greedy", modules=3)
 
 
@@ -107,7 +107,7 @@ def test_unknown_strategy():
 
 
 def test_nan_in_measurements():
-    A, x, y = make_sense()
+    A, _, y = make_sense()
     y = y.clone()
     y[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="contains 1 non-finite value"):
@@ -121,5 +121,5 @@ def test_wrong_physics_type():
 
 
 def test_mu_must_be_positive():
-    with pytest.raises(ValueError, match="mu .* must be positive"):
+    with pytest.raises(ValueError, match=r"mu .* must be positive"):
         unrolled.MoDL(iterations=1, mu=0.0)

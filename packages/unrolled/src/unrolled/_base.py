@@ -20,8 +20,9 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import torch
-from revlayers import InvertibleModule, ReversibleSequence
 from torch import Tensor, nn
+
+from revlayers import InvertibleModule, ReversibleSequence
 
 from ._checkpoint import checkpoint_segments
 from ._nets import ImageAdapter
@@ -136,9 +137,10 @@ class UnrolledModel(nn.Module):
             ids = [id(s) for s in self.stages]
             if len(set(ids)) < len(ids) and m > 1:
                 return (
-                    f"strategy 'greedy' trains each module's own weights, but {type(self).__name__} "
-                    "shares one set of weights across its stages: build it with different weights "
-                    "per stage, or use modules=1 (end-to-end), 'checkpoint' or 'implicit'"
+                    f"strategy 'greedy' trains each module's own weights, but "
+                    f"{type(self).__name__} shares one set of weights across its stages: build "
+                    "it with different weights per stage, or use modules=1 (end-to-end), "
+                    "'checkpoint' or 'implicit'"
                 )
         return None
 
@@ -217,7 +219,9 @@ class UnrolledModel(nn.Module):
             if not bool(torch.isfinite(x0).all()):
                 raise ValueError("x0 (the initial image) contains NaN or inf values")
 
-    def _prepare(self, y: Tensor, physics: nn.Module, x0: Tensor | None) -> tuple[Any, StageContext]:
+    def _prepare(
+        self, y: Tensor, physics: nn.Module, x0: Tensor | None
+    ) -> tuple[Any, StageContext]:
         self.check_inputs(y, physics, x0)
         state = self.initial_state(y, physics, x0)
         if isinstance(state, Tensor):
@@ -256,7 +260,9 @@ class UnrolledModel(nn.Module):
         state, context = self._prepare(y, physics, x0)
         return self.readout(self.run_stages(state, context))
 
-    def intermediates(self, y: Tensor, physics: nn.Module, x0: Tensor | None = None) -> list[Tensor]:
+    def intermediates(
+        self, y: Tensor, physics: nn.Module, x0: Tensor | None = None
+    ) -> list[Tensor]:
         """The read-out after every stage (for losses over all stages, and GLEAM's Fig. 9).
 
         Runs the stages one by one (``"reversible"`` keeps no intermediate states, so it runs

@@ -67,7 +67,9 @@ def checkpoint_segments(
         raise ValueError(f"checkpoint_every must be a positive integer, got {every!r}")
     buffers = _norm_buffers(modules)
 
-    def contexts() -> tuple[contextlib.AbstractContextManager[None], contextlib.AbstractContextManager[None]]:
+    def contexts() -> tuple[
+        contextlib.AbstractContextManager[None], contextlib.AbstractContextManager[None]
+    ]:
         return contextlib.nullcontext(), _restoring(buffers)
 
     for start in range(0, len(steps), every):

@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import math
 
-import fixedpoint
-import physops
 import torch
 import torch.nn.functional as F
-from revlayers import InvertibleModule
 from torch import Tensor, nn
+
+import fixedpoint
+import physops
+from revlayers import InvertibleModule
 
 from ._nets import ImageAdapter
 
@@ -130,8 +131,9 @@ class CGStep(InvertibleModule):
     :math:`\mu > 0`, solved by :func:`physops.cg` with its implicit (constant-memory) backward.
 
     The inverse is algebraic (GLEAM Eq. 11): :math:`z = ((A^H A + \mu I) x' - A^H y) / \mu`. It
-    reproduces :math:`z` to the accuracy CG reached: keep ``cg_tol`` tight for reversible training
-    (the relative error of the rebuilt :math:`z` is about ``cg_tol * ||A^H y + mu z|| / (mu ||z||)``).
+    reproduces :math:`z` to the accuracy CG reached: keep ``cg_tol`` tight for reversible
+    training (the relative error of the rebuilt :math:`z` is about
+    ``cg_tol * ||A^H y + mu z|| / (mu ||z||)``).
 
     Parameters
     ----------

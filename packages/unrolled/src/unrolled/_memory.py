@@ -86,4 +86,3 @@ def timed(device: torch.device, out: list[float]) -> Iterator[None]:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     out.append(time.perf_counter() - start)
-

@@ -81,7 +81,9 @@ def ssim(x_hat: Tensor, x: Tensor) -> Tensor:
     out = []
     for ai, bi in zip(_slices(a), _slices(b)):
         rng = float(bi.max())
-        out.append(np.mean([structural_similarity(bs, as_, data_range=rng) for as_, bs in zip(ai, bi)]))
+        out.append(
+            np.mean([structural_similarity(bs, as_, data_range=rng) for as_, bs in zip(ai, bi)])
+        )
     return torch.tensor(out, dtype=torch.float64)
 
 

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import physops
 import torch
-from revlayers import InvertibleModule
 from torch import Tensor, nn
+
+import physops
+from revlayers import InvertibleModule
 
 from ._base import InvertibleStage, Stage, StageContext, UnrolledModel
 from ._layers import CGStep, GradientStep, PriorLayer
@@ -199,10 +200,14 @@ class UnrolledPGD(_Unrolled):
 
     def gradient_steps(self) -> list[GradientStep]:
         """The gradient-step layers (one per distinct stage)."""
-        return [m for s in self._unique_stages() for m in s.modules() if isinstance(m, GradientStep)]
+        return [
+            m for s in self._unique_stages() for m in s.modules() if isinstance(m, GradientStep)
+        ]
 
     @torch.no_grad()
-    def certify(self, physics: nn.Module, x_like: Tensor, iterations: int = 50, margin: float = 1.05) -> float:
+    def certify(
+        self, physics: nn.Module, x_like: Tensor, iterations: int = 50, margin: float = 1.05
+    ) -> float:
         r"""Bound :math:`L = \lambda_{\max}(A^H A)` by power iteration and cap every step size below
         :math:`1 / L`, so each gradient step is invertible by backward Euler (MEL Eq. 7).
 

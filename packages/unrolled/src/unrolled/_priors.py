@@ -18,8 +18,9 @@ name            network                                                         
 
 from __future__ import annotations
 
-from revlayers import AdditiveCoupling, InvertibleModule, InvertibleResidual
 from torch import nn
+
+from revlayers import AdditiveCoupling, InvertibleModule, InvertibleResidual
 
 from ._nets import DnCNN, ResBlockProx, ResidualCNN, conv_nd
 
@@ -76,7 +77,9 @@ def build_prior(
         out: list[InvertibleModule] = []
         for k in range(couplings):
             update = "second" if k % 2 == 0 else "first"
-            cin, cout = (first, channels - first) if update == "second" else (channels - first, first)
+            cin, cout = (
+                (first, channels - first) if update == "second" else (channels - first, first)
+            )
             out.append(
                 AdditiveCoupling(
                     _cnn(cin, cout, features, layers, dims),
@@ -87,4 +90,8 @@ def build_prior(
             )
         return out
     # iresnet
-    return [InvertibleResidual(_cnn(channels, channels, features, layers, dims), lipschitz=0.9, pass_context=False)]
+    return [
+        InvertibleResidual(
+            _cnn(channels, channels, features, layers, dims), lipschitz=0.9, pass_context=False
+        )
+    ]

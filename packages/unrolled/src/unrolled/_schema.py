@@ -49,14 +49,18 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
                 return _convert(value, arg, key)
             except ValueError:
                 continue
-        raise ValueError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+        raise ValueError(
+            f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})"
+        )
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         if not isinstance(value, dict):
             raise ValueError(f"{key}: expected a table of {tp.__name__} fields, got {value!r}")
         return from_dict(tp, value, prefix=f"{key}.")
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+            raise ValueError(
+                f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})"
+            )
         args = get_args(tp)
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
@@ -83,9 +87,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             return value
     else:
         raise TypeError(f"{key}: unsupported annotation {tp!r} in the configuration schema")
-    raise ValueError(
-        f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})"
-    )
+    raise ValueError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
 
 
 def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
@@ -148,4 +150,3 @@ def set_dotted(data: dict[str, Any], assignment: str) -> None:
             raise ValueError(f"--set {key}: {part} is a value, not a table")
         node = child
     node[parts[-1]] = parse_value(text.strip())
-

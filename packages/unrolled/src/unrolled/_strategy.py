@@ -74,12 +74,15 @@ class Strategy:
             or self.checkpoint_every < 1
         ):
             raise ValueError(
-                f"checkpoint_every must be a positive integer or None, got {self.checkpoint_every!r}"
+                "checkpoint_every must be a positive integer or None, got "
+                f"{self.checkpoint_every!r}"
             )
         if self.check_drift is not None and not (
             isinstance(self.check_drift, (int, float)) and self.check_drift > 0
         ):
-            raise ValueError(f"check_drift must be a positive tolerance or None, got {self.check_drift!r}")
+            raise ValueError(
+                f"check_drift must be a positive tolerance or None, got {self.check_drift!r}"
+            )
         if self.on_drift not in ("raise", "recompute"):
             raise ValueError(f"on_drift must be 'raise' or 'recompute', got {self.on_drift!r}")
         if self.modules is not None and (
