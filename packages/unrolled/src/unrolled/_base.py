@@ -68,6 +68,15 @@ class InvertibleStage(Stage):
         return list(self.layers)  # type: ignore[arg-type]
 
 
+def _bind(stage: nn.Module, context: StageContext) -> Callable[[Any], Any]:
+    """``state -> stage(state, context)`` (a checkpointable step)."""
+
+    def step(state: Any) -> Any:
+        return stage(state, context)
+
+    return step
+
+
 class UnrolledModel(nn.Module):
     """Base class of the models: ``x_hat = model(y, physics, x0=None)``.
 
@@ -233,9 +242,7 @@ class UnrolledModel(nn.Module):
         """Apply every stage to ``state`` under the strategy's forward mode."""
         mode = self._strategy.forward_name if mode is None else mode
         if mode == "checkpoint" and torch.is_grad_enabled():
-            steps: list[Callable[[Any], Any]] = [
-                (lambda s, _stage=stage: _stage(s, context)) for stage in self.stages
-            ]
+            steps = [_bind(stage, context) for stage in self.stages]
             return checkpoint_segments(
                 steps, list(self.stages), state, self._strategy.checkpoint_every or 1
             )
@@ -273,9 +280,7 @@ class UnrolledModel(nn.Module):
         outs: list[Tensor] = []
         for stage in self.stages:
             if mode == "checkpoint" and torch.is_grad_enabled():
-                state = checkpoint_segments(
-                    [lambda s, _stage=stage: _stage(s, context)], [stage], state, 1
-                )
+                state = checkpoint_segments([_bind(stage, context)], [stage], state, 1)
             else:
                 state = stage(state, context)
             outs.append(self.readout(state))

@@ -23,6 +23,7 @@ layer                forward                                          inverse
 from __future__ import annotations
 
 import math
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +40,17 @@ __all__ = ["CGStep", "GradientStep", "PriorLayer", "positive"]
 
 def _inverse_softplus(value: float) -> float:
     return value + math.log(-math.expm1(-value))
+
+
+def _context(layer: str, context: tuple[object, ...]) -> tuple[Tensor, Any]:
+    """Unpack the reversible chain's context ``(y, physics)`` with a clear error."""
+    if len(context) != 2 or not isinstance(context[0], Tensor):
+        raise TypeError(
+            f"{layer} is called as layer(state, y, physics) (the context of an unrolled model), "
+            f"got {len(context)} context argument(s) of types "
+            f"{[type(c).__name__ for c in context]}"
+        )
+    return context[0], context[1]
 
 
 def positive(raw: Tensor) -> Tensor:
@@ -69,6 +81,8 @@ class GradientStep(InvertibleModule):
         in single and ``1e-12`` in double precision).
     """
 
+    lipschitz: Tensor
+
     def __init__(
         self,
         adapter: ImageAdapter,
@@ -98,18 +112,21 @@ class GradientStep(InvertibleModule):
             alpha = torch.minimum(alpha, self.max_fraction / self.lipschitz.to(alpha.dtype))
         return alpha
 
-    def _grad(self, image: Tensor, y: Tensor, physics: nn.Module) -> Tensor:
-        return physics.adjoint(physics(image) - y)  # type: ignore[operator]
+    def _grad(self, image: Tensor, y: Tensor, physics: Any) -> Tensor:
+        return cast(Tensor, physics.adjoint(physics(image) - y))
 
-    def forward(self, state: Tensor, y: Tensor, physics: nn.Module) -> Tensor:
+    def forward(self, state: Tensor, *context: object) -> Tensor:
+        y, physics = _context("GradientStep", context)
         x = self.adapter.from_net(state)
         alpha = self.step.to(x.real.dtype if x.is_complex() else x.dtype)
         return self.adapter.to_net(x - alpha * self._grad(x, y, physics))
 
-    def inverse(self, state: Tensor, y: Tensor, physics: nn.Module) -> Tensor:
+    def inverse(self, state: Tensor, *context: object) -> Tensor:
+        y, physics = _context("GradientStep", context)
         z = self.adapter.from_net(state).detach()
         alpha = self.step.detach().to(z.real.dtype if z.is_complex() else z.dtype)
-        lip = float(alpha * self.lipschitz) if torch.isfinite(self.lipschitz) else None
+        bound = self.lipschitz
+        lip = float(alpha * bound) if torch.isfinite(bound) else None
         tol = self.inverse_tol
         if tol is None:
             tol = 1e-12 if alpha.dtype == torch.float64 else 1e-6
@@ -123,7 +140,7 @@ class GradientStep(InvertibleModule):
                 max_iter=self.inverse_max_iter,
                 on_failure="warn",
             )
-        return self.adapter.to_net(x)
+        return self.adapter.to_net(cast(Tensor, x))
 
 
 class CGStep(InvertibleModule):
@@ -173,15 +190,16 @@ class CGStep(InvertibleModule):
     def mu(self) -> Tensor:
         return positive(self.raw_mu)
 
-    def forward(self, state: Tensor, y: Tensor, physics: nn.Module) -> Tensor:
+    def forward(self, state: Tensor, *context: object) -> Tensor:
+        y, physics = _context("CGStep", context)
         z = self.adapter.from_net(state)
         mu = self.mu.to(z.real.dtype if z.is_complex() else z.dtype)
-        rhs = physics.adjoint(y) + mu * z  # type: ignore[operator]
+        rhs = physics.adjoint(y) + mu * z
         tol = self.cg_tol
         if tol is None:
             tol = 1e-12 if mu.dtype == torch.float64 else 1e-6
         result = physops.cg(
-            lambda v: physics.normal(v) + mu * v,  # type: ignore[operator]
+            lambda v: physics.normal(v) + mu * v,
             rhs,
             x0=z.detach(),
             max_iter=self.cg_max_iter,
@@ -189,10 +207,11 @@ class CGStep(InvertibleModule):
         )
         return self.adapter.to_net(result.x)
 
-    def inverse(self, state: Tensor, y: Tensor, physics: nn.Module) -> Tensor:
+    def inverse(self, state: Tensor, *context: object) -> Tensor:
+        y, physics = _context("CGStep", context)
         x = self.adapter.from_net(state)
         mu = self.mu.to(x.real.dtype if x.is_complex() else x.dtype)
-        z = (physics.normal(x) + mu * x - physics.adjoint(y)) / mu  # type: ignore[operator]
+        z = (physics.normal(x) + mu * x - physics.adjoint(y)) / mu
         return self.adapter.to_net(z)
 
 

@@ -216,6 +216,11 @@ class UnrolledPGD(_Unrolled):
         has :math:`\alpha_k L \ge 1`. During training the steps are then used as
         :math:`\min(\alpha_k, 0.99 / L)`, so learning cannot make them non-invertible.
         """
+        if not isinstance(physics, physops.LinearOperator):
+            raise TypeError(
+                "certify bounds lambda_max(A^H A) of a linear operator by power iteration; got "
+                f"{type(physics).__name__}, which is not a physops.LinearOperator"
+            )
         estimate = physops.power_iteration(physics, x_like, iterations=iterations)
         lip = float(torch.as_tensor(estimate).max()) * margin
         for g in self.gradient_steps():

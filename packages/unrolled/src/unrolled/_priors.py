@@ -18,6 +18,8 @@ name            network                                                         
 
 from __future__ import annotations
 
+from typing import Literal
+
 from torch import nn
 
 from revlayers import AdditiveCoupling, InvertibleModule, InvertibleResidual
@@ -76,7 +78,7 @@ def build_prior(
         first = channels // 2
         out: list[InvertibleModule] = []
         for k in range(couplings):
-            update = "second" if k % 2 == 0 else "first"
+            update: Literal["second", "first"] = "second" if k % 2 == 0 else "first"
             cin, cout = (
                 (first, channels - first) if update == "second" else (channels - first, first)
             )
