@@ -116,7 +116,7 @@ def integration(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff: lint rules and formatting."""
-    session.install("ruff>=0.6")
+    session.install("ruff==0.17.6")  # pinned: new ruff releases add rules and formatting changes
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
 
@@ -125,7 +125,7 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     """mypy over every package's sources, against the real torch."""
     _install_packages(session, PACKAGES, groups=("typecheck",))
-    session.install("mypy>=1.10")
+    session.install("mypy==2.4.1")
     paths = os.pathsep.join(str(p / "src") for p in PACKAGE_DIRS.values())
     session.run(
         "mypy", *(arg for name in PACKAGES for arg in ("-p", name)), env={"MYPYPATH": paths}
