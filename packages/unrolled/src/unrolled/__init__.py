@@ -112,3 +112,30 @@ __all__ = [
     "SpectralNorm",
     "spectral_norm",
 ]
+
+# --- issue 7: Fourier ptychography with a learned LED design (MEL) and the CS baselines (GLEAM) ---
+from ._cs import CS_EXTRA, CompressedSensing, cs_reconstruct, cs_reconstruct_cine  # noqa: E402
+from ._fpm import (  # noqa: E402
+    DARKFIELD_FLOOR,
+    FPMGradientStep,
+    FPMNet,
+    PtychographyDataset,
+    design_scale,
+    gradient_lipschitz,
+    ptychography,
+)
+
+__all__ = [
+    *__all__,
+    "CS_EXTRA",
+    "DARKFIELD_FLOOR",
+    "CompressedSensing",
+    "FPMGradientStep",
+    "FPMNet",
+    "PtychographyDataset",
+    "cs_reconstruct",
+    "cs_reconstruct_cine",
+    "design_scale",
+    "gradient_lipschitz",
+    "ptychography",
+]

@@ -28,9 +28,10 @@ name               forward model (physics)               data (default)         
                    FFT, Poisson mask shared over D        (i-RIM 3D, 3D MoDL)
 =================  ====================================  =============================  =========
 
-Fourier ptychography (MEL) is not registered here yet: :func:`register_task` is the slot for it
-(``register_task("ptychography", build, "...")``, where ``build(split, **options)`` returns a
-:class:`TaskDataset`).
+``ptychography`` (Fourier ptychography, MEL) is registered at the end of this module; its
+dataset and model live in :mod:`unrolled._fpm` (:func:`~unrolled.ptychography`: single-LED images
+``(B, L, n, n)`` of complex objects ``(B, N, N)`` made from real slices, ``physics`` the
+single-LED acquisition). :func:`register_task` adds users' own tasks.
 
 Every random draw (phase, noise, mask) is seeded by ``(seed, index)``: an item is identical every
 time it is read, in any worker process, so training order and resume are deterministic.
@@ -678,3 +679,10 @@ register_task("singlecoil_mri", singlecoil_mri, "single-coil 2D MRI, 1D random c
 register_task("deblur", deblur, "Gaussian deblurring, 9x9 kernel of variance 5, noise 0.01 (LUSER)")
 register_task("ct", ct, "sparse-view CT, 200 of 1000 angles (LUSER)")
 register_task("mri3d", mri3d, "multi-coil 3D MRI on real-anatomy slabs (i-RIM 3D, 3D MoDL)")
+
+# --- issue 7: Fourier ptychography (MEL Sec. 5.1); the dataset and FPMNet live in _fpm.py ---------
+from ._fpm import ptychography  # noqa: E402  (after TaskDataset: _fpm subclasses it)
+
+register_task(
+    "ptychography", ptychography, "Fourier ptychography, single-LED images of real objects (MEL)"
+)
