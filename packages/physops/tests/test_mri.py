@@ -407,3 +407,14 @@ def test_autograd_saves_no_coil_sized_copy_per_call():
 
     per_call = unique_saved_bytes(chain(4)) - unique_saved_bytes(chain(3))
     assert per_call < maps.numel() * maps.element_size()
+
+
+def test_public_accessors_return_maps_and_mask_as_given():
+    maps = torch.randn(2, 3, 8, 8, dtype=torch.complex64)
+    mask = (torch.rand(8, 8) < 0.5).float()
+    A = Sense(maps, mask)
+    assert torch.equal(A.coil_maps(), maps)
+    assert torch.equal(A.sampling_mask(), mask)
+    assert Sense(maps).sampling_mask() is None
+    assert torch.equal(FourierSampling(mask).sampling_mask(), mask)
+    assert A.double().coil_maps().dtype == torch.complex128

@@ -141,6 +141,10 @@ class FourierSampling(LinearOperator):
         self._dims = tuple(range(-ndim, 0))
         register_operand(self, "mask", mask)
 
+    def sampling_mask(self) -> Tensor:
+        """The sampling mask :math:`M` as given (broadcasting against the image)."""
+        return cast(Tensor, self.mask)
+
     def _mask(self, x: Tensor, who: str) -> Tensor:
         mask = operand(self, "mask", x)
         try:
@@ -302,6 +306,20 @@ class Sense(LinearOperator):
         self.has_mask = mask is not None
         if mask is not None:
             register_operand(self, "mask", mask)
+
+    # -- public accessors --------------------------------------------------------------------
+    def coil_maps(self) -> Tensor:
+        """The coil sensitivity maps :math:`S`, ``(B or 1, C, *image_shape)``, as complex tensor
+        (the buffer stores complex maps as their real view; see :func:`register_operand`)."""
+        maps = cast(Tensor, self.maps)
+        if "maps" in self.__dict__.get("_complex_operands", ()):
+            return torch.view_as_complex(maps)
+        return maps
+
+    def sampling_mask(self) -> Tensor | None:
+        """The sampling mask :math:`M` as given (broadcasting against ``(B, *image_shape)``), or
+        ``None`` for a fully sampled operator."""
+        return cast(Tensor, self.mask) if self.has_mask else None
 
     # -- helpers -----------------------------------------------------------------------------
     def _conj(self, maps: Tensor) -> Tensor:

@@ -132,23 +132,10 @@ def _unsupported(physics: object, who: str) -> TypeError:
 # the operator's maps and mask, per sample
 # ------------------------------------------------------------------------------------------------
 def _sense_maps(physics: physops.Sense) -> Tensor:
-    """The coil maps ``(Bm, C, *image)`` of a Sense operator as a complex tensor.
-
-    ``Sense.maps`` is the public buffer (or parameter) holding the maps. physops documents that
-    complex buffers are stored as real views ``(..., 2)`` (README, "Shapes"), so a real tensor
-    with one more dimension than the maps is viewed back as complex. physops has no accessor
-    that returns them complex (reported to the lead).
-    """
-    maps = physics.maps
-    if not isinstance(maps, Tensor):  # pragma: no cover - physops always stores a tensor
-        raise TypeError(f"physops.Sense.maps is {type(maps).__name__}, not a tensor")
-    maps = maps.detach()
-    image_dims = len(physics.image_shape)
-    if not maps.is_complex():
-        if maps.ndim == image_dims + 3 and maps.shape[-1] == 2:
-            maps = torch.view_as_complex(maps.contiguous())
-        else:  # real maps, used as complex (Sense accepts them)
-            maps = maps.to(torch.complex64 if maps.dtype != torch.float64 else torch.complex128)
+    """The coil maps ``(Bm, C, *image)`` of a Sense operator as a complex tensor."""
+    maps = physics.coil_maps().detach()
+    if not maps.is_complex():  # real maps, used as complex (Sense accepts them)
+        maps = maps.to(torch.complex128 if maps.dtype == torch.float64 else torch.complex64)
     return maps
 
 
@@ -187,7 +174,7 @@ def _sense_problems(
             f"measurements' (batch, coils, *image) shape {tuple(y.shape)}: use maps of batch 1 or "
             f"{batch}"
         ) from None
-    mask = _mask_like(physics.mask if physics.has_mask else None, (batch, *image), who)
+    mask = _mask_like(physics.sampling_mask(), (batch, *image), who)
     return _numpy(y), _numpy(maps.to(y.dtype)), _numpy(mask.to(y.real.dtype))
 
 
@@ -202,7 +189,7 @@ def _sampling_problems(
         )
     image = tuple(int(s) for s in y.shape[-image_dims:])
     flat = y.reshape(-1, *image)
-    mask = _mask_like(physics.mask, tuple(y.shape), who).reshape(-1, *image)
+    mask = _mask_like(physics.sampling_mask(), tuple(y.shape), who).reshape(-1, *image)
     ones = torch.ones(flat.shape[0], 1, *image, dtype=y.dtype)
     return _numpy(flat[:, None]), _numpy(ones), _numpy(mask.to(y.real.dtype))
 
@@ -410,7 +397,7 @@ def cs_reconstruct_cine(
                 f"{tuple(y.shape)}"
             )
         ys = _numpy(y)
-        masks = _numpy(_mask_like(physics.mask, tuple(y.shape), who).to(y.real.dtype))
+        masks = _numpy(_mask_like(physics.sampling_mask(), tuple(y.shape), who).to(y.real.dtype))
         coils = None
     sp = _sigpy(who)
     out = []
