@@ -1,0 +1,365 @@
+r"""One measured configuration of ``memroll bench``, run in a fresh process.
+
+``python -m unrolled._bench_worker`` reads a JSON *spec* on standard input, runs it and prints one
+JSON line of results. :mod:`unrolled._bench` starts one such process per configuration (with
+``MALLOC_MMAP_THRESHOLD_=65536`` so freed tensors leave the resident set), so no configuration
+inherits another's memory.
+
+Kinds of spec
+-------------
+=============  ===================================================================================
+``memory``     training memory and time of one model and strategy: a warm-up step, then the peak
+               memory (:class:`~unrolled._memory.MemoryProbe`: ``VmHWM`` after writing ``5`` to
+               ``/proc/self/clear_refs`` on CPU, ``torch.cuda.max_memory_allocated`` on CUDA) and
+               the wall time of each of ``steps`` steps. *Step memory* is the peak minus the
+               memory held just before the measured steps (model, Adam state, batch)
+``deepinv``    the same protocol for deepinv's MoDL (issue 7's peer), optionally with
+               ``torch.utils.checkpoint`` around its denoiser
+``quality``    a short :func:`unrolled.train` run (best validation nRMSE kept) and PSNR, SSIM and
+               nRMSE on the test split; memory and time as ``unrolled.train`` records them
+``cs``         the l1-wavelet CS baseline (:func:`unrolled.cs_reconstruct`), its weight chosen on
+               the validation split, and the zero-filled reconstruction, on the test split
+``accuracy``   relative error of reversible gradients against backprop at the same weights, for
+               several depths, with and without hybrid checkpoints (MEL's accuracy study)
+=============  ===================================================================================
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ._base import UnrolledModel
+from ._batch import Batch
+from ._engines import GreedyEngine, PlainEngine
+from ._evaluate import evaluate, load_model
+from ._memory import MemoryProbe, median, timed
+from ._metrics import get_loss
+from ._modl import MoDL, UnrolledPGD, lu_dncnn
+from ._options import TrainOptions
+from ._strategy import as_strategy
+from ._tasks import TaskDataset, make_dataset
+
+__all__ = ["build_model", "main", "run_spec"]
+
+MiB = 2.0**20
+
+
+# ------------------------------------------------------------------------------------------------
+# models and data
+# ------------------------------------------------------------------------------------------------
+def build_model(name: str, kwargs: dict[str, Any], data: TaskDataset) -> UnrolledModel:
+    """A model of the benchmark by name, for the image type of ``data``."""
+    from ._irim import IRIM
+    from ._luser import LUSER
+
+    builders: dict[str, Callable[..., UnrolledModel]] = {
+        "modl": MoDL,
+        "pgd": UnrolledPGD,
+        "lu_dncnn": lu_dncnn,
+        "luser": LUSER,
+        "irim": IRIM,
+    }
+    if name not in builders:
+        raise ValueError(f"unknown benchmark model {name!r}; valid: {', '.join(builders)}")
+    return builders[name](**kwargs, **data.model_kwargs)
+
+
+def _parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _setup(spec: dict[str, Any]) -> torch.device:
+    torch.set_num_threads(int(spec.get("threads", 1)))
+    torch.manual_seed(int(spec.get("seed", 0)))
+    device = torch.device(spec.get("device", "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but CUDA is not available")
+    return device
+
+
+def _engine(
+    model: UnrolledModel, batch: Batch, spec: dict[str, Any], steps: int
+) -> PlainEngine | GreedyEngine:
+    """The optimizer step of :func:`unrolled.train` for the spec's strategy."""
+    strategy = as_strategy(spec.get("strategy", "backprop"), **spec.get("strategy_options", {}))
+    if strategy.forward_name == "reversible" and isinstance(model, UnrolledPGD):
+        model.certify(batch.physics, batch.target)
+    model.set_strategy(strategy)
+    opts = TrainOptions.from_kwargs(
+        {"steps": steps, "lr": float(spec.get("lr", 1e-4)), "progress": False}
+    )
+    loss_fn = get_loss(spec.get("loss", "mse"))
+    if strategy.name == "greedy":
+        return GreedyEngine(model, loss_fn, opts, strategy)
+    return PlainEngine(model, loss_fn, opts)
+
+
+def _measure(step: Callable[[int], float], device: torch.device, steps: int) -> dict[str, Any]:
+    """One warm-up step, then ``steps`` measured steps: peak and step memory, wall times."""
+    probe = MemoryProbe(device)
+    warm_times: list[float] = []
+    with timed(device, warm_times):
+        step(0)
+    gc.collect()
+    probe.reset()
+    base = probe.current()
+    times: list[float] = []
+    losses = []
+    for k in range(steps):
+        with timed(device, times):
+            losses.append(step(k + 1))
+    peak = probe.peak()
+    return {
+        "memory_kind": probe.kind,
+        "peak_mb": None if peak is None else peak / MiB,
+        "base_mb": None if base is None else base / MiB,
+        "step_mb": None if peak is None or base is None else (peak - base) / MiB,
+        "time_s": median(times),
+        "times": times,
+        "warmup_s": warm_times[0],
+        "loss": losses[-1],
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# kinds
+# ------------------------------------------------------------------------------------------------
+def _memory(spec: dict[str, Any]) -> dict[str, Any]:
+    device = _setup(spec)
+    data = make_dataset(spec["task"], "train", **spec.get("data", {}))
+    batch = data.batch(list(range(int(spec.get("batch", 2))))).to(device)
+    model = build_model(spec["model"], spec.get("model_kwargs", {}), data).to(device)
+    engine = _engine(model, batch, spec, int(spec["steps"]) + 1)
+    out = _measure(lambda k: engine.step(batch, k)[0], device, int(spec["steps"]))
+    out["params"] = _parameters(model)
+    return out
+
+
+def _deepinv(spec: dict[str, Any]) -> dict[str, Any]:
+    from ._bench_peers import deepinv_modl, deepinv_physics, import_deepinv
+
+    device = _setup(spec)
+    dinv, note = import_deepinv()
+    data = make_dataset(spec["task"], "train", **spec.get("data", {}))
+    samples = [data[i] for i in range(int(spec.get("batch", 2)))]
+    maps = torch.stack([s["maps"] for s in samples]).to(device)
+    mask = torch.stack([s["mask"] for s in samples]).float().to(device)
+    target = torch.stack([s["target"] for s in samples]).to(device)
+    kspace = torch.stack([s["kspace"] for s in samples]).to(device)
+    with warnings.catch_warnings():
+        # deepinv warns that its implicit CG backward needs enough CG iterations; its default
+        # (50) is what the issue measured
+        warnings.simplefilter("ignore")
+        physics = deepinv_physics(dinv, maps, mask)
+    y = torch.view_as_real(kspace).movedim(-1, 1).contiguous()
+    x = torch.view_as_real(target).movedim(-1, 1).contiguous()
+    # the same problem as physops.Sense: deepinv's operator on the target against the data's
+    ours = data.collate(samples)
+    with torch.no_grad():
+        theirs = torch.view_as_complex(physics(x).movedim(1, -1).contiguous())
+        mine = ours.physics.to(device)(target)
+        operator_error = float((theirs - mine).abs().max() / mine.abs().max())
+    model = deepinv_modl(dinv, int(spec["iterations"]), bool(spec.get("checkpointed"))).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=float(spec.get("lr", 1e-4)))
+
+    def step(k: int) -> float:
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        loss = (model(y, physics) - x).square().mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    out = _measure(step, device, int(spec["steps"]))
+    out.update(
+        params=_parameters(model),
+        deepinv_version=str(getattr(dinv, "__version__", "?")),
+        torchvision_note=note,
+        operator_error=operator_error,
+        cg={
+            "max_iter": int(physics.max_iter),
+            "tol": float(physics.tol),
+            "implicit_backward": bool(physics.implicit_backward_solver),
+        },
+    )
+    return out
+
+
+class _ZeroFilled(nn.Module):
+    """The adjoint reconstruction :math:`A^H y` (a baseline, no parameters)."""
+
+    def forward(self, y: Tensor, physics: nn.Module, x0: Tensor | None = None) -> Tensor:
+        return physics.adjoint(y)  # type: ignore[operator]
+
+
+def _summary(table: Any) -> dict[str, Any]:
+    return dict(table.summary())
+
+
+def _quality(spec: dict[str, Any]) -> dict[str, Any]:
+    from ._train import train
+
+    device = _setup(spec)
+    splits = {s: make_dataset(spec["task"], s, **spec.get("data", {})) for s in ("train", "val")}
+    model = build_model(spec["model"], spec.get("model_kwargs", {}), splits["train"])
+    options = dict(spec["train"])
+    with tempfile.TemporaryDirectory() as run_dir:
+        result = train(
+            model,
+            splits["train"],
+            splits["val"],
+            strategy=spec.get("strategy", "backprop"),
+            strategy_options=spec.get("strategy_options", {}),
+            run_dir=run_dir,
+            progress=False,
+            device=str(device),
+            **options,
+        )
+        info = load_model(model, f"{run_dir}/best.pt", map_location=device)
+    del splits
+    test = make_dataset(spec["task"], "test", **spec.get("data", {}))
+    table = evaluate(model, test, batch_size=int(spec.get("eval_batch", 4)), device=device)
+    zero = evaluate(_ZeroFilled(), test, batch_size=4, device=device)  # type: ignore[arg-type]
+    peak, base = result.peak_memory_bytes, result.memory_baseline_bytes
+    return {
+        "params": _parameters(model),
+        "test": _summary(table),
+        "zero_filled": _summary(zero),
+        "best_step": info.get("step"),
+        "peak_mb": None if peak is None else peak / MiB,
+        "step_mb": None if peak is None or base is None else (peak - base) / MiB,
+        "memory_kind": result.memory_kind,
+        "time_s": result.median_step_time_s,
+        "losses": [float(r["loss"]) for r in result.history],
+        "val": [dict(r) for r in result.val_history],
+    }
+
+
+def _cs(spec: dict[str, Any]) -> dict[str, Any]:
+    from ._cs import CompressedSensing
+
+    device = _setup(spec)
+    val = make_dataset(spec["task"], "val", **spec.get("data", {}))
+    test = make_dataset(spec["task"], "test", **spec.get("data", {}))
+    iterations = int(spec.get("iterations", 100))
+    grid = []
+    for lamda in spec["lamdas"]:
+        cs = CompressedSensing(float(lamda), iterations)
+        grid.append({"lamda": float(lamda), **evaluate(cs, val, batch_size=4).mean()})  # type: ignore[arg-type]
+    best = min(grid, key=lambda r: r["nrmse"])
+    cs = CompressedSensing(best["lamda"], iterations)
+    start = time.perf_counter()
+    table = evaluate(cs, test, batch_size=4)  # type: ignore[arg-type]
+    elapsed = time.perf_counter() - start
+    zero = evaluate(_ZeroFilled(), test, batch_size=4, device=device)  # type: ignore[arg-type]
+    return {
+        "grid": grid,
+        "lamda": best["lamda"],
+        "iterations": iterations,
+        "test": _summary(table),
+        "time_per_slice_s": elapsed / len(table),
+        "zero_filled": _summary(zero),
+    }
+
+
+def _relative(a: list[Tensor], b: list[Tensor]) -> float:
+    num = math.sqrt(sum(float((x.double() - y.double()).square().sum()) for x, y in zip(a, b)))
+    den = math.sqrt(sum(float(y.double().square().sum()) for y in b))
+    return num / den if den > 0 else float("nan")
+
+
+def _gradients(model: UnrolledModel, batch: Batch, strategy: str, **options: Any) -> list[Tensor]:
+    model.set_strategy(strategy, **options)
+    model.zero_grad(set_to_none=True)
+    loss = get_loss("mse")(model(batch.y, batch.physics, batch.x0), batch.target)
+    loss.backward()
+    return [
+        torch.zeros_like(p) if p.grad is None else p.grad.detach().clone()
+        for p in model.parameters()
+    ]
+
+
+def _accuracy(spec: dict[str, Any]) -> dict[str, Any]:
+    device = _setup(spec)
+    data32 = make_dataset(spec["task"], "train", **spec.get("data", {}), dtype="float32")
+    data64 = make_dataset(spec["task"], "train", **spec.get("data", {}), dtype="float64")
+    indices = list(range(int(spec.get("batch", 2))))
+    b32, b64 = data32.batch(indices).to(device), data64.batch(indices).to(device)
+    rows = []
+    for config in spec["models"]:
+        for depth in spec["depths"]:
+            torch.manual_seed(int(spec.get("seed", 0)))
+            kwargs = {**config["kwargs"], "iterations": depth}
+            model = build_model(config["model"], kwargs, data32).to(device)
+            if isinstance(model, UnrolledPGD):
+                model.certify(b32.physics, b32.target)
+            layers = len(model.invertible_layers())
+            row: dict[str, Any] = {"label": config["label"], "depth": depth, "layers": layers}
+            start = time.perf_counter()
+            reference = _gradients(model, b32, "backprop")
+            row["backprop_s"] = time.perf_counter() - start
+            twin = build_model(config["model"], kwargs, data64).to(device)
+            twin.load_state_dict(model.state_dict())
+            for name, buffer in model.named_buffers():
+                twin.get_buffer(name).copy_(buffer)
+            twin.double()
+            row["float32_floor"] = _relative(reference, _gradients(twin, b64, "backprop"))
+            every = int(spec["checkpoint_unrolls"]) * (layers // depth)
+            for key, options in (("plain", {}), ("checkpointed", {"checkpoint_every": every})):
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    start = time.perf_counter()
+                    try:
+                        grads = _gradients(model, b32, "reversible", **options)
+                        row[key] = _relative(grads, reference)
+                    except (RuntimeError, ValueError, FloatingPointError) as err:
+                        row[key] = None
+                        row[f"{key}_error"] = f"{type(err).__name__}: {err}"[:200]
+                    row[f"{key}_s"] = time.perf_counter() - start
+                row[f"{key}_warnings"] = len(caught)
+            row["checkpoint_every_layers"] = every
+            rows.append(row)
+    return {"rows": rows}
+
+
+KINDS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "memory": _memory,
+    "deepinv": _deepinv,
+    "quality": _quality,
+    "cs": _cs,
+    "accuracy": _accuracy,
+}
+
+
+def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run one spec (see the module docstring) and return its results."""
+    kind = spec.get("kind")
+    if kind not in KINDS:
+        raise ValueError(f"unknown benchmark kind {kind!r}; valid kinds: {', '.join(KINDS)}")
+    return KINDS[kind](spec)
+
+
+def main() -> None:
+    """Read a spec from standard input, print the results as one JSON line."""
+    spec = json.loads(sys.stdin.read())
+    start = time.perf_counter()
+    out = run_spec(spec)
+    out["wall_s"] = time.perf_counter() - start
+    print(json.dumps(out, default=float))
+
+
+if __name__ == "__main__":
+    main()
