@@ -1,0 +1,234 @@
+"""PNG figures of ``memroll eval`` and ``memroll demo`` (matplotlib, Agg canvas).
+
+The figures are drawn on :class:`matplotlib.figure.Figure` objects with an explicit Agg canvas,
+never through ``pyplot``: making a figure here changes no global matplotlib state (a user's
+notebook backend stays as it was) and needs no display.
+
+==========================  ======================================================================
+function                    figure
+==========================  ======================================================================
+:func:`comparison_figure`   one sample: the reference and every method side by side (magnitude,
+                            one grey scale), and below each method its error map
+                            :math:`\\big||\\hat x| - |x|\\big|` (one colour scale for all)
+:func:`loss_curves`         training loss against step, one line per method (log scale)
+:func:`memory_bars`         peak training memory per method, with the ratio to the first
+:func:`stage_psnr`          PSNR after every stage or module (GLEAM Fig. 9)
+==========================  ======================================================================
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "Panel",
+    "comparison_figure",
+    "display_image",
+    "loss_curves",
+    "memory_bars",
+    "stage_psnr",
+]
+
+
+def _figure(width: float, height: float) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, format="png")
+    return out
+
+
+def display_image(x: Tensor | np.ndarray, color: bool = False) -> np.ndarray:
+    """A 2D float array to show for one sample's image.
+
+    Complex images show their magnitude; a volume ``(D, H, W)`` its middle slice; with
+    ``color=True`` an image ``(C, H, W)`` its channel mean (grey); a 2D image itself.
+    """
+    t = torch.as_tensor(x).detach().cpu()
+    t = t.abs() if t.is_complex() else t
+    t = t.to(torch.float64)
+    if color and t.ndim >= 3:
+        t = t.mean(0)
+    while t.ndim > 2:
+        t = t[t.shape[0] // 2]
+    if t.ndim != 2:
+        raise ValueError(
+            f"display_image needs an image of 2 or more dimensions, got {tuple(t.shape)}"
+        )
+    return t.numpy()
+
+
+@dataclass
+class Panel:
+    """One image of a figure: a title and the 2D array (see :func:`display_image`)."""
+
+    title: str
+    image: np.ndarray
+
+
+def comparison_figure(
+    path: str | os.PathLike[str],
+    reference: Panel,
+    methods: Sequence[Panel],
+    *,
+    title: str = "",
+    error_gain: float | None = None,
+) -> Path:
+    """The reference and each method side by side, with each method's error map below it.
+
+    Every image uses the grey scale ``[0, max |reference|]``. The error maps of the magnitudes
+    :math:`\\big||\\hat x| - |x|\\big|` (the images the metrics score) share one colour scale,
+    ``[0, max |reference| / gain]``; ``error_gain`` (default: the gain that puts the median over
+    the methods of each error map's 99th percentile at the top of the scale, rounded down to 1,
+    2 or 5 times a power of ten, so that a much worse method saturates rather than darkening
+    the others) is printed in the row's label: maps compare only at the same gain.
+    """
+    ref = reference.image
+    peak = float(np.max(np.abs(ref))) or 1.0
+    errors = [np.abs(m.image - ref) for m in methods]
+    if error_gain is None:
+        tops = [float(np.percentile(e, 99)) for e in errors]
+        top = float(np.median(tops)) if tops else 0.0
+        error_gain = _nice(peak / top) if top > 0 else 1.0
+    columns = 1 + len(methods)
+    fig = _figure(2.1 * columns, 4.6)
+    axes = fig.subplots(2, columns, squeeze=False)
+    image_args = {"cmap": "gray", "vmin": 0.0, "vmax": peak, "interpolation": "nearest"}
+    axes[0][0].imshow(np.abs(ref), **image_args)
+    axes[0][0].set_title(reference.title, fontsize=8)
+    axes[1][0].text(
+        0.5,
+        0.5,
+        f"magnitude error\n||x̂| - |x|| x {error_gain:g}",
+        ha="center",
+        va="center",
+        fontsize=8,
+        transform=axes[1][0].transAxes,
+    )
+    shown = None
+    for k, (method, error) in enumerate(zip(methods, errors), start=1):
+        axes[0][k].imshow(np.abs(method.image), **image_args)
+        axes[0][k].set_title(method.title, fontsize=8)
+        shown = axes[1][k].imshow(
+            error, cmap="magma", vmin=0.0, vmax=peak / error_gain, interpolation="nearest"
+        )
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+    if shown is not None:
+        fig.colorbar(shown, ax=list(axes[1][1:]), shrink=0.8, label="||x̂| - |x||")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
+def _nice(value: float) -> float:
+    """The largest of 1, 2, 5 times a power of ten that is at most ``value`` (at least 1)."""
+    if value <= 1:
+        return 1.0
+    exponent = math.floor(math.log10(value))
+    for mantissa in (5, 2, 1):
+        if mantissa * 10**exponent <= value:
+            return float(mantissa * 10**exponent)
+    return float(10**exponent)  # pragma: no cover - mantissa 1 always fits
+
+
+def loss_curves(
+    path: str | os.PathLike[str],
+    curves: Mapping[str, tuple[Sequence[int], Sequence[float]]],
+    *,
+    ylabel: str = "training loss",
+    title: str = "",
+) -> Path:
+    """Training loss against step, one line per method (log scale when every loss is > 0)."""
+    fig = _figure(6.0, 3.6)
+    ax = fig.subplots()
+    positive = True
+    for label, (steps, losses) in curves.items():
+        ax.plot(list(steps), list(losses), label=label, linewidth=1.2)
+        positive = positive and all(v > 0 for v in losses)
+    if positive and curves:
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    if curves:
+        ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+def memory_bars(
+    path: str | os.PathLike[str],
+    megabytes: Mapping[str, float],
+    *,
+    ylabel: str = "peak training memory (MB)",
+    title: str = "",
+) -> Path:
+    """One bar per method, labelled with its value and its ratio to the first method."""
+    fig = _figure(1.2 + 1.1 * max(1, len(megabytes)), 3.6)
+    ax = fig.subplots()
+    names = list(megabytes)
+    values = [float(megabytes[n]) for n in names]
+    bars = ax.bar(names, values, color="#4878a8")
+    first = values[0] if values and values[0] > 0 else None
+    for bar, value in zip(bars, values):
+        label = f"{value:.1f}" + (f"\n{value / first:.2f}x" if first else "")
+        ax.annotate(
+            label,
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, max(values, default=1.0) * 1.25 or 1.0)
+    ax.tick_params(axis="x", labelsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+def stage_psnr(
+    path: str | os.PathLike[str],
+    series: Mapping[str, Sequence[float]],
+    *,
+    xlabel: str = "unrolled iterations used at inference",
+    title: str = "",
+    references: Mapping[str, float] | None = None,
+) -> Path:
+    """PSNR (dB) after every stage or module, one line per method (GLEAM Fig. 9), with
+    optional horizontal reference lines (``{"CS": 40.5}``)."""
+    fig = _figure(5.6, 3.6)
+    ax = fig.subplots()
+    for label, values in series.items():
+        ax.plot(range(1, len(values) + 1), list(values), marker="o", label=label, linewidth=1.2)
+    for k, (label, value) in enumerate((references or {}).items()):
+        ax.axhline(value, linestyle="--", linewidth=1.0, color=f"C{len(series) + k}", label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("PSNR (dB)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _save(fig, path)
