@@ -194,6 +194,12 @@ def test_resume_refuses_a_changed_model(trained, capsys):
     assert "cannot resume with model.features changed (the run has 4, now 8)" in err
 
 
+def test_resume_refuses_fewer_steps_than_done(trained, capsys):
+    err = _fails(["train", "--resume", str(trained), "--set", "train.steps=2"], capsys)
+    assert "cannot resume with train.steps=2: the run is at step 3" in err
+    assert _config.load_config(trained / "config.toml").train.steps == 3  # left as it was
+
+
 def test_resume_refuses_another_strategy(trained, capsys):
     err = _fails(["train", "--resume", str(trained), "--strategy", "checkpoint"], capsys)
     assert "cannot resume with --strategy checkpoint: the run trains with 'backprop'" in err

@@ -381,11 +381,16 @@ def _table3(jobs: Sequence[Job], cfg: dict[str, Any], out: Path, plt: Any) -> li
         )
     if any(r.get("plain_warnings") or r.get("checkpointed_warnings") for r in rows):
         lines += ["", "† a fixed-point inversion warned that it did not converge."]
-    lines += ["", "Verdicts (holds = error <= 1e-4, issue 7's float32 bound at 10 unrolls):", ""]
+    lines += [
+        "",
+        "Verdicts (holds = error <= 1e-4, issue 7's float32 bound at 10 unrolls, or within twice "
+        "the float32 floor: float32 backprop itself differs that much from float64):",
+        "",
+    ]
     for label in dict.fromkeys(r["label"] for r in rows):
         mine = [r for r in rows if r["label"] == label]
         for key, name in (("plain", "without checkpoints"), ("checkpointed", "with checkpoints")):
-            bad = [r["depth"] for r in mine if not _holds(r[key])]
+            bad = [r["depth"] for r in mine if not _holds(r[key], r["float32_floor"])]
             if not bad:
                 text = f"holds up to N = {mine[-1]['depth']}"
             elif bad[0] == mine[0]["depth"]:
@@ -426,9 +431,9 @@ def _finite(value: Any) -> float | None:
     return value if math.isfinite(value) and value > 0 else None
 
 
-def _holds(value: Any) -> bool:
-    v = _finite(value)
-    return v is not None and v <= 1e-4
+def _holds(value: Any, floor: Any) -> bool:
+    v, f = _finite(value), _finite(floor)
+    return v is not None and v <= max(1e-4, 2 * (f or 0.0))
 
 
 # ------------------------------------------------------------------------------------------------

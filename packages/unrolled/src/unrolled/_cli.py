@@ -161,7 +161,7 @@ def train_config(
     run.mkdir(parents=True, exist_ok=True)
     atomic_text(run / CONFIG_FILE, dump_config(config, header))
     options = _train_options(config, run, resume, progress)
-    _warm_up(train_data, val_data)
+    _warm_up(model, train_data, val_data)
     _say(
         f"{'resuming' if resume else 'training'} {config.name}: {config.model.name} "
         f"({count_parameters(model):,} parameters) on {config.task.name}, strategy "
@@ -189,17 +189,38 @@ def train_config(
     return summary
 
 
-def _warm_up(train_data: TaskDataset, val_data: TaskDataset) -> None:
+def _warm_up(model: nn.Module, train_data: TaskDataset, val_data: TaskDataset) -> None:
     """Do once, before the measured training loop, what would otherwise happen inside it for
-    the first time: scikit-image loads its metric modules lazily on the first PSNR (about
-    50 MB of RSS), and each split builds its shared data on its first item. Without this the
-    recorded peak training memory would include those one-time costs."""
+    the first time, so that the peak training memory the run records is the training's own.
+
+    On a CPU the peak RSS also counts one-time costs: scikit-image loads its metric modules
+    lazily on the first PSNR (about 50 MB), each split builds its shared data on its first item,
+    and the first convolution and FFT fault in pages of torch's code (measured 11 to 31 MB,
+    depending on the installation). This runs the metrics, reads an item of each split, and
+    runs one forward and backward pass of the model on one training sample, then restores the
+    model's state and drops its gradients: the training that follows is unchanged (it seeds its
+    random numbers itself, or restores them when it resumes)."""
+    from ._evaluate import extra_buffers
     from ._metrics import nrmse, psnr, ssim
 
     sample = val_data.batch([0])
     for metric in (psnr, ssim, nrmse):
         metric(0.5 * sample.target, sample.target)
-    train_data.batch([0])
+    batch = train_data.batch([0])
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    buffers = extra_buffers(model)
+    was_training = model.training
+    model.train()
+    x_hat = model(batch.y, batch.physics, batch.x0)
+    error = x_hat - batch.target
+    (torch.view_as_real(error) if error.is_complex() else error).abs().mean().backward()
+    model.load_state_dict(state)
+    with torch.no_grad():
+        for name, value in buffers.items():
+            model.get_buffer(name).copy_(value)
+    for parameter in model.parameters():
+        parameter.grad = None
+    model.train(was_training)
 
 
 def _train_options(config: RunConfig, run: Path, resume: bool, progress: bool) -> dict[str, Any]:
@@ -233,6 +254,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
         saved = load_config(run / CONFIG_FILE)
         config = load_config(run / CONFIG_FILE, _with_root(overrides, args.fastmri, saved))
         _check_resumable(saved, config)
+        # weights_only=False: a training checkpoint holds optimizer and RNG states (our own file)
+        step = int(
+            torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)["step"]
+        )
+        if config.train.steps < step:
+            raise CommandError(
+                f"cannot resume with train.steps={config.train.steps}: the run is at step {step}; "
+                f"pass --set train.steps=N with N >= {step}"
+            )
         if args.strategy is not None and args.strategy != saved.strategy.name:
             raise CommandError(
                 f"cannot resume with --strategy {args.strategy}: the run trains with "
