@@ -157,7 +157,8 @@ def _table1(jobs: Sequence[Job], cfg: dict[str, Any], out: Path, plt: Any) -> li
         f"{c['data']['image_size']}, {c['data']['num_coils']} coils, Poisson-disc R = "
         f"{c['data'].get('acceleration', 4.0):g}. MoDL with N = {k['iterations']} unrolls, the "
         f'invertible residual CNN of GLEAM (`prior="coupling"`, {k["layers"]} convolutions of '
-        f"{k['features']} features per coupling), mu = {k['mu']:g} (GLEAM at R = 4), CG to 1e-6. "
+        f"{k['features']} features, {k.get('couplings', 2)} couplings), mu learned from "
+        f"{k['mu']:g}, CG to 1e-6. "
         f"{t['steps']} Adam steps (lr {t['lr']:g}, batch {t['batch_size']}, complex "
         f"{t['loss'].upper()} loss), the model of the lowest validation nRMSE (checked every "
         f"{t['val_every']} steps) scored on the test split: mean (std) over its slices, magnitude "
