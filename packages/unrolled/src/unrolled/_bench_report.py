@@ -425,6 +425,14 @@ def _table3(jobs: Sequence[Job], cfg: dict[str, Any], out: Path, plt: Any) -> li
     return lines
 
 
+def _dncnn_lr(c: dict[str, Any]) -> str:
+    lr = c.get("dncnn_train", {}).get("lr")
+    if lr is None or lr == c["train"]["lr"]:
+        return ""
+    high = c["train"]["lr"]
+    return f"; LU-DnCNN {lr:g}: its 8 unrolls of one BatchNorm DnCNN diverged at {high:g}"
+
+
 def _finite(value: Any) -> float | None:
     if value is None:
         return None
@@ -497,7 +505,8 @@ def _table4(jobs: Sequence[Job], cfg: dict[str, Any], out: Path, plt: Any) -> li
         f"{dk['features']} features, backprop) on single-coil MRI (`singlecoil_mri`, 1D random "
         f"columns R = {c['luser_data'].get('acceleration', 4.0):g}, "
         f"{c['luser_data']['image_size']} x {c['luser_data']['image_size']}); {t['steps']} Adam "
-        f"steps (lr {t['lr']:g}, batch {t['batch_size']}, {t['loss'].upper()} loss), test split; "
+        f"steps (lr {t['lr']:g}{_dncnn_lr(c)}, batch {t['batch_size']}, {t['loss'].upper()} loss), "
+        "test split; "
         "memory and time as in table 1 (ratios to LU-DnCNN); the training loss at the first "
         "and the last step:",
         "",
