@@ -38,8 +38,8 @@ from torch import Tensor, nn
 import fixedpoint
 import physops
 
-from ._base import Stage, StageContext, UnrolledModel
-from ._equilibrium import EQUILIBRIUM_MODES, EquilibriumSolver, as_solver, equilibrium
+from ._base import StageContext, UnrolledModel
+from ._equilibrium import EquilibriumSolver, EquilibriumStage, as_solver, equilibrium
 from ._layers import GradientStep
 from ._luser import INITS, _check_measurements_are_images, calibrate_steps
 from ._nets import DnCNN, ImageAdapter
@@ -48,7 +48,7 @@ from ._strategy import Strategy
 __all__ = ["DEQ", "DEQStage"]
 
 
-class DEQStage(Stage):
+class DEQStage(EquilibriumStage):
     """The equilibrium :math:`x^* = \\mathrm{prox}(x^* - \\alpha A^H(A x^* - y))` as one stage.
 
     Attributes
@@ -60,20 +60,11 @@ class DEQStage(Stage):
         ``"implicit"``, ``"jacobian_free"``, ``"phantom"`` or ``"unrolled"``.
     """
 
-    def __init__(self, step: GradientStep, prox: nn.Module, solver: EquilibriumSolver):
-        super().__init__()
-        self.step = step
-        self.prox = prox
-        self.solver = solver
-        self.backward_mode = "implicit"
-        self.diagnostics: fixedpoint.ImplicitDiagnostics | None = None
+    step: GradientStep
+    prox: nn.Module
 
-    def set_equilibrium_backward(self, mode: str) -> None:
-        if mode not in EQUILIBRIUM_MODES:
-            raise ValueError(
-                f"unknown equilibrium backward {mode!r}; valid: {', '.join(EQUILIBRIUM_MODES)}"
-            )
-        self.backward_mode = mode
+    def __init__(self, step: GradientStep, prox: nn.Module, solver: EquilibriumSolver):
+        super().__init__(step, prox, solver)
 
     def iteration(self, x: Tensor, context: StageContext) -> Tensor:
         """One application of the map :math:`f(x)` (real channels in, real channels out)."""

@@ -36,9 +36,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 import fixedpoint
+
+from ._base import Stage
 
 __all__ = ["EQUILIBRIUM_MODES", "EquilibriumSolver", "as_solver", "equilibrium"]
 
@@ -354,3 +356,23 @@ def _enforce(result: fixedpoint.FixedPointResult, solver: EquilibriumSolver) -> 
     if solver.on_failure == "raise":
         raise fixedpoint.ConvergenceError(message, result)
     warnings.warn(message, fixedpoint.ConvergenceWarning, stacklevel=4)
+
+
+class EquilibriumStage(Stage):
+    """What LUSER's and DEQ's stages share: a gradient step, a prox, the solver settings, the
+    diagnostics of the last solve and the backward mode (set by the model's strategy)."""
+
+    def __init__(self, step: nn.Module, prox: nn.Module, solver: EquilibriumSolver):
+        super().__init__()
+        self.step = step
+        self.prox = prox
+        self.solver = solver
+        self.backward_mode = "implicit"
+        self.diagnostics: fixedpoint.ImplicitDiagnostics | None = None
+
+    def set_equilibrium_backward(self, mode: str) -> None:
+        if mode not in EQUILIBRIUM_MODES:
+            raise ValueError(
+                f"unknown equilibrium backward {mode!r}; valid: {', '.join(EQUILIBRIUM_MODES)}"
+            )
+        self.backward_mode = mode

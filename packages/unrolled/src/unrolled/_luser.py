@@ -54,8 +54,8 @@ from torch import Tensor, nn
 import fixedpoint
 import physops
 
-from ._base import Stage, StageContext, UnrolledModel
-from ._equilibrium import EQUILIBRIUM_MODES, EquilibriumSolver, as_solver, equilibrium
+from ._base import StageContext, UnrolledModel
+from ._equilibrium import EquilibriumSolver, EquilibriumStage, as_solver, equilibrium
 from ._layers import GradientStep
 from ._nets import ImageAdapter, LUSERProx
 from ._strategy import Strategy
@@ -65,7 +65,7 @@ __all__ = ["LUSER", "LUSERStage", "calibrate_steps"]
 INITS = ("adjoint", "measurements")
 
 
-class LUSERStage(Stage):
+class LUSERStage(EquilibriumStage):
     """One LUSER stage: the gradient step :math:`d_k` and the equilibrium block (Eq. 7).
 
     Parameters
@@ -88,20 +88,11 @@ class LUSERStage(Stage):
         ``"implicit"``, ``"jacobian_free"``, ``"phantom"`` or ``"unrolled"``.
     """
 
-    def __init__(self, step: GradientStep, prox: LUSERProx, solver: EquilibriumSolver):
-        super().__init__()
-        self.step = step
-        self.prox = prox
-        self.solver = solver
-        self.backward_mode = "implicit"
-        self.diagnostics: fixedpoint.ImplicitDiagnostics | None = None
+    step: GradientStep
+    prox: LUSERProx
 
-    def set_equilibrium_backward(self, mode: str) -> None:
-        if mode not in EQUILIBRIUM_MODES:
-            raise ValueError(
-                f"unknown equilibrium backward {mode!r}; valid: {', '.join(EQUILIBRIUM_MODES)}"
-            )
-        self.backward_mode = mode
+    def __init__(self, step: GradientStep, prox: LUSERProx, solver: EquilibriumSolver):
+        super().__init__(step, prox, solver)
 
     def forward(self, state: Tensor, context: StageContext) -> Tensor:
         d = self.step(state, context.y, context.physics)

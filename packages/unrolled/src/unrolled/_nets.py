@@ -351,7 +351,7 @@ class DnCNN(nn.Module):
             # initialisation starts far from its input and diverged under Adam at lr 1e-3
             # (measured: LU-DnCNN on single-coil MRI, test PSNR -1 dB after 40 steps). A
             # spectrally normalised layer cannot start at zero (its norm would be 0).
-            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.get_parameter("weight"))
         mods.append(_spectral_norm(last) if spectral_norm else last)
         self.body = nn.Sequential(*mods)
 
