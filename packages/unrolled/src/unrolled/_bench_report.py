@@ -141,7 +141,7 @@ def _mem_label(meta: dict[str, Any]) -> str:
 T1_METHODS = [
     ("backprop", "end-to-end backprop"),
     ("checkpoint", "checkpoint (torch.utils.checkpoint per unroll)"),
-    ("reversible", "MEL reversible"),
+    ("reversible", "MEL reversible (exact state every unroll)"),
     ("greedy", "GLEAM greedy (M = N)"),
 ]
 
