@@ -38,10 +38,10 @@ from torch import Tensor, nn
 import fixedpoint
 import physops
 
-from ._base import StageContext, UnrolledModel
+from ._base import StageContext
 from ._equilibrium import EquilibriumSolver, EquilibriumStage, as_solver, equilibrium
 from ._layers import GradientStep
-from ._luser import INITS, _check_measurements_are_images, calibrate_steps
+from ._luser import INITS, _InitFromMeasurements, calibrate_steps
 from ._nets import DnCNN, ImageAdapter
 from ._strategy import Strategy
 
@@ -84,7 +84,7 @@ class DEQStage(EquilibriumStage):
         return out
 
 
-class DEQ(UnrolledModel):
+class DEQ(_InitFromMeasurements):
     r"""DEQ4IP (Gilton et al.), the deep-equilibrium proximal gradient method, with a DnCNN prox.
 
     Parameters
@@ -172,16 +172,6 @@ class DEQ(UnrolledModel):
 
     def _stage(self) -> DEQStage:
         return cast(DEQStage, self.stages[0])
-
-    def initial_state(self, y: Tensor, physics: nn.Module, x0: Tensor | None) -> Any:
-        if x0 is None and self.init == "measurements":
-            return self.adapter.to_net(y)
-        return super().initial_state(y, physics, x0)
-
-    def check_inputs(self, y: Tensor, physics: object, x0: Tensor | None) -> None:
-        super().check_inputs(y, physics, x0)
-        if x0 is None and self.init == "measurements":
-            _check_measurements_are_images(self.adapter, y, physics)
 
     def strategy_problem(self, strategy: Strategy) -> str | None:
         name = strategy.name

@@ -90,6 +90,7 @@ from revlayers import InvertibleModule
 from ._base import Stage, StageContext, UnrolledModel
 from ._batch import Batch
 from ._layers import PriorLayer, positive
+from ._modl import _PlainStage
 from ._nets import ImageAdapter
 from ._priors import INVERTIBLE_PRIORS, PRIORS, build_prior
 from ._strategy import Strategy
@@ -339,17 +340,9 @@ def _normalised_gradient(
     return lambda v: step.data_gradient(v, context.y, context.physics)
 
 
-class _FPMStage(Stage):
-    """One unroll: the gradient step, then the prior's layers (if any)."""
-
-    def __init__(self, layers: Sequence[nn.Module]):
-        super().__init__()
-        self.layers = nn.ModuleList(layers)
-
-    def forward(self, state: Tensor, context: StageContext) -> Tensor:
-        for layer in self.layers:
-            state = layer(state, *context)
-        return state
+class _FPMStage(_PlainStage):
+    """One unroll: the gradient step, then the prior's layers (if any); invertible when they all
+    are."""
 
     def invertible_layers(self) -> list[InvertibleModule] | None:
         if all(isinstance(layer, InvertibleModule) for layer in self.layers):

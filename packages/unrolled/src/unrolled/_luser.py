@@ -139,7 +139,24 @@ def calibrate_steps(
     return lip
 
 
-class LUSER(UnrolledModel):
+class _InitFromMeasurements(UnrolledModel):
+    """LUSER's and DEQ's ``init="measurements"``: start from ``y`` itself (deblurring, where the
+    measurements are images), checked to be images of the model's shape."""
+
+    init: str
+
+    def initial_state(self, y: Tensor, physics: nn.Module, x0: Tensor | None) -> Any:
+        if x0 is None and self.init == "measurements":
+            return self.adapter.to_net(y)
+        return super().initial_state(y, physics, x0)
+
+    def check_inputs(self, y: Tensor, physics: object, x0: Tensor | None) -> None:
+        super().check_inputs(y, physics, x0)
+        if x0 is None and self.init == "measurements":
+            _check_measurements_are_images(self.adapter, y, physics)
+
+
+class LUSER(_InitFromMeasurements):
     r"""Loop unrolled shallow equilibrium regulariser (Guan et al.; see the module docstring).
 
     Parameters
@@ -299,16 +316,6 @@ class LUSER(UnrolledModel):
         return [cast(LUSERStage, stage) for stage in self.stages]
 
     # ------------------------------------------------------------------ base hooks
-    def initial_state(self, y: Tensor, physics: nn.Module, x0: Tensor | None) -> Any:
-        if x0 is None and self.init == "measurements":
-            return self.adapter.to_net(y)
-        return super().initial_state(y, physics, x0)
-
-    def check_inputs(self, y: Tensor, physics: object, x0: Tensor | None) -> None:
-        super().check_inputs(y, physics, x0)
-        if x0 is None and self.init == "measurements":
-            _check_measurements_are_images(self.adapter, y, physics)
-
     def strategy_problem(self, strategy: Strategy) -> str | None:
         if strategy.forward_name == "reversible":
             return (
