@@ -9,8 +9,6 @@ The public API (see ``README.md`` for an overview):
 * :func:`invert_step`.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
 from ._anderson import anderson
 from ._banach import banach
 from ._broyden import broyden
@@ -21,10 +19,9 @@ from ._solve import available_solvers, get_solver, register_solver, solve, unreg
 from ._spectral import spectral_radius
 from ._state import State
 
-try:
-    __version__ = version("memroll-fixedpoint")
-except PackageNotFoundError:  # running from a source tree via PYTHONPATH (the GPU lane)
-    __version__ = "0+unknown"
+# the one place the version is written: hatchling reads it for the wheel (pyproject's
+# [tool.hatch.version]), and a source tree on PYTHONPATH (the GPU lane) reports it too
+__version__ = "0.2.0"
 
 __all__ = [
     "ConvergenceError",
