@@ -3,8 +3,8 @@ configs, and fastMRI-format files written by the tests themselves (a module of i
 ``conftest`` is taken by every test folder).
 
 The command runs as a user runs it: the installed ``memroll`` console script in a fresh process
-(``python -m unrolled._cli`` where the packages are on ``PYTHONPATH`` but not installed, as in
-the GPU lane), with one thread.
+(``python -m memroll`` where the packages are on ``PYTHONPATH`` but not installed, as in the GPU
+lane), with one thread.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
 import numpy as np
@@ -72,8 +73,17 @@ def tiny(name: str, *extra: str) -> list[str]:
 
 
 def memroll_command() -> list[str]:
-    script = shutil.which("memroll")
-    return [script] if script else [sys.executable, "-m", "unrolled._cli"]
+    """The ``memroll`` console script of this interpreter's installed ``memroll``, else
+    ``python -m memroll`` (sources on ``PYTHONPATH``, or another distribution's script on the
+    ``PATH``)."""
+    try:
+        entry = {e.name: e.value for e in distribution("memroll").entry_points}.get("memroll")
+    except PackageNotFoundError:
+        entry = None
+    script = shutil.which("memroll", path=str(Path(sys.executable).parent))
+    if entry == "memroll.cli:main" and script:
+        return [script]
+    return [sys.executable, "-m", "memroll"]
 
 
 def memroll(

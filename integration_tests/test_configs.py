@@ -20,7 +20,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 SHIPPED = {
     Path(entry.name).stem: tomllib.loads(entry.read_text())
-    for entry in (resources.files("unrolled") / "configs").iterdir()
+    for entry in (resources.files("memroll") / "configs").iterdir()
     if entry.name.endswith(".toml")
 }
 MRI = sorted(n for n, c in SHIPPED.items() if c["task"]["name"].endswith("_mri"))

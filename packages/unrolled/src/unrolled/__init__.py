@@ -9,6 +9,7 @@ or ``"implicit"`` (LUSER, DEQ).
 
 # _tasks first: _fpm subclasses its TaskDataset and _tasks registers _fpm's task at its end
 from . import _tasks  # noqa: F401
+from . import training as training
 from ._base import InvertibleStage, Stage, StageContext, UnrolledModel
 from ._batch import Batch
 from ._cs import CS_EXTRA, CompressedSensing, cs_reconstruct, cs_reconstruct_cine
@@ -44,13 +45,14 @@ from ._nets import (
     ResBlockProx,
     ResidualCNN,
     SpectralNorm,
+    count_parameters,
     spectral_norm,
 )
 from ._options import SCHEDULERS, TrainOptions, batch_indices
 from ._priors import INVERTIBLE_PRIORS, PRIORS, build_prior
 from ._rim import RIM
 from ._run import TrainResult
-from ._strategy import STRATEGIES, Strategy, as_strategy
+from ._strategy import STRATEGIES, Strategy, StrategyName, as_strategy
 from ._tasks import TASKS, TaskDataset, TaskSpec, get_task, make_dataset, register_task
 from ._train import train
 
@@ -95,6 +97,7 @@ __all__ = [
     "Stage",
     "StageContext",
     "Strategy",
+    "StrategyName",
     "TaskDataset",
     "TaskSpec",
     "TrainOptions",
@@ -105,6 +108,7 @@ __all__ = [
     "as_strategy",
     "batch_indices",
     "build_prior",
+    "count_parameters",
     "cs_reconstruct",
     "cs_reconstruct_cine",
     "design_scale",

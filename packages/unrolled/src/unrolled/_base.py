@@ -156,6 +156,18 @@ class UnrolledModel(nn.Module):
     def _why_not_invertible(self) -> str:
         return "its prior is not an invertible network"
 
+    def certify(
+        self, physics: nn.Module, x_like: Tensor, iterations: int = 20, margin: float = 1.0
+    ) -> float | None:
+        """Bound what ``"reversible"`` training needs to invert the stages, on a batch.
+
+        Models whose stages invert gradient steps by backward Euler (:class:`UnrolledPGD`,
+        :class:`FPMNet`) estimate a Lipschitz constant here and cap their step sizes below it
+        (MEL Eq. 7); :func:`unrolled.train` calls this on the first training batch before it
+        trains with ``"reversible"``. Models with nothing to certify return ``None``.
+        """
+        return None
+
     # ------------------------------------------------------------------ strategy
     @property
     def strategy(self) -> Strategy:
@@ -228,9 +240,12 @@ class UnrolledModel(nn.Module):
             if not bool(torch.isfinite(x0).all()):
                 raise ValueError("x0 (the initial image) contains NaN or inf values")
 
-    def _prepare(
-        self, y: Tensor, physics: nn.Module, x0: Tensor | None
-    ) -> tuple[Any, StageContext]:
+    def prepare(self, y: Tensor, physics: nn.Module, x0: Tensor | None) -> tuple[Any, StageContext]:
+        """The checked inputs as the first state and the stages' context ``(y, physics)``.
+
+        What :meth:`forward` does before it runs the stages, and what a training engine that
+        runs the stages itself (GLEAM's greedy modules) starts from.
+        """
         self.check_inputs(y, physics, x0)
         state = self.initial_state(y, physics, x0)
         if isinstance(state, Tensor):
@@ -264,7 +279,7 @@ class UnrolledModel(nn.Module):
         x0:
             Initial image (default: ``physics.adjoint(y)``, or ``y`` for deblurring models).
         """
-        state, context = self._prepare(y, physics, x0)
+        state, context = self.prepare(y, physics, x0)
         return self.readout(self.run_stages(state, context))
 
     def intermediates(
@@ -275,7 +290,7 @@ class UnrolledModel(nn.Module):
         Runs the stages one by one (``"reversible"`` keeps no intermediate states, so it runs
         them as ``"backprop"`` would: use it for evaluation under ``torch.no_grad``).
         """
-        state, context = self._prepare(y, physics, x0)
+        state, context = self.prepare(y, physics, x0)
         mode = self._strategy.forward_name
         outs: list[Tensor] = []
         for stage in self.stages:

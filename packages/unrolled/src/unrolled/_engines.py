@@ -31,7 +31,15 @@ from ._checkpoint import checkpoint_segments
 from ._options import TrainOptions
 from ._strategy import Strategy
 
-__all__ = ["GreedyEngine", "PlainEngine", "aux_loss_weight", "model_loss", "module_wrapper"]
+__all__ = [
+    "Engine",
+    "GreedyEngine",
+    "PlainEngine",
+    "aux_loss_weight",
+    "make_engine",
+    "model_loss",
+    "module_wrapper",
+]
 
 
 def _make_scheduler(optimizer: torch.optim.Optimizer, opts: TrainOptions) -> Any:
@@ -211,7 +219,7 @@ class GreedyEngine:
 
     def step(self, batch: Batch, step: int) -> tuple[float, dict[str, float]]:
         self.model.train()
-        state0, context = self.model._prepare(batch.y, batch.physics, batch.x0)
+        state0, context = self.model.prepare(batch.y, batch.physics, batch.x0)
         losses = self.trainer.train_step(state0, context, batch.target)
         for loss in losses:
             if not math.isfinite(loss):
@@ -233,3 +241,20 @@ class GreedyEngine:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.trainer.load_state_dict(state["greedy"], restore_rng=False)
+
+
+#: The optimizer step of :func:`unrolled.train`: ``step(batch, step) -> (loss, extras)``,
+#: ``lr``, ``state_dict()`` and ``load_state_dict()``.
+Engine = PlainEngine | GreedyEngine
+
+
+def make_engine(
+    model: UnrolledModel,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    opts: TrainOptions,
+    strategy: Strategy,
+) -> Engine:
+    """The optimizer step of ``strategy``: GLEAM's greedy engine, else one Adam for the model."""
+    if strategy.name == "greedy":
+        return GreedyEngine(model, loss_fn, opts, strategy)
+    return PlainEngine(model, loss_fn, opts)

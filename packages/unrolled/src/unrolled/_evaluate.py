@@ -159,7 +159,7 @@ def _metric_rows(x_hat: Tensor, target: Tensor, offset: int) -> list[dict[str, f
 
 @torch.no_grad()
 def evaluate(
-    model: UnrolledModel,
+    model: nn.Module,
     data: Any,
     *,
     batch_size: int = 1,
@@ -169,6 +169,9 @@ def evaluate(
     max_samples: int | None = None,
 ) -> MetricsTable:
     """PSNR, SSIM and nRMSE of ``model``'s reconstruction of every sample of ``data``.
+
+    ``model`` is any module called as ``model(y, physics, x0)``: an unrolled model, or a
+    baseline such as :class:`CompressedSensing`.
 
     Runs in eval mode under ``torch.no_grad`` (the model's mode is restored), in dataset order,
     on the first ``max_samples`` samples (default all). ``data`` as for :func:`unrolled.train`.

@@ -654,11 +654,14 @@ class FPMNet(UnrolledModel):
         x = u * gain.clamp_min(torch.finfo(y.dtype).eps).sqrt()[:, None, None]
         return self.adapter.to_net(x)
 
-    def _prepare(
+    def prepare(
         self, y: Tensor, physics: nn.Module | None, x0: Tensor | None
     ) -> tuple[Any, StageContext]:
+        """The measurements (simulated with the model's design from single-LED images, see
+        :meth:`measurements`), the first state and the context with the model's own
+        acquisition."""
         measured = self.measurements(y, physics)
-        return super()._prepare(measured, self.illumination, x0)
+        return super().prepare(measured, self.illumination, x0)
 
     def forward(
         self, y: Tensor, physics: nn.Module | None = None, x0: Tensor | None = None
@@ -728,7 +731,7 @@ class FPMNet(UnrolledModel):
         acquisition = self.illumination if physics is None else physics
         self.check_physics(acquisition)
         y = acquisition(target)
-        state, context = self._prepare(y, physics, None)
+        state, context = self.prepare(y, physics, None)
         worst = 0.0
         for stage in self.stages:
             for layer in stage.layers:  # type: ignore[union-attr]

@@ -490,3 +490,8 @@ class ConvGRUCell(nn.Module):
 
 
 _spectral_norm = spectral_norm  # DnCNN's argument of the same name shadows it
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Trainable parameters of ``model``, each shared tensor counted once."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

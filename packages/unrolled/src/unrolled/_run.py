@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
 import random
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from torch import Tensor, nn
 
 from ._evaluate import load_model
 
-__all__ = ["RunFolder", "TrainResult"]
+__all__ = ["RunFolder", "TrainResult", "atomic_path", "atomic_write_text", "load_buffers"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -51,18 +53,38 @@ def set_rng_state(state: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------------------------------
 # the run folder
 # ------------------------------------------------------------------------------------------------
-def atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A temporary file beside ``path`` to write; it replaces ``path`` when the block succeeds.
+
+    The temporary file is synced to disk before ``os.replace``, so ``path`` is always either its
+    old content or the complete new one (never half written), even if the process is killed;
+    when the block raises, the temporary file is removed and ``path`` is left as it was.
+
+    Examples
+    --------
+    >>> with atomic_path("out.h5") as tmp:                    # doctest: +SKIP
+    ...     with h5py.File(tmp, "w") as f:
+    ...         f["reconstruction"] = images
+    """
+    target = Path(path)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            handle.write(text)
-            handle.flush()
+        yield tmp
+        with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``path`` atomically (:func:`atomic_path`), with ``\\n`` line ends."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        handle.write(text)
 
 
 class RunFolder:
@@ -86,7 +108,7 @@ class RunFolder:
         return out.getvalue()
 
     def rewrite(self, path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
-        atomic_text(path, self._csv(rows, columns))
+        atomic_write_text(path, self._csv(rows, columns))
 
     def append(self, path: Path, row: dict[str, Any], columns: list[str]) -> None:
         if not path.exists():
@@ -184,6 +206,7 @@ class TrainResult:
 
 
 def load_buffers(model: nn.Module, buffers: dict[str, Tensor]) -> None:
+    """Copy ``buffers`` (name -> tensor, as :func:`extra_buffers` gives them) into ``model``."""
     with torch.no_grad():
         for name, value in buffers.items():
             model.get_buffer(name).copy_(value)

@@ -59,7 +59,7 @@ import greedytrain
 
 from ._base import UnrolledModel
 from ._batch import Batch
-from ._engines import GreedyEngine, PlainEngine, aux_loss_weight
+from ._engines import GreedyEngine, aux_loss_weight, make_engine
 from ._evaluate import evaluate, extra_buffers, resolve_collate, save_model
 from ._memory import MemoryProbe, median, timed
 from ._metrics import get_loss
@@ -67,7 +67,7 @@ from ._options import StepSampler, TrainOptions, batch_indices
 from ._run import (
     RunFolder,
     TrainResult,
-    atomic_text,
+    atomic_write_text,
     load_buffers,
     rng_state,
     seed_everything,
@@ -247,7 +247,7 @@ def train(
         seed_everything(opts.seed)
     start = 0 if saved is None else int(saved["step"])
 
-    if chosen.forward_name == "reversible" and hasattr(model, "certify"):
+    if chosen.forward_name == "reversible":
         # a resumed run restored its certified bounds with the buffers; a fresh one certifies on
         # its first training batch (MEL Eq. 7: alpha * L < 1)
         certified = saved is not None and all(
@@ -258,7 +258,7 @@ def train(
         if not certified:
             first_indices = batch_indices(0, num_samples, opts.batch_size, opts.seed)
             first = collate_fn([train_data[i] for i in first_indices]).to(device)
-            model.certify(first.physics, first.target)  # type: ignore[operator]
+            model.certify(first.physics, first.target)
     model.set_strategy(chosen)
     if (
         chosen.forward_name == "reversible"
@@ -271,11 +271,7 @@ def train(
             "set aux_loss_weight=0"
         )
 
-    engine: PlainEngine | GreedyEngine
-    if chosen.name == "greedy":
-        engine = GreedyEngine(model, loss_fn, opts, chosen)
-    else:
-        engine = PlainEngine(model, loss_fn, opts)
+    engine = make_engine(model, loss_fn, opts, chosen)
 
     history: list[dict[str, Any]] = []
     val_history: list[dict[str, Any]] = []
@@ -416,7 +412,7 @@ def train(
         options=asdict(opts),
     )
     if run is not None:
-        atomic_text(run.result, json.dumps(result.summary(), indent=2, default=str) + "\n")
+        atomic_write_text(run.result, json.dumps(result.summary(), indent=2, default=str) + "\n")
     return result
 
 

@@ -1,4 +1,7 @@
-"""PNG figures of ``memroll eval`` and ``memroll demo`` (matplotlib, Agg canvas).
+"""Every PNG figure of the application: ``memroll eval``, ``memroll demo`` and ``memroll bench``.
+
+The only module of memroll that imports matplotlib (inside the functions that draw, so importing
+this module does not load it).
 
 The figures are drawn on :class:`matplotlib.figure.Figure` objects with an explicit Agg canvas,
 never through ``pyplot``: making a figure here changes no global matplotlib state (a user's
@@ -13,6 +16,9 @@ function                    figure
 :func:`loss_curves`         training loss against step, one line per method (log scale)
 :func:`memory_bars`         peak training memory per method, with the ratio to the first
 :func:`stage_psnr`          PSNR after every stage or module (GLEAM Fig. 9)
+:func:`bars_and_curves`     the benchmark's table 1: memory and time bars, loss curves
+:func:`line_panels`         panels of lines (memory or error against depth: tables 2 to 4)
+:func:`grouped_bars`        panels of bars grouped by a setting (table 5)
 ==========================  ======================================================================
 """
 
@@ -21,7 +27,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +36,14 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "Line",
+    "LinePanel",
     "Panel",
+    "bars_and_curves",
     "comparison_figure",
     "display_image",
+    "grouped_bars",
+    "line_panels",
     "loss_curves",
     "memory_bars",
     "stage_psnr",
@@ -231,4 +242,122 @@ def stage_psnr(
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+# ------------------------------------------------------------------------------------------------
+# the benchmark's figures
+# ------------------------------------------------------------------------------------------------
+def bars_and_curves(
+    path: str | os.PathLike[str],
+    names: Sequence[str],
+    bars: Sequence[tuple[str, Sequence[float], str]],
+    curves: Mapping[str, Sequence[float]],
+    *,
+    title: str = "",
+) -> Path:
+    """One bar panel per ``(ylabel, values, colour)`` of ``bars`` over ``names``, then the
+    ``curves`` (a value per step, log scale) in a last panel."""
+    fig = _figure(13.0, 3.6)
+    axes = fig.subplots(1, len(bars) + 1)
+    for ax, (ylabel, values, color) in zip(axes, bars):
+        ax.bar(list(names), list(values), color=color)
+        ax.set_ylabel(ylabel)
+    last = axes[-1]
+    for label, values in curves.items():
+        last.plot(range(1, len(values) + 1), list(values), label=label)
+    last.set_xlabel("step")
+    last.set_ylabel("training loss")
+    last.set_yscale("log")
+    last.legend()
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+@dataclass
+class Line:
+    """One line of a :class:`LinePanel`: ``(x, y)`` points and how it is drawn."""
+
+    label: str | None
+    points: Sequence[tuple[float, float]]
+    style: str = "-"
+    color: str | None = None
+    alpha: float = 1.0
+    marker: str | None = "o"
+
+
+@dataclass
+class LinePanel:
+    """One panel of :func:`line_panels`."""
+
+    xlabel: str
+    ylabel: str
+    lines: list[Line] = field(default_factory=list)
+    title: str = ""
+    xlog2: bool = False
+    ylog: bool = False
+    hline: float | None = None
+
+
+def line_panels(
+    path: str | os.PathLike[str],
+    panels: Sequence[LinePanel],
+    *,
+    size: tuple[float, float] = (11.0, 3.8),
+    legend_size: float | None = None,
+) -> Path:
+    """Panels side by side, each with its lines (empty lines are left out)."""
+    fig = _figure(*size)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, panel in zip(axes, panels):
+        for line in panel.lines:
+            if line.points:
+                xs, ys = zip(*line.points)
+                ax.plot(
+                    xs,
+                    ys,
+                    line.style,
+                    marker=line.marker,
+                    color=line.color,
+                    alpha=line.alpha,
+                    label=line.label,
+                )
+        if panel.hline is not None:
+            ax.axhline(panel.hline, color="grey", lw=0.8)
+        if panel.xlog2:
+            ax.set_xscale("log", base=2)
+        if panel.ylog:
+            ax.set_yscale("log")
+        ax.set_xlabel(panel.xlabel)
+        ax.set_ylabel(panel.ylabel)
+        if panel.title:
+            ax.set_title(panel.title)
+        ax.legend(fontsize=legend_size)
+    return _save(fig, path)
+
+
+def grouped_bars(
+    path: str | os.PathLike[str],
+    groups: Sequence[str],
+    panels: Sequence[tuple[str, Mapping[str, Sequence[float | None]]]],
+    *,
+    xlabel: str,
+    title: str = "",
+) -> Path:
+    """Per panel ``(ylabel, {method: one value per group})``, the methods' bars side by side in
+    every group (a missing value draws no bar)."""
+    fig = _figure(11.0, 3.8)
+    axes = fig.subplots(1, len(panels))
+    for ax, (ylabel, series) in zip(axes, panels):
+        width = 0.8 / max(1, len(series))
+        for i, (method, values) in enumerate(series.items()):
+            xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(groups))]
+            ax.bar(xs, [v or 0.0 for v in values], width, label=method)
+        ax.set_xticks(range(len(groups)), list(groups))
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+    axes[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
     return _save(fig, path)

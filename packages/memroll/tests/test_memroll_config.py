@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import unrolled
-from unrolled import _config
+from memroll import config as _config
 
 TINY = """
 name = "tiny"
@@ -317,7 +317,7 @@ def test_dump_toml_round_trips_awkward_values():
     }
     text = _config.dump_toml(data, header="two\nlines")
     assert text.startswith("# two\n# lines\n")
-    parsed = _config._toml().loads(text)
+    parsed = _config.toml_module().loads(text)
     assert parsed == data
 
 

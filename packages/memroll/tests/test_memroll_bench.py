@@ -1,4 +1,4 @@
-"""``memroll bench`` (unrolled._bench): arguments, worker kinds, the report, and a smoke run."""
+"""``memroll bench`` (memroll.bench): arguments, worker kinds, the report, and a smoke run."""
 
 from __future__ import annotations
 
@@ -10,7 +10,11 @@ import sys
 import pytest
 import torch
 
-from unrolled import _bench, _bench_peers, _bench_report, _bench_worker
+import unrolled
+from memroll import bench as _bench
+from memroll.bench import _comparisons, _format
+from memroll.bench import _peers as _bench_peers
+from memroll.bench import worker as _bench_worker
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,10 +73,10 @@ def test_cuda_without_cuda_is_refused(tmp_path):
 
 def test_every_table_has_jobs():
     for quick in (True, False):
-        jobs = _bench._jobs(list(_bench.TABLES), _bench.configs(quick), {"device": "cpu"})
+        jobs = _bench.jobs(list(_bench.TABLES), _bench.configs(quick), {"device": "cpu"})
         assert {j.table for j in jobs} == set(_bench.TABLES)
         # the full run measures i-RIM from 50 to 400 invertible layers and MoDL up to 64 unrolls
-    full = _bench._jobs(list(_bench.TABLES), _bench.configs(False), {"device": "cpu"})
+    full = _bench.jobs(list(_bench.TABLES), _bench.configs(False), {"device": "cpu"})
     layers = {j.labels["layers"] for j in full if j.labels.get("part") == "irim"}
     assert (min(layers), max(layers)) == (50, 400)
     depths = {j.labels["depth"] for j in full if j.table == "2"}
@@ -88,8 +92,8 @@ def test_unknown_kind_is_refused():
 
 
 def test_unknown_model_is_refused():
-    data = _bench_worker.make_dataset("multicoil_mri", "train", image_size=16, num_coils=2)
-    with pytest.raises(ValueError, match="unknown benchmark model 'vit'; valid: modl"):
+    data = unrolled.make_dataset("multicoil_mri", "train", image_size=16, num_coils=2)
+    with pytest.raises(ValueError, match="unknown benchmark model 'vit'; valid models: MoDL"):
         _bench_worker.build_model("vit", {}, data)
 
 
@@ -99,7 +103,7 @@ def test_memory_kind_measures_a_step():
             "kind": "memory",
             "task": "multicoil_mri",
             "data": {"image_size": 16, "num_coils": 2},
-            "model": "modl",
+            "model": "MoDL",
             "model_kwargs": {"iterations": 2, "features": 4, "layers": 3},
             "strategy": "reversible",
             "steps": 2,
@@ -122,8 +126,12 @@ def test_accuracy_kind_reversible_matches_backprop():
             "depths": [2, 3],
             "checkpoint_unrolls": 1,
             "models": [
-                {"label": "MoDL", "model": "modl", "kwargs": {"features": 4, "layers": 3}},
-                {"label": "PGD", "model": "pgd", "kwargs": {"features": 4, "prior": "coupling"}},
+                {"label": "MoDL", "model": "MoDL", "kwargs": {"features": 4, "layers": 3}},
+                {
+                    "label": "PGD",
+                    "model": "UnrolledPGD",
+                    "kwargs": {"features": 4, "prior": "coupling"},
+                },
             ],
         }
     )
@@ -153,9 +161,9 @@ def test_flatness_verdict():
     bp = [_job("2", {}, step_mb=10.0), _job("2", {}, step_mb=110.0)]
     flat = [_job("2", {}, step_mb=5.0), _job("2", {}, step_mb=9.0)]
     grows = [_job("2", {}, step_mb=5.0), _job("2", {}, step_mb=60.0)]
-    assert "- x: flat: +4.0 MB" in _bench_report._verdict("x", flat, bp, "N")
-    assert "- y: NOT flat: +55.0 MB" in _bench_report._verdict("y", grows, bp, "N")
-    assert "needs two depths" in _bench_report._verdict("z", flat[:1], bp[:1], "N")
+    assert "- x: flat: +4.0 MB" in _format.verdict("x", flat, bp, "N")
+    assert "- y: NOT flat: +55.0 MB" in _format.verdict("y", grows, bp, "N")
+    assert "needs two depths" in _format.verdict("z", flat[:1], bp[:1], "N")
 
 
 def test_deepinv_figures_from_the_issue_are_labelled():
@@ -164,7 +172,7 @@ def test_deepinv_figures_from_the_issue_are_labelled():
         _job("5", {"method": "memroll reversible", "unrolls": 8}, step_mb=100.0, time_s=2.0),
         _job("5", {"method": "memroll backprop", "unrolls": 8}, step_mb=900.0, time_s=1.5),
     ]
-    lines = _bench_report._t5_targets(jobs, [8], 320)
+    lines = _comparisons.t5_targets(jobs, [8], 320)
     assert "the issue's 2.67 GB (from the issue, not measured here)" in lines[0]
     assert "time at 8 unrolls <= 1.5x memroll backprop: met: 2.00 s against 1.50 s" in lines[-1]
 

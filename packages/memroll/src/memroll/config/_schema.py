@@ -12,7 +12,9 @@ import dataclasses
 import types
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
-__all__ = ["from_dict", "parse_value", "set_dotted", "to_dict"]
+from ._toml import toml_module
+
+__all__ = ["convert", "from_dict", "parse_value", "set_dotted", "to_dict"]
 
 T = TypeVar("T")
 
@@ -30,7 +32,17 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _convert(value: Any, tp: Any, key: str) -> Any:
+def convert(value: Any, tp: Any, key: str) -> Any:
+    """Convert ``value`` (plain data) to the annotation ``tp``; ``key`` names it in errors.
+
+    Raises
+    ------
+    ValueError
+        The value does not fit ``tp`` (the message names ``key``, the expected type and the
+        value received).
+    TypeError
+        ``tp`` is an annotation the schema does not support.
+    """
     origin = get_origin(tp)
     if tp is Any:
         return value
@@ -46,7 +58,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _convert(value, arg, key)
+                return convert(value, arg, key)
             except ValueError:
                 continue
         raise ValueError(
@@ -65,9 +77,9 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
                 raise ValueError(f"{key}: expected {len(args)} values, got {len(value)}: {value!r}")
-            return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+            return tuple(convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
         inner = args[0] if args else Any
-        items = [_convert(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+        items = [convert(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):
@@ -105,7 +117,7 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     kwargs = {}
     for name, field in fields.items():
         if name in data:
-            kwargs[name] = _convert(data[name], hints[name], prefix + name)
+            kwargs[name] = convert(data[name], hints[name], prefix + name)
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise ValueError(f"missing required configuration key {prefix}{name}")
     return cls(**kwargs)
@@ -125,10 +137,7 @@ def to_dict(obj: Any) -> Any:
 def parse_value(text: str) -> Any:
     """A ``--set`` value as TOML would read it (``4``, ``1e-3``, ``true``, ``"x"``, ``[1, 2]``);
     a bare word that is not TOML is taken as a string."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef,import-not-found,unused-ignore]
+    tomllib = toml_module()
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:

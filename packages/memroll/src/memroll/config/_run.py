@@ -33,42 +33,32 @@ bare word that is not TOML is a string.
 
 from __future__ import annotations
 
-import collections.abc
 import dataclasses
 import inspect
-import json
 import math
-import types
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, get_type_hints
 
 import torch
-from torch import nn
 
-from . import _schema
-from ._base import UnrolledModel
-from ._deq import DEQ
-from ._fpm import FPMNet
-from ._irim import IRIM
-from ._luser import LUSER
-from ._modl import MoDL, UnrolledPGD, lu_dncnn
-from ._options import TrainOptions
-from ._rim import RIM
-from ._strategy import STRATEGIES, Strategy, StrategyName
-from ._tasks import TaskDataset, get_task
+import unrolled
+
+from ._options import check_options
+from ._registry import get_model_entry, new_model
+from ._schema import from_dict, set_dotted, to_dict
+from ._toml import dump_toml, toml_module
 
 __all__ = [
-    "MODELS",
     "EvalConfig",
     "ModelConfig",
-    "ModelEntry",
     "RunConfig",
     "StrategyConfig",
     "TaskConfig",
     "build_model",
+    "config_from_data",
     "config_path",
     "dump_config",
     "load_config",
@@ -88,134 +78,6 @@ _CLI_ONLY = {
 
 
 # ------------------------------------------------------------------------------------------------
-# the models a config can name
-# ------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ModelEntry:
-    """A model a configuration can name: its builder, whose signature gives the options.
-
-    ``build(**task_kwargs, **options)`` returns the model; ``signature`` is the callable whose
-    parameters are the valid options and their types (the model class itself, or for a factory
-    such as :func:`unrolled.lu_dncnn` the class it forwards its keyword arguments to).
-    """
-
-    name: str
-    build: Callable[..., UnrolledModel]
-    signature: Callable[..., Any]
-    summary: str
-
-    def parameters(self) -> dict[str, inspect.Parameter]:
-        """The constructor's keyword parameters by name (``self`` and ``**kwargs`` left out)."""
-        target = self.signature
-        params = inspect.signature(target).parameters
-        return {
-            name: p
-            for name, p in params.items()
-            if name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
-        }
-
-    def hints(self) -> dict[str, Any]:
-        target: Any = self.signature
-        if isinstance(target, type):
-            target = vars(target)["__init__"]  # every model class defines its own
-        return get_type_hints(target)
-
-
-MODELS: dict[str, ModelEntry] = {
-    entry.name: entry
-    for entry in (
-        ModelEntry("MoDL", MoDL, MoDL, "MoDL: learned regulariser and CG data consistency"),
-        ModelEntry("UnrolledPGD", UnrolledPGD, UnrolledPGD, "unrolled proximal gradient descent"),
-        ModelEntry(
-            "lu_dncnn", lu_dncnn, UnrolledPGD, "LU-DnCNN: unrolled PGD with one shared DnCNN"
-        ),
-        ModelEntry("RIM", RIM, RIM, "recurrent inference machine"),
-        ModelEntry("IRIM", IRIM, IRIM, "invertible recurrent inference machine (i-RIM)"),
-        ModelEntry("LUSER", LUSER, LUSER, "loop-unrolled shallow equilibrium regulariser"),
-        ModelEntry("DEQ", DEQ, DEQ, "DEQ4IP: the whole iteration as one equilibrium"),
-        ModelEntry("FPMNet", FPMNet, FPMNet, "Fourier ptychography with a learned LED design"),
-    )
-}
-
-
-def get_model_entry(name: str) -> ModelEntry:
-    """The entry of :data:`MODELS` called ``name``; an unknown name lists the valid ones."""
-    if name not in MODELS:
-        raise ValueError(f"model.name: unknown model {name!r}; valid models: {', '.join(MODELS)}")
-    return MODELS[name]
-
-
-# ------------------------------------------------------------------------------------------------
-# typed options of callables (task builders, model constructors)
-# ------------------------------------------------------------------------------------------------
-_ABSENT = object()
-
-
-def _config_type(tp: Any) -> Any:
-    """``tp`` in terms the schema converter reads, or ``_ABSENT`` when plain data cannot give it
-    (tensors, modules, callables)."""
-    if tp is Any or tp in (bool, int, float, str) or tp is type(None):
-        return tp
-    origin = get_origin(tp)
-    if origin is Literal:
-        return tp
-    if origin in (Union, types.UnionType):
-        args = [_config_type(a) for a in get_args(tp)]
-        args = [a for a in args if a is not _ABSENT]
-        # a dataclass option also accepting "a dict of its fields": validate as the dataclass,
-        # so an unknown field is named
-        if any(dataclasses.is_dataclass(a) for a in args):
-            args = [a for a in args if get_origin(a) is not dict and a is not dict]
-        if not [a for a in args if a is not type(None)]:
-            return _ABSENT
-        return args[0] if len(args) == 1 else Union[tuple(args)]  # noqa: UP007
-    if origin in (list, tuple, collections.abc.Sequence):
-        inner = [_config_type(a) for a in get_args(tp)]
-        if any(a is _ABSENT for a in inner):
-            return _ABSENT
-        if origin is tuple:
-            return tuple.__class_getitem__(tuple(inner)) if inner else tuple
-        return list.__class_getitem__(inner[0]) if inner else list
-    if origin is dict or tp is dict:
-        return dict[str, Any]
-    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-        return tp
-    return _ABSENT
-
-
-def _convert_option(value: Any, tp: Any, key: str, what: str) -> Any:
-    """Convert one option value (``key`` is its dotted config key) to its declared type."""
-    wanted = _config_type(tp)
-    if wanted is _ABSENT:
-        raise ValueError(f"{key}: {what} takes a {tp!r}, which a config file cannot give")
-    if get_origin(wanted) in (Union, types.UnionType):
-        non_none = [a for a in get_args(wanted) if a is not type(None)]
-        if value is None and len(non_none) < len(get_args(wanted)):
-            return None
-        if len(non_none) == 1:  # X | None: convert as X, so its own error is kept
-            wanted = non_none[0]
-    return _schema._convert(value, wanted, key)
-
-
-def _check_options(
-    options: dict[str, Any],
-    params: dict[str, inspect.Parameter],
-    hints: dict[str, Any],
-    prefix: str,
-    what: str,
-) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, value in options.items():
-        if name not in params:
-            raise ValueError(
-                f"unknown configuration key {prefix}{name}: {what} has no option {name!r}; valid "
-                f"keys here: name, {', '.join(prefix + p for p in params)}"
-            )
-        out[name] = _convert_option(value, hints.get(name, Any), prefix + name, what)
-    return out
-
-
-# ------------------------------------------------------------------------------------------------
 # the schema
 # ------------------------------------------------------------------------------------------------
 @dataclass
@@ -228,12 +90,12 @@ class TaskConfig:
 
     def validate(self) -> None:
         try:
-            spec = get_task(self.name)
+            spec = unrolled.get_task(self.name)
         except ValueError as err:
             raise ValueError(f"task.name: {err}") from None
         params = inspect.signature(spec.build).parameters
         keywords = {n: p for n, p in params.items() if p.kind is p.KEYWORD_ONLY}
-        self.options = _check_options(
+        self.options = check_options(
             self.options, keywords, get_type_hints(spec.build), "task.", f"task {self.name!r}"
         )
 
@@ -247,7 +109,7 @@ class ModelConfig:
 
     def validate(self) -> None:
         entry = get_model_entry(self.name)
-        self.options = _check_options(
+        self.options = check_options(
             self.options, entry.parameters(), entry.hints(), "model.", self.name
         )
 
@@ -256,20 +118,20 @@ class ModelConfig:
 class StrategyConfig:
     """``[strategy]``: the default strategy and the options each strategy uses when chosen."""
 
-    name: StrategyName = "backprop"
+    name: unrolled.StrategyName = "backprop"
     backprop: dict[str, Any] = field(default_factory=dict)
     checkpoint: dict[str, Any] = field(default_factory=dict)
     reversible: dict[str, Any] = field(default_factory=dict)
     greedy: dict[str, Any] = field(default_factory=dict)
     implicit: dict[str, Any] = field(default_factory=dict)
 
-    def resolve(self, name: str | None = None) -> Strategy:
+    def resolve(self, name: str | None = None) -> unrolled.Strategy:
         """The :class:`unrolled.Strategy` ``name`` (default: this table's ``name``) with the
         options of its ``[strategy.<name>]`` table."""
         chosen = self.name if name is None else name
-        if chosen not in STRATEGIES:
+        if chosen not in unrolled.STRATEGIES:
             raise ValueError(
-                f"unknown strategy {chosen!r}; valid strategies: {', '.join(STRATEGIES)}"
+                f"unknown strategy {chosen!r}; valid strategies: {', '.join(unrolled.STRATEGIES)}"
             )
         table = dict(getattr(self, chosen))
         prefix = f"strategy.{chosen}."
@@ -278,7 +140,7 @@ class StrategyConfig:
                 f"unknown configuration key {prefix}name: the table's name is the strategy"
             )
         try:
-            return _schema.from_dict(Strategy, {"name": chosen, **table}, prefix=prefix)
+            return from_dict(unrolled.Strategy, {"name": chosen, **table}, prefix=prefix)
         except ValueError as err:
             message = str(err)
             if message.startswith(("unknown configuration key", prefix)):
@@ -286,7 +148,7 @@ class StrategyConfig:
             raise ValueError(f"{prefix.rstrip('.')}: {message}") from None
 
     def validate(self) -> None:
-        for name in STRATEGIES:
+        for name in unrolled.STRATEGIES:
             self.resolve(name)
 
 
@@ -340,7 +202,7 @@ class RunConfig:
     model: ModelConfig
     description: str = ""
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
-    train: TrainOptions = field(default_factory=TrainOptions)
+    train: unrolled.TrainOptions = field(default_factory=unrolled.TrainOptions)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self) -> None:
@@ -359,9 +221,9 @@ class RunConfig:
 
     def to_data(self) -> dict[str, Any]:
         """The configuration as the plain data of its TOML file (``None`` values left out)."""
-        train = {k: v for k, v in _schema.to_dict(self.train).items() if k not in _CLI_ONLY}
+        train = {k: v for k, v in to_dict(self.train).items() if k not in _CLI_ONLY}
         strategy: dict[str, Any] = {"name": self.strategy.name}
-        for name in STRATEGIES:
+        for name in unrolled.STRATEGIES:
             table = getattr(self.strategy, name)
             if table:
                 strategy[name] = dict(table)
@@ -372,9 +234,9 @@ class RunConfig:
             "model": {"name": self.model.name, **self.model.options},
             "strategy": strategy,
             "train": train,
-            "eval": _schema.to_dict(self.eval),
+            "eval": to_dict(self.eval),
         }
-        return _drop_none(_schema.to_dict(data))
+        return _drop_none(to_dict(data))
 
 
 def _drop_none(data: Any) -> Any:
@@ -405,7 +267,7 @@ def config_from_data(data: dict[str, Any]) -> RunConfig:
     for section in ("task", "model"):
         if section in data:
             data[section] = _split_name(data[section], section)
-    config = _schema.from_dict(RunConfig, data)
+    config = from_dict(RunConfig, data)
     config.validate()
     return config
 
@@ -413,17 +275,9 @@ def config_from_data(data: dict[str, Any]) -> RunConfig:
 # ------------------------------------------------------------------------------------------------
 # files
 # ------------------------------------------------------------------------------------------------
-def _toml() -> Any:
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef, import-not-found, unused-ignore]
-    return tomllib
-
-
 def shipped_configs() -> dict[str, Path]:
     """The configurations that ship with the package, by name (file stem)."""
-    folder = resources.files("unrolled") / "configs"
+    folder = resources.files("memroll") / "configs"
     return {
         Path(entry.name).stem: Path(str(entry))
         for entry in sorted(folder.iterdir(), key=lambda e: e.name)
@@ -450,67 +304,17 @@ def load_config(source: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
     """Read a TOML configuration (a path or a shipped config's name), apply ``--set`` style
     ``overrides`` (``"model.iterations=4"``), and validate it."""
     path = config_path(source)
-    tomllib = _toml()
+    tomllib = toml_module()
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
         raise ValueError(f"{path}: not valid TOML ({err})") from None
     for assignment in overrides:
-        _schema.set_dotted(data, assignment)
+        set_dotted(data, assignment)
     try:
         return config_from_data(data)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
-
-
-def _toml_value(value: Any, key: str) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v, key) for v in value) + "]"
-    if isinstance(value, dict):
-        items = ", ".join(f"{_toml_key(k)} = {_toml_value(v, key)}" for k, v in value.items())
-        return "{" + items + "}"
-    raise ValueError(f"{key}: cannot write {value!r} ({type(value).__name__}) to TOML")
-
-
-def _toml_key(key: str) -> str:
-    bare = key.replace("_", "").replace("-", "").isalnum() and key.isascii()
-    return key if bare else json.dumps(key)
-
-
-def dump_toml(data: dict[str, Any], header: str = "") -> str:
-    """Plain data (tables, strings, numbers, booleans, lists) as a TOML document."""
-    lines = [f"# {line}".rstrip() for line in header.splitlines()]
-
-    def table(node: dict[str, Any], path: list[str]) -> None:
-        scalars = {k: v for k, v in node.items() if not _is_table(k, v, path)}
-        tables = {k: v for k, v in node.items() if _is_table(k, v, path)}
-        if path and (scalars or not tables):
-            lines.append("")
-            lines.append("[" + ".".join(_toml_key(p) for p in path) + "]")
-        for k, v in scalars.items():
-            lines.append(f"{_toml_key(k)} = {_toml_value(v, '.'.join([*path, k]))}")
-        for k, v in tables.items():
-            table(v, [*path, k])
-
-    table(data, [])
-    return "\n".join(lines).lstrip("\n") + "\n"
-
-
-def _is_table(key: str, value: Any, path: list[str]) -> bool:
-    # option values that are dicts (a solver's settings) stay inline inside task/model tables
-    return isinstance(value, dict) and (not path or path == ["strategy"])
 
 
 def dump_config(config: RunConfig, header: str = "") -> str:
@@ -521,33 +325,15 @@ def dump_config(config: RunConfig, header: str = "") -> str:
 # ------------------------------------------------------------------------------------------------
 # building what a configuration describes
 # ------------------------------------------------------------------------------------------------
-def make_task(config: RunConfig, split: str, **overrides: Any) -> TaskDataset:
+def make_task(config: RunConfig, split: str, **overrides: Any) -> unrolled.TaskDataset:
     """The ``split`` of the configuration's task (``overrides`` replace task options)."""
-    from ._tasks import make_dataset
-
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    return make_dataset(config.task.name, split, **{**config.task.options, **overrides})
+    return unrolled.make_dataset(config.task.name, split, **{**config.task.options, **overrides})
 
 
-def build_model(config: RunConfig, data: TaskDataset) -> UnrolledModel:
+def build_model(config: RunConfig, data: unrolled.TaskDataset) -> unrolled.UnrolledModel:
     """The configuration's model for images of ``data``'s type, initialised from
     ``train.seed`` (the same seed gives the same initial weights)."""
-    entry = get_model_entry(config.model.name)
-    from_task = data.model_kwargs
-    clash = sorted(set(from_task) & set(config.model.options))
-    if clash:
-        raise ValueError(
-            f"model.{clash[0]} is set by the task ({config.task.name!r} gives "
-            f"{clash[0]}={from_task[clash[0]]!r}): remove it from [model]"
-        )
     torch.manual_seed(config.train.seed)
-    model = entry.build(**from_task, **config.model.options)
-    if not isinstance(model, UnrolledModel):  # pragma: no cover - every entry builds one
-        raise TypeError(f"{entry.name} built a {type(model).__name__}, not an UnrolledModel")
-    return model
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Trainable parameters, each shared tensor counted once."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return new_model(config.model.name, config.model.options, data)

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 import unrolled
-from unrolled import _config, _demo, _plots
+from memroll import config as _config
+from memroll import demo as _demo
+from memroll import plots as _plots
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -25,7 +27,7 @@ def _is_png(path) -> bool:
 def test_rows_give_value_and_ratio_to_backprop():
     reference = {"psnr": 40.0, "ssim": 0.8, "nrmse": 0.02, "memory": 50.0, "time": 200.0}
     metrics = {"psnr": 42.0, "ssim": 0.84, "nrmse": 0.01}
-    row = _demo._table_row("reversible", metrics, 25e6, 0.3, reference)
+    row = _demo.table_row("reversible", metrics, 25e6, 0.3, reference)
     assert row == [
         "reversible",
         "42.00 (1.05x)",
@@ -38,27 +40,27 @@ def test_rows_give_value_and_ratio_to_backprop():
 
 def test_rows_without_training_leave_memory_and_time_blank():
     reference = {"psnr": 40.0, "ssim": 0.8, "nrmse": 0.02, "memory": 50.0, "time": 200.0}
-    row = _demo._table_row("CS", {"psnr": 20.0, "ssim": 0.4, "nrmse": 0.1}, None, None, reference)
+    row = _demo.table_row("CS", {"psnr": 20.0, "ssim": 0.4, "nrmse": 0.1}, None, None, reference)
     assert row[-2:] == ["-", "-"]
     assert row[1] == "20.00 (0.50x)"
 
 
 def test_table_is_aligned_and_markdown_has_every_row():
     rows = [["a", "1.0", "2", "3", "4", "5"], ["longer name", "10.00", "2", "3", "4", "5"]]
-    header, rule, *lines = _demo._format(rows).splitlines()
+    header, rule, *lines = _demo.format_table(rows).splitlines()
     column = header.index("PSNR (dB)")
     assert rule[column - 2 : column] == "  "  # the rule breaks between columns
     assert [line[column:].split()[0] for line in lines] == ["1.0", "10.00"]
-    markdown = _demo._markdown(rows).splitlines()
+    markdown = _demo.markdown_table(rows).splitlines()
     assert markdown[0].startswith("| method | PSNR (dB)")
     assert len(markdown) == 2 + len(rows)
 
 
 def test_logged_steps_counts_complete_rows(tmp_path):
     log = tmp_path / "log.csv"
-    assert _demo._logged_steps(log) == 0  # not written yet
+    assert _demo.logged_steps(log) == 0  # not written yet
     log.write_text("step,loss\n1,0.5\n2,0.4\n3,0.")  # the third row is being written
-    assert _demo._logged_steps(log) == 2
+    assert _demo.logged_steps(log) == 2
 
 
 def test_quick_overrides_are_valid_config_keys():

@@ -1,7 +1,7 @@
 r"""One measured configuration of ``memroll bench``, run in a fresh process.
 
-``python -m unrolled._bench_worker`` reads a JSON *spec* on standard input, runs it and prints one
-JSON line of results. :mod:`unrolled._bench` starts one such process per configuration (with
+``python -m memroll.bench.worker`` reads a JSON *spec* on standard input, runs it and prints one
+JSON line of results. :mod:`memroll.bench` starts one such process per configuration (with
 ``MALLOC_MMAP_THRESHOLD_=65536`` so freed tensors leave the resident set), so no configuration
 inherits another's memory.
 
@@ -9,7 +9,7 @@ Kinds of spec
 -------------
 =============  ===================================================================================
 ``memory``     training memory and time of one model and strategy: a warm-up step, then the peak
-               memory (:class:`~unrolled._memory.MemoryProbe`: ``VmHWM`` after writing ``5`` to
+               memory (:class:`unrolled.training.MemoryProbe`: ``VmHWM`` after writing ``5`` to
                ``/proc/self/clear_refs`` on CPU, ``torch.cuda.max_memory_allocated`` on CUDA) and
                the wall time of each of ``steps`` steps. *Step memory* is the peak minus the
                memory held just before the measured steps (model, Adam state, batch)
@@ -37,18 +37,14 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from ._base import UnrolledModel
-from ._batch import Batch
-from ._engines import GreedyEngine, PlainEngine
-from ._evaluate import evaluate, load_model
-from ._memory import MemoryProbe, median, timed
-from ._metrics import get_loss
-from ._modl import MoDL, UnrolledPGD, lu_dncnn
-from ._options import TrainOptions
-from ._strategy import as_strategy
-from ._tasks import TaskDataset, make_dataset
+import unrolled
+from unrolled.training import MemoryProbe, load_buffers, make_engine, median, timed
+
+from ..config import new_model
+from ..runs import InputBaseline
+from ._peers import deepinv_modl, deepinv_physics, import_deepinv
 
 __all__ = ["build_model", "main", "run_spec"]
 
@@ -58,25 +54,11 @@ MiB = 2.0**20
 # ------------------------------------------------------------------------------------------------
 # models and data
 # ------------------------------------------------------------------------------------------------
-def build_model(name: str, kwargs: dict[str, Any], data: TaskDataset) -> UnrolledModel:
-    """A model of the benchmark by name, for the image type of ``data``."""
-    from ._irim import IRIM
-    from ._luser import LUSER
-
-    builders: dict[str, Callable[..., UnrolledModel]] = {
-        "modl": MoDL,
-        "pgd": UnrolledPGD,
-        "lu_dncnn": lu_dncnn,
-        "luser": LUSER,
-        "irim": IRIM,
-    }
-    if name not in builders:
-        raise ValueError(f"unknown benchmark model {name!r}; valid: {', '.join(builders)}")
-    return builders[name](**kwargs, **data.model_kwargs)
-
-
-def _parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+def build_model(
+    name: str, kwargs: dict[str, Any], data: unrolled.TaskDataset
+) -> unrolled.UnrolledModel:
+    """A model of the application's registry by name, for the image type of ``data``."""
+    return new_model(name, kwargs, data, what="unknown benchmark model")
 
 
 def _setup(spec: dict[str, Any]) -> torch.device:
@@ -89,20 +71,18 @@ def _setup(spec: dict[str, Any]) -> torch.device:
 
 
 def _engine(
-    model: UnrolledModel, batch: Batch, spec: dict[str, Any], steps: int
-) -> PlainEngine | GreedyEngine:
+    model: unrolled.UnrolledModel, batch: unrolled.Batch, spec: dict[str, Any], steps: int
+) -> unrolled.training.Engine:
     """The optimizer step of :func:`unrolled.train` for the spec's strategy."""
-    strategy = as_strategy(spec.get("strategy", "backprop"), **spec.get("strategy_options", {}))
-    if strategy.forward_name == "reversible" and isinstance(model, UnrolledPGD):
+    options = spec.get("strategy_options", {})
+    strategy = unrolled.as_strategy(spec.get("strategy", "backprop"), **options)
+    if strategy.forward_name == "reversible":
         model.certify(batch.physics, batch.target)
     model.set_strategy(strategy)
-    opts = TrainOptions.from_kwargs(
+    opts = unrolled.TrainOptions.from_kwargs(
         {"steps": steps, "lr": float(spec.get("lr", 1e-4)), "progress": False}
     )
-    loss_fn = get_loss(spec.get("loss", "mse"))
-    if strategy.name == "greedy":
-        return GreedyEngine(model, loss_fn, opts, strategy)
-    return PlainEngine(model, loss_fn, opts)
+    return make_engine(model, unrolled.get_loss(spec.get("loss", "mse")), opts, strategy)
 
 
 def _measure(step: Callable[[int], float], device: torch.device, steps: int) -> dict[str, Any]:
@@ -137,21 +117,19 @@ def _measure(step: Callable[[int], float], device: torch.device, steps: int) -> 
 # ------------------------------------------------------------------------------------------------
 def _memory(spec: dict[str, Any]) -> dict[str, Any]:
     device = _setup(spec)
-    data = make_dataset(spec["task"], "train", **spec.get("data", {}))
+    data = unrolled.make_dataset(spec["task"], "train", **spec.get("data", {}))
     batch = data.batch(list(range(int(spec.get("batch", 2))))).to(device)
     model = build_model(spec["model"], spec.get("model_kwargs", {}), data).to(device)
     engine = _engine(model, batch, spec, int(spec["steps"]) + 1)
     out = _measure(lambda k: engine.step(batch, k)[0], device, int(spec["steps"]))
-    out["params"] = _parameters(model)
+    out["params"] = unrolled.count_parameters(model)
     return out
 
 
 def _deepinv(spec: dict[str, Any]) -> dict[str, Any]:
-    from ._bench_peers import deepinv_modl, deepinv_physics, import_deepinv
-
     device = _setup(spec)
     dinv, note = import_deepinv()
-    data = make_dataset(spec["task"], "train", **spec.get("data", {}))
+    data = unrolled.make_dataset(spec["task"], "train", **spec.get("data", {}))
     samples = [data[i] for i in range(int(spec.get("batch", 2)))]
     maps = torch.stack([s["maps"] for s in samples]).to(device)
     mask = torch.stack([s["mask"] for s in samples]).float().to(device)
@@ -185,7 +163,7 @@ def _deepinv(spec: dict[str, Any]) -> dict[str, Any]:
 
     out = _measure(step, device, int(spec["steps"]))
     out.update(
-        params=_parameters(model),
+        params=unrolled.count_parameters(model),
         deepinv_version=str(getattr(dinv, "__version__", "?")),
         torchvision_note=note,
         operator_error=operator_error,
@@ -198,26 +176,19 @@ def _deepinv(spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-class _ZeroFilled(nn.Module):
-    """The adjoint reconstruction :math:`A^H y` (a baseline, no parameters)."""
-
-    def forward(self, y: Tensor, physics: nn.Module, x0: Tensor | None = None) -> Tensor:
-        return physics.adjoint(y)  # type: ignore[operator]
-
-
 def _summary(table: Any) -> dict[str, Any]:
     return dict(table.summary())
 
 
 def _quality(spec: dict[str, Any]) -> dict[str, Any]:
-    from ._train import train
-
     device = _setup(spec)
-    splits = {s: make_dataset(spec["task"], s, **spec.get("data", {})) for s in ("train", "val")}
+    splits = {
+        s: unrolled.make_dataset(spec["task"], s, **spec.get("data", {})) for s in ("train", "val")
+    }
     model = build_model(spec["model"], spec.get("model_kwargs", {}), splits["train"])
     options = dict(spec["train"])
     with tempfile.TemporaryDirectory() as run_dir:
-        result = train(
+        result = unrolled.train(
             model,
             splits["train"],
             splits["val"],
@@ -228,14 +199,14 @@ def _quality(spec: dict[str, Any]) -> dict[str, Any]:
             device=str(device),
             **options,
         )
-        info = load_model(model, f"{run_dir}/best.pt", map_location=device)
+        info = unrolled.load_model(model, f"{run_dir}/best.pt", map_location=device)
     del splits
-    test = make_dataset(spec["task"], "test", **spec.get("data", {}))
-    table = evaluate(model, test, batch_size=int(spec.get("eval_batch", 4)), device=device)
-    zero = evaluate(_ZeroFilled(), test, batch_size=4, device=device)  # type: ignore[arg-type]
+    test = unrolled.make_dataset(spec["task"], "test", **spec.get("data", {}))
+    table = unrolled.evaluate(model, test, batch_size=int(spec.get("eval_batch", 4)), device=device)
+    zero = unrolled.evaluate(InputBaseline(), test, batch_size=4, device=device)
     peak, base = result.peak_memory_bytes, result.memory_baseline_bytes
     return {
-        "params": _parameters(model),
+        "params": unrolled.count_parameters(model),
         "test": _summary(table),
         "zero_filled": _summary(zero),
         "best_step": info.get("step"),
@@ -249,22 +220,20 @@ def _quality(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _cs(spec: dict[str, Any]) -> dict[str, Any]:
-    from ._cs import CompressedSensing
-
     device = _setup(spec)
-    val = make_dataset(spec["task"], "val", **spec.get("data", {}))
-    test = make_dataset(spec["task"], "test", **spec.get("data", {}))
+    val = unrolled.make_dataset(spec["task"], "val", **spec.get("data", {}))
+    test = unrolled.make_dataset(spec["task"], "test", **spec.get("data", {}))
     iterations = int(spec.get("iterations", 100))
     grid = []
     for lamda in spec["lamdas"]:
-        cs = CompressedSensing(float(lamda), iterations)
-        grid.append({"lamda": float(lamda), **evaluate(cs, val, batch_size=4).mean()})  # type: ignore[arg-type]
+        cs = unrolled.CompressedSensing(float(lamda), iterations)
+        grid.append({"lamda": float(lamda), **unrolled.evaluate(cs, val, batch_size=4).mean()})
     best = min(grid, key=lambda r: r["nrmse"])
-    cs = CompressedSensing(best["lamda"], iterations)
+    cs = unrolled.CompressedSensing(best["lamda"], iterations)
     start = time.perf_counter()
-    table = evaluate(cs, test, batch_size=4)  # type: ignore[arg-type]
+    table = unrolled.evaluate(cs, test, batch_size=4)
     elapsed = time.perf_counter() - start
-    zero = evaluate(_ZeroFilled(), test, batch_size=4, device=device)  # type: ignore[arg-type]
+    zero = unrolled.evaluate(InputBaseline(), test, batch_size=4, device=device)
     return {
         "grid": grid,
         "lamda": best["lamda"],
@@ -281,10 +250,12 @@ def _relative(a: list[Tensor], b: list[Tensor]) -> float:
     return num / den if den > 0 else float("nan")
 
 
-def _gradients(model: UnrolledModel, batch: Batch, strategy: str, **options: Any) -> list[Tensor]:
+def _gradients(
+    model: unrolled.UnrolledModel, batch: unrolled.Batch, strategy: str, **options: Any
+) -> list[Tensor]:
     model.set_strategy(strategy, **options)
     model.zero_grad(set_to_none=True)
-    loss = get_loss("mse")(model(batch.y, batch.physics, batch.x0), batch.target)
+    loss = unrolled.get_loss("mse")(model(batch.y, batch.physics, batch.x0), batch.target)
     loss.backward()
     return [
         torch.zeros_like(p) if p.grad is None else p.grad.detach().clone()
@@ -294,8 +265,8 @@ def _gradients(model: UnrolledModel, batch: Batch, strategy: str, **options: Any
 
 def _accuracy(spec: dict[str, Any]) -> dict[str, Any]:
     device = _setup(spec)
-    data32 = make_dataset(spec["task"], "train", **spec.get("data", {}), dtype="float32")
-    data64 = make_dataset(spec["task"], "train", **spec.get("data", {}), dtype="float64")
+    data32 = unrolled.make_dataset(spec["task"], "train", **spec.get("data", {}), dtype="float32")
+    data64 = unrolled.make_dataset(spec["task"], "train", **spec.get("data", {}), dtype="float64")
     indices = list(range(int(spec.get("batch", 2))))
     b32, b64 = data32.batch(indices).to(device), data64.batch(indices).to(device)
     rows = []
@@ -304,8 +275,7 @@ def _accuracy(spec: dict[str, Any]) -> dict[str, Any]:
             torch.manual_seed(int(spec.get("seed", 0)))
             kwargs = {**config["kwargs"], "iterations": depth}
             model = build_model(config["model"], kwargs, data32).to(device)
-            if isinstance(model, UnrolledPGD):
-                model.certify(b32.physics, b32.target)
+            model.certify(b32.physics, b32.target)
             layers = len(model.invertible_layers())
             row: dict[str, Any] = {"label": config["label"], "depth": depth, "layers": layers}
             start = time.perf_counter()
@@ -313,8 +283,7 @@ def _accuracy(spec: dict[str, Any]) -> dict[str, Any]:
             row["backprop_s"] = time.perf_counter() - start
             twin = build_model(config["model"], kwargs, data64).to(device)
             twin.load_state_dict(model.state_dict())
-            for name, buffer in model.named_buffers():
-                twin.get_buffer(name).copy_(buffer)
+            load_buffers(twin, dict(model.named_buffers()))
             twin.double()
             row["float32_floor"] = _relative(reference, _gradients(twin, b64, "backprop"))
             every = int(spec["checkpoint_unrolls"]) * (layers // depth)

@@ -1,4 +1,4 @@
-"""The memroll command line, run in-process through ``unrolled._cli.main``: the run folder of
+"""The memroll command line, run in-process through ``memroll.cli.main``: the run folder of
 ``train``, ``eval`` against the Python API, ``--resume``, ``recon`` of a fastMRI file against
 the model applied directly, and one test per bad input."""
 
@@ -16,8 +16,8 @@ from torch import Tensor
 
 import physops
 import unrolled
-from unrolled import _config
-from unrolled._cli import main
+from memroll import config as _config
+from memroll.cli import main
 
 h5py = pytest.importorskip("h5py")
 
@@ -325,7 +325,7 @@ def test_configs_lists_and_prints(capsys):
 
 
 def test_bench_is_delegated(capsys):
-    if importlib.util.find_spec("unrolled._bench") is None:
+    if importlib.util.find_spec("memroll.bench") is None:
         assert main(["bench"]) == 2
         assert "the benchmark is not available" in capsys.readouterr().err
     else:
@@ -347,14 +347,22 @@ def test_a_command_is_required(capsys):
 
 
 def test_console_script_is_declared():
-    from importlib.metadata import entry_points
+    # the installed distribution's entry point, or (sources on PYTHONPATH, nothing installed)
+    # the one its pyproject declares
+    from importlib.metadata import PackageNotFoundError, distribution
 
-    scripts = {e.name: e.value for e in entry_points(group="console_scripts")}
-    assert scripts.get("memroll") == "unrolled._cli:main"
+    try:
+        scripts = {e.name: e.value for e in distribution("memroll").entry_points}
+    except PackageNotFoundError:
+        pyproject = _config.toml_module().loads(
+            (Path(__file__).parents[1] / "pyproject.toml").read_text()
+        )
+        scripts = pyproject["project"]["scripts"]
+    assert scripts.get("memroll") == "memroll.cli:main"
 
 
 def test_readme_commands_parse():
-    from unrolled._cli import build_parser
+    from memroll.cli import build_parser
 
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     section = readme.split("## The command line: `memroll`", 1)[1]

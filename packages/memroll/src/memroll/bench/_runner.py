@@ -1,0 +1,254 @@
+r"""``memroll bench``: the papers' tables in miniature, measured in one run.
+
+================  ===============================================================================
+table             what is measured
+================  ===============================================================================
+1 (GLEAM II)      2D MoDL on the real-anatomy multi-coil task trained briefly with ``backprop``,
+                  ``checkpoint``, ``reversible`` (MEL) and ``greedy`` (GLEAM), plus the l1-wavelet
+                  CS baseline: PSNR, SSIM, nRMSE on the test split, training memory, time per
+                  iteration
+2 (depth)         training memory against the number of unrolls N = 4 .. 64 per strategy (MoDL),
+                  and for ``implicit`` (LUSER, against its own backprop)
+3 (MEL accuracy)  relative error of reversible gradients against backprop for 10 .. 100 unrolls,
+                  with and without hybrid checkpoints, for several :math:`\mu` and for unrolled
+                  PGD (gradient steps inverted by fixed-point iteration)
+4 (i-RIM, LUSER)  i-RIM training memory for 50 .. 400 invertible layers; LUSER-SW/DW against
+                  LU-DnCNN: parameters, memory, time, quality after a short training
+5 (issue 7)       memroll's MoDL (backprop, ``torch.utils.checkpoint`` per unroll, reversible)
+                  against deepinv's MoDL at deepinv's configuration (8 coils, 320 x 320, batch 2)
+                  at 2 / 4 / 8 unrolls: memory and time per training step
+================  ===============================================================================
+
+Method. Every configuration runs in a fresh process (:mod:`memroll.bench.worker`) started
+with ``MALLOC_MMAP_THRESHOLD_=65536`` (freed tensors leave the resident set) and one intra-op
+thread (``--threads``). Memory on CPU is the peak resident set size (``VmHWM``) after writing
+``5`` to ``/proc/self/clear_refs``; on CUDA ``torch.cuda.max_memory_allocated``. Times are medians
+of several steps after a warm-up step. Memory and time are reported as absolute figures and as
+ratios to plain backprop measured in the same run.
+
+Entry points: :func:`add_arguments` and :func:`run` (the ``memroll bench`` sub-command), and
+``packages/memroll/benchmarks/run.py`` (``nox -s bench``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from ._report import write_report
+from ._specs import TABLES, Job, configs
+from ._specs import jobs as make_jobs
+
+__all__ = ["DEFAULT_OUT", "add_arguments", "run"]
+
+DEFAULT_OUT = "bench-results/unrolled"  # the benchmark of the unrolled models
+
+
+def _run_job(job: Job, env: dict[str, str]) -> Job:
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "memroll.bench.worker"],
+        input=json.dumps(job.spec),
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode == 0 and lines:
+        job.result = json.loads(lines[-1])
+    else:
+        tail = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+        job.result = {"error": tail[-1][:300] if tail else f"exit code {proc.returncode}"}
+    job.result["process_s"] = time.perf_counter() - start
+    return job
+
+
+def _describe(job: Job) -> str:
+    labels = ", ".join(f"{k}={v}" for k, v in job.labels.items())
+    r = job.result
+    if not job.ok:
+        return f"[table {job.table}] {labels}: FAILED {r['error']}"
+    parts = []
+    if r.get("step_mb") is not None:
+        parts.append(f"{r['step_mb']:.1f} MB")
+    if r.get("time_s") is not None:
+        parts.append(f"{r['time_s']:.3g} s/step")
+    if "test" in r:
+        parts.append(f"PSNR {r['test']['psnr']['mean']:.2f} dB")
+    return f"[table {job.table}] {labels}: {', '.join(parts)} ({r['process_s']:.0f} s)"
+
+
+# ------------------------------------------------------------------------------------------------
+# the command line
+# ------------------------------------------------------------------------------------------------
+def _tables(value: str) -> list[str]:
+    chosen = [v.strip() for v in value.split(",") if v.strip()]
+    bad = [v for v in chosen if v not in TABLES]
+    if bad or not chosen:
+        raise argparse.ArgumentTypeError(
+            f"unknown table(s) {', '.join(bad) or repr(value)}; choose from {', '.join(TABLES)} "
+            "(comma-separated, e.g. --tables 1,5)"
+        )
+    return chosen
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return number
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the benchmark's options to ``parser`` (``memroll bench`` and ``benchmarks/run.py``)."""
+    parser.add_argument(
+        "--out",
+        default=DEFAULT_OUT,
+        help=f"folder for report.md, results.json and the PNG plots (default: {DEFAULT_OUT})",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny versions of every table (a smoke test, about a minute)",
+    )
+    parser.add_argument(
+        "--tables",
+        type=_tables,
+        default=list(TABLES),
+        help="comma-separated tables to run: 1 GLEAM Table II, 2 memory vs depth, 3 MEL "
+        "accuracy vs depth, 4 i-RIM depth and LUSER vs LU-DnCNN, 5 deepinv comparison "
+        "(default: all)",
+    )
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where to measure (auto: cuda when available; memory is then "
+        "torch.cuda.max_memory_allocated)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=_positive,
+        default=1,
+        help="intra-op threads per measured process (default 1)",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=_positive,
+        default=1,
+        help="measured processes run at once (default 1; more finishes sooner but the timings "
+        "then compete for the cores: memory is unaffected)",
+    )
+
+
+def _check_args(args: argparse.Namespace) -> tuple[list[str], str]:
+    tables = args.tables if isinstance(args.tables, list) else _tables(str(args.tables))
+    for name in ("threads", "jobs"):
+        value = getattr(args, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"--{name} must be a positive integer, got {value!r}")
+    import torch
+
+    device = args.device
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"--device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but CUDA is not available; use --device cpu")
+    return tables, device
+
+
+def _meta(args: argparse.Namespace, device: str, tables: list[str]) -> dict[str, Any]:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    meta: dict[str, Any] = {
+        "mode": "quick" if args.quick else "full",
+        "tables": tables,
+        "device": device,
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "threads": args.threads,
+        "jobs": args.jobs,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "load_start": _load(),
+    }
+    if device == "cuda":
+        meta["gpu"] = torch.cuda.get_device_name()
+    return meta
+
+
+def _load() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def run(args: argparse.Namespace, log: Callable[[str], None] | None = None) -> int:
+    """Run the benchmark; write ``report.md``, ``results.json`` and PNG plots to ``args.out``.
+
+    Prints progress to standard error and the report to standard output. Returns 0 when every
+    memroll configuration was measured, 1 when one failed (its row says why); a peer that cannot
+    run here (deepinv) is reported, not counted as a failure.
+
+    Raises
+    ------
+    ValueError
+        An unknown table, a non-positive ``threads``/``jobs``, or ``device="cuda"`` without CUDA.
+    """
+    emit = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    tables, device = _check_args(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = configs(bool(args.quick))
+    common = {"device": device, "threads": args.threads, "seed": 0}
+    jobs = make_jobs(tables, cfg, common)
+    meta = _meta(args, device, tables)
+    env = {
+        **os.environ,
+        "MALLOC_MMAP_THRESHOLD_": "65536",
+        "OMP_NUM_THREADS": str(args.threads),
+        "MKL_NUM_THREADS": str(args.threads),
+    }
+    emit(
+        f"memroll bench ({meta['mode']}): {len(jobs)} measured processes, tables "
+        f"{', '.join(tables)}, device {device}, writing to {out}"
+    )
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        for job in pool.map(lambda j: _run_job(j, env), jobs):
+            emit(_describe(job))
+    meta["wall_s"] = time.perf_counter() - start
+    meta["load_end"] = _load()
+    results = {"meta": meta, "configs": cfg, "jobs": [job.__dict__ for job in jobs]}
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    report = write_report(results, out)
+    print(report)
+    failed = [j for j in jobs if not j.ok and j.spec["kind"] != "deepinv"]
+    for job in failed:
+        emit(_describe(job))
+    return 1 if failed else 0

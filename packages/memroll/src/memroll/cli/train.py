@@ -1,0 +1,89 @@
+"""``memroll train CONFIG`` and ``memroll train --resume RUN_DIR``."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+from pathlib import Path
+from typing import Any
+
+from .._console import CommandError
+from ..config import RunConfig, config_path, load_config
+from ..runs import resume_config, train_config, with_fastmri
+
+__all__ = ["register_parser"]
+
+
+def register_parser(subparsers: Any) -> None:
+    """Add ``train`` to the ``memroll`` subcommands."""
+    p = subparsers.add_parser("train", help="train a model from a config file into a run folder")
+    p.add_argument(
+        "config", nargs="?", help="a TOML config file, or a shipped config's name (memroll configs)"
+    )
+    p.add_argument(
+        "--strategy", choices=("backprop", "checkpoint", "reversible", "greedy", "implicit")
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set model.iterations=4 (repeatable)",
+    )
+    p.add_argument("--run-dir", help="the run folder (default runs/<name>-<strategy>-<time>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    p.add_argument("--fastmri", metavar="PATH", help="train on your fastMRI files (MRI configs)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the config's train.device)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-eval", action="store_true", help="skip the test-split evaluation")
+    p.set_defaults(handler=run)
+
+
+def _default_run_dir(config: RunConfig, strategy: str) -> Path:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{config.name}-{strategy}-{stamp}"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train a new run, or resume one."""
+    overrides = list(args.set or [])
+    if args.device is not None:
+        overrides.append(f"train.device={json.dumps(args.device)}")
+    if args.resume is not None:
+        if args.config is not None:
+            raise CommandError(
+                "give either CONFIG (a new run) or --resume RUN_DIR (continue a run), not both"
+            )
+        folder = Path(args.resume)
+        config = resume_config(folder, overrides, args.fastmri, args.strategy)
+        train_config(
+            config,
+            folder,
+            resume=True,
+            progress=not args.no_progress,
+            evaluate_after=not args.no_eval,
+            header=f"memroll train --resume {folder}",
+        )
+        return 0
+    if args.config is None:
+        raise CommandError("give a CONFIG (a TOML file or a shipped config's name) or --resume")
+    base = load_config(args.config)
+    config = load_config(args.config, with_fastmri(overrides, args.fastmri, base))
+    strategy = args.strategy or config.strategy.name
+    folder = Path(args.run_dir) if args.run_dir else _default_run_dir(config, strategy)
+    header = "\n".join(
+        [
+            f"the configuration of this run, as trained (from {config_path(args.config)}",
+            *(f"  --set {s}" for s in overrides),
+            f"  --strategy {strategy}); memroll train --resume {folder} continues it",
+        ]
+    )
+    train_config(
+        config,
+        folder,
+        strategy=strategy,
+        progress=not args.no_progress,
+        evaluate_after=not args.no_eval,
+        header=header,
+    )
+    return 0
