@@ -280,7 +280,7 @@ def test_a_few_training_steps_lower_the_loss_and_change_the_design(strategy):
         before = float(loss(model(fixed.y, fixed.physics), fixed.target))
     first = data.batch([0, 1])
 
-    def certify_again(row):  # the curvature follows the learned prior (see unrolled._fpm)
+    def certify_again(row):  # the curvature follows the learned prior (see unrolled.models._fpm)
         if strategy == "reversible":
             model.certify(first.physics, first.target, strict=False)
 

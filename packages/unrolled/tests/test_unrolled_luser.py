@@ -12,7 +12,7 @@ import fixedpoint
 import physops
 import unrolled
 from conftest import make_sense
-from unrolled._equilibrium import unrolled_solve
+from unrolled.models._equilibrium import unrolled_solve
 
 SMALL = {"features": 8, "groups": 2}
 

@@ -8,7 +8,7 @@ import torch
 import physops
 import unrolled
 from conftest import make_sense
-from unrolled._rim import data_gradient
+from unrolled.models._rim import data_gradient
 
 
 @pytest.fixture(autouse=True)

@@ -416,7 +416,7 @@ def test_loss_over_stages_and_auxiliary_loss(train_data):
         outs = model.intermediates(batch.y, batch.physics)
     mse = torch.view_as_real(outs[0] - batch.target).square().mean()
     expected = l1(outs[-1], batch.target) + 0.5 * mse
-    from unrolled._engines import model_loss
+    from unrolled.training import model_loss
 
     with torch.no_grad():
         assert float(model_loss(model, batch, l1)) == pytest.approx(float(expected), rel=1e-6)

@@ -5,56 +5,88 @@ Every model is called as ``x_hat = model(y, physics, x0=None)`` with a physops o
 ``model.set_strategy(...)`` (or ``unrolled.train(..., strategy=...)``) chooses how it is
 differentiated: ``"backprop"``, ``"checkpoint"``, ``"reversible"`` (MEL), ``"greedy"`` (GLEAM)
 or ``"implicit"`` (LUSER, DEQ).
+
+The library is four public subpackages of private modules, each name below re-exported here:
+:mod:`unrolled.nn` (building blocks), :mod:`unrolled.models` (the papers' models),
+:mod:`unrolled.tasks` (datasets by name) and :mod:`unrolled.training` (the training loop,
+evaluation, model files, memory probes). The application (the ``memroll`` command, configs,
+demo, benchmark, figures) is the separate distribution ``memroll``.
 """
 
-# _tasks first: _fpm subclasses its TaskDataset and _tasks registers _fpm's task at its end
-from . import _tasks  # noqa: F401
+from . import models as models
+from . import nn as nn
+from . import tasks as tasks
 from . import training as training
-from ._base import InvertibleStage, Stage, StageContext, UnrolledModel
+from ._base import InvertibleStage, PlainStage, Stage, StageContext, UnrolledModel
 from ._batch import Batch
-from ._cs import CS_EXTRA, CompressedSensing, cs_reconstruct, cs_reconstruct_cine
-from ._deq import DEQ, DEQStage
-from ._equilibrium import EQUILIBRIUM_MODES, EquilibriumSolver
-from ._evaluate import (
-    METRICS,
-    MetricsTable,
-    evaluate,
-    load_model,
-    psnr_per_stage,
-    save_model,
-)
-from ._fpm import (
+from ._strategy import STRATEGIES, Strategy, StrategyName, as_strategy
+from .models import (
+    CS_EXTRA,
     DARKFIELD_FLOOR,
+    DEQ,
+    EQUILIBRIUM_MODES,
+    IRIM,
+    LUSER,
+    RIM,
+    CompressedSensing,
+    DEQStage,
+    EquilibriumSolver,
     FPMGradientStep,
     FPMNet,
-    PtychographyDataset,
+    LUSERStage,
+    MoDL,
+    UnrolledPGD,
+    cs_reconstruct,
+    cs_reconstruct_cine,
     design_scale,
+    fanned_downsampling,
     gradient_lipschitz,
-    ptychography,
+    lu_dncnn,
 )
-from ._irim import IRIM, fanned_downsampling
-from ._layers import CGStep, GradientStep
-from ._luser import LUSER, LUSERStage
-from ._metrics import get_loss, nrmse, psnr, ssim, ssim_torch
-from ._modl import MoDL, UnrolledPGD, lu_dncnn
-from ._nets import (
+from .nn import (
+    INVERTIBLE_PRIORS,
+    PRIORS,
+    CGStep,
     ConvGRUCell,
     DnCNN,
+    GradientStep,
     ImageAdapter,
     LUSERProx,
     ResBlockProx,
     ResidualCNN,
     SpectralNorm,
+    build_prior,
     count_parameters,
     spectral_norm,
 )
-from ._options import SCHEDULERS, TrainOptions, batch_indices
-from ._priors import INVERTIBLE_PRIORS, PRIORS, build_prior
-from ._rim import RIM
-from ._run import TrainResult
-from ._strategy import STRATEGIES, Strategy, StrategyName, as_strategy
-from ._tasks import TASKS, TaskDataset, TaskSpec, get_task, make_dataset, register_task
-from ._train import train
+from .tasks import (
+    TASKS,
+    PtychographyDataset,
+    TaskDataset,
+    TaskSpec,
+    get_task,
+    make_dataset,
+    ptychography,
+    register_task,
+)
+from .training import (
+    METRICS,
+    SCHEDULERS,
+    MetricsTable,
+    TrainOptions,
+    TrainResult,
+    batch_indices,
+    evaluate,
+    get_loss,
+    load_model,
+    nrmse,
+    psnr,
+    psnr_per_stage,
+    save_model,
+    ssim,
+    ssim_torch,
+    train,
+)
 
 # the one place the version is written: hatchling reads it for the wheel (pyproject's
 # [tool.hatch.version]), and a source tree on PYTHONPATH (the GPU lane) reports it too
@@ -90,6 +122,7 @@ __all__ = [
     "LUSERStage",
     "MetricsTable",
     "MoDL",
+    "PlainStage",
     "PtychographyDataset",
     "ResBlockProx",
     "ResidualCNN",

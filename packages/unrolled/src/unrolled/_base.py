@@ -7,7 +7,7 @@ A model is a list of *stages* (one unrolled iteration each), an initial state an
     x_hat   = readout(state_N)
 
 States are real tensors ``(batch, channels, *spatial)`` (complex images as real and imaginary
-channels, :class:`~unrolled._nets.ImageAdapter`), or tuples of them (the RIM's hidden states).
+channels, :class:`~unrolled.nn.ImageAdapter`), or tuples of them (the RIM's hidden states).
 Stages that are invertible expose their :class:`revlayers.InvertibleModule` layers, each called
 as ``layer(state, y, physics)``, so the ``"reversible"`` strategy can chain them in a
 :class:`revlayers.ReversibleSequence`, and ``"greedy"`` hands the stages to
@@ -25,10 +25,10 @@ from torch import Tensor, nn
 from revlayers import InvertibleModule, ReversibleSequence
 
 from ._checkpoint import checkpoint_segments
-from ._nets import ImageAdapter
 from ._strategy import Strategy, as_strategy
+from .nn import ImageAdapter
 
-__all__ = ["InvertibleStage", "Stage", "StageContext", "UnrolledModel"]
+__all__ = ["InvertibleStage", "PlainStage", "Stage", "StageContext", "UnrolledModel", "make_stage"]
 
 
 class StageContext(NamedTuple):
@@ -52,20 +52,46 @@ class Stage(nn.Module):
         """Stages with an inner equilibrium (LUSER, DEQ) switch their backward pass here."""
 
 
-class InvertibleStage(Stage):
-    """A stage made of invertible layers, applied in order."""
+class PlainStage(Stage):
+    """A stage of layers, each called as ``layer(state, y, physics)``, applied in order.
 
-    def __init__(self, layers: Sequence[InvertibleModule]):
+    It is invertible (:meth:`invertible_layers` gives the layers) when every layer is a
+    :class:`revlayers.InvertibleModule`.
+    """
+
+    def __init__(self, layers: Sequence[nn.Module]):
         super().__init__()
         self.layers = nn.ModuleList(layers)
 
     def forward(self, state: Tensor, context: StageContext) -> Tensor:
+        """Apply every layer to ``state`` with the context ``(y, physics)``."""
         for layer in self.layers:
             state = layer(state, *context)
         return state
 
+    def invertible_layers(self) -> list[InvertibleModule] | None:
+        """The layers when they are all invertible, else ``None``."""
+        if all(isinstance(layer, InvertibleModule) for layer in self.layers):
+            return list(self.layers)  # type: ignore[arg-type]
+        return None
+
+
+class InvertibleStage(PlainStage):
+    """A stage made of invertible layers, applied in order."""
+
+    def __init__(self, layers: Sequence[InvertibleModule]):
+        super().__init__(layers)
+
     def invertible_layers(self) -> list[InvertibleModule]:
+        """The stage's layers."""
         return list(self.layers)  # type: ignore[arg-type]
+
+
+def make_stage(layers: Sequence[nn.Module]) -> PlainStage:
+    """An :class:`InvertibleStage` when every layer is invertible, else a :class:`PlainStage`."""
+    if all(isinstance(layer, InvertibleModule) for layer in layers):
+        return InvertibleStage(layers)  # type: ignore[arg-type]
+    return PlainStage(layers)
 
 
 def _bind(stage: nn.Module, context: StageContext) -> Callable[[Any], Any]:
@@ -132,7 +158,7 @@ class UnrolledModel(nn.Module):
             if bad:
                 return (
                     f"strategy 'reversible' needs every stage to be invertible, but stage {bad[0]} "
-                    f"of {type(self).__name__} is not ({self._why_not_invertible()}); use "
+                    f"of {type(self).__name__} is not ({self.why_not_invertible()}); use "
                     "'checkpoint' or 'greedy', or build the model with an invertible prior"
                 )
         if name == "greedy":
@@ -153,7 +179,8 @@ class UnrolledModel(nn.Module):
                 )
         return None
 
-    def _why_not_invertible(self) -> str:
+    def why_not_invertible(self) -> str:
+        """Why a stage of this model is not invertible (for :meth:`strategy_problem`)."""
         return "its prior is not an invertible network"
 
     def certify(
@@ -174,7 +201,7 @@ class UnrolledModel(nn.Module):
         return self._strategy
 
     def set_strategy(self, strategy: str | Strategy = "backprop", **options: Any) -> UnrolledModel:
-        """Choose how the forward pass is differentiated (see :mod:`unrolled._strategy`).
+        """Choose how the forward pass is differentiated (see :class:`unrolled.Strategy`).
 
         Raises ``ValueError`` when the strategy is invalid for this model, saying what would work.
         Returns the model, so ``model.set_strategy("reversible")(y, physics)`` reads naturally.
@@ -185,13 +212,14 @@ class UnrolledModel(nn.Module):
             raise ValueError(problem)
         self._strategy = chosen
         object.__setattr__(self, "_chain", None)
-        for stage in self._unique_stages():
+        for stage in self.unique_stages():
             stage.set_equilibrium_backward(
                 chosen.backward if chosen.forward_name == "implicit" else "unrolled"
             )
         return self
 
-    def _unique_stages(self) -> list[Stage]:
+    def unique_stages(self) -> list[Stage]:
+        """The stages, each shared stage once (models with shared weights repeat one stage)."""
         seen: set[int] = set()
         out: list[Stage] = []
         for s in self.stages:

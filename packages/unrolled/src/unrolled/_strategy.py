@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from ._validate import finite_number, one_of, positive_int, unknown_name
+
 __all__ = ["STRATEGIES", "Strategy", "as_strategy"]
 
 STRATEGIES = ("backprop", "checkpoint", "reversible", "greedy", "implicit")
@@ -65,39 +67,15 @@ class Strategy:
 
     def __post_init__(self) -> None:
         if self.name not in STRATEGIES:
-            raise ValueError(
-                f"unknown strategy {self.name!r}; valid strategies: {', '.join(STRATEGIES)}"
-            )
-        if self.checkpoint_every is not None and (
-            isinstance(self.checkpoint_every, bool)
-            or not isinstance(self.checkpoint_every, int)
-            or self.checkpoint_every < 1
-        ):
-            raise ValueError(
-                "checkpoint_every must be a positive integer or None, got "
-                f"{self.checkpoint_every!r}"
-            )
-        if self.check_drift is not None and not (
-            isinstance(self.check_drift, (int, float)) and self.check_drift > 0
-        ):
-            raise ValueError(
-                f"check_drift must be a positive tolerance or None, got {self.check_drift!r}"
-            )
-        if self.on_drift not in ("raise", "recompute"):
-            raise ValueError(f"on_drift must be 'raise' or 'recompute', got {self.on_drift!r}")
-        if self.modules is not None and (
-            isinstance(self.modules, bool) or not isinstance(self.modules, int) or self.modules < 1
-        ):
-            raise ValueError(f"modules must be a positive integer or None, got {self.modules!r}")
-        if self.inner not in _INNER:
-            raise ValueError(
-                f"inner strategy of greedy training must be one of {', '.join(_INNER)}, got "
-                f"{self.inner!r}"
-            )
-        if self.backward not in _BACKWARD:
-            raise ValueError(
-                f"backward must be one of {', '.join(_BACKWARD)}, got {self.backward!r}"
-            )
+            raise unknown_name("strategy", self.name, STRATEGIES, "strategies")
+        positive_int("checkpoint_every", self.checkpoint_every, optional=True)
+        if self.check_drift is not None:
+            expected = "a positive tolerance or None"
+            finite_number("check_drift", self.check_drift, low=0, low_open=True, expected=expected)
+        one_of("on_drift", self.on_drift, ("raise", "recompute"), listing=False)
+        positive_int("modules", self.modules, optional=True)
+        one_of("inner strategy of greedy training", self.inner, _INNER, listing=True)
+        one_of("backward", self.backward, _BACKWARD)
         if self.name != "greedy" and self.modules is not None:
             raise ValueError(
                 f"modules={self.modules} only applies to strategy='greedy', got strategy="

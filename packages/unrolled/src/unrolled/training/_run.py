@@ -15,11 +15,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from ._evaluate import load_model
+from ._io import load_buffers, load_model
 
-__all__ = ["RunFolder", "TrainResult", "atomic_path", "atomic_write_text", "load_buffers"]
+__all__ = [
+    "RunFolder",
+    "TrainResult",
+    "atomic_path",
+    "atomic_write_text",
+    "rng_state",
+    "seed_everything",
+    "set_rng_state",
+]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -203,10 +211,3 @@ class TrainResult:
             "run_dir": self.run_dir,
             "options": self.options,
         }
-
-
-def load_buffers(model: nn.Module, buffers: dict[str, Tensor]) -> None:
-    """Copy ``buffers`` (name -> tensor, as :func:`extra_buffers` gives them) into ``model``."""
-    with torch.no_grad():
-        for name, value in buffers.items():
-            model.get_buffer(name).copy_(value)

@@ -25,11 +25,11 @@ from torch import Tensor, nn
 import greedytrain
 from revlayers import ReversibleSequence
 
-from ._base import Stage, UnrolledModel
-from ._batch import Batch
-from ._checkpoint import checkpoint_segments
+from .._base import Stage, UnrolledModel
+from .._batch import Batch
+from .._checkpoint import checkpoint_segments
+from .._strategy import Strategy
 from ._options import TrainOptions
-from ._strategy import Strategy
 
 __all__ = [
     "Engine",

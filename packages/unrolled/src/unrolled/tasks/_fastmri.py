@@ -16,8 +16,9 @@ from torch import Tensor
 
 import physops
 
-from ._batch import Batch
-from ._tasks import Sample, TaskDataset, _check_split, _dtypes, _stack
+from .._batch import Batch
+from .._validate import check_split
+from ._dataset import Sample, TaskDataset, mri_batch, resolve_dtypes
 
 __all__ = ["FastMRITask", "fastmri_dataset"]
 
@@ -58,8 +59,8 @@ class FastMRITask(TaskDataset):
         super().__init__(task, split, options)
         self.challenge = challenge
         self.multicoil = challenge == "multicoil"
-        self.real_dtype, self.complex_dtype = _dtypes(options["dtype"])
-        path = _split_files(options["root"], challenge, _check_split(split))
+        self.dtypes = resolve_dtypes(options["dtype"])
+        path = _split_files(options["root"], challenge, check_split(split))
         self.source = physops.FastMRISliceDataset(path, challenge)
         # fastMRI test files carry a mask and no reconstruction
         self.has_target = bool(self.source.has_target)
@@ -75,7 +76,7 @@ class FastMRITask(TaskDataset):
         return (int(recon[0]), int(recon[1]))
 
     def __getitem__(self, index: int) -> Sample:
-        index = self._index(index)
+        index = self.check_index(index)
         raw = self.source[index]
         kspace = raw["kspace"]
         given_mask = raw.get("mask")
@@ -125,18 +126,12 @@ class FastMRITask(TaskDataset):
                 f"fastMRI slices of different sizes {sorted(shapes)} cannot share a batch: pass "
                 "image_size=N to crop every slice to N x N, or use batch_size=1"
             )
-        y = _stack(samples, "kspace", self.complex_dtype)
-        target = _stack(samples, "target", self.complex_dtype)
-        mask = _stack(samples, "mask", self.real_dtype)
-        physics: physops.LinearOperator
-        if self.multicoil:
-            physics = physops.Sense(_stack(samples, "maps", self.complex_dtype), mask)
-        else:
-            physics = physops.FourierSampling(mask)
-        return Batch(y=y, physics=physics, target=target, x0=None)
+        return mri_batch(samples, self.multicoil, self.dtypes)
 
 
 def fastmri_dataset(task: str, challenge: str, split: str, options: dict[str, Any]) -> TaskDataset:
+    """The ``split`` of the user's fastMRI files (``options["root"]``) as the MRI task ``task``
+    (``challenge``: ``"multicoil"`` or ``"singlecoil"``)."""
     if options.get("mask", "random") not in ("random", "equispaced"):
         raise ValueError(
             "fastMRI data are 2D Cartesian: use 1D column masks, mask='random' or 'equispaced', "

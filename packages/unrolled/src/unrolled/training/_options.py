@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
 from torch.utils.data import Sampler
 
+from .._validate import finite_number, nonnegative_int, positive_int, unknown_name
 from ._metrics import get_loss
 
 __all__ = ["SCHEDULERS", "StepSampler", "TrainOptions", "batch_indices"]
@@ -106,27 +106,22 @@ class TrainOptions:
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first invalid option."""
         for name in ("steps", "batch_size", "log_every"):
-            _positive_int(name, getattr(self, name))
+            positive_int(name, getattr(self, name))
         for name in ("scheduler_step", "val_every", "val_batch_size", "val_samples"):
             if getattr(self, name) is not None:
-                _positive_int(name, getattr(self, name))
+                positive_int(name, getattr(self, name))
         if self.checkpoint_every is not None:
-            _positive_int("checkpoint_every", self.checkpoint_every)
-        if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int):
-            raise ValueError(f"num_workers must be an integer >= 0, got {self.num_workers!r}")
-        if self.num_workers < 0:
-            raise ValueError(f"num_workers must be an integer >= 0, got {self.num_workers!r}")
+            positive_int("checkpoint_every", self.checkpoint_every)
+        nonnegative_int("num_workers", self.num_workers)
         get_loss(self.loss)
         if self.scheduler not in SCHEDULERS:
-            raise ValueError(
-                f"unknown scheduler {self.scheduler!r}; valid schedulers: {', '.join(SCHEDULERS)}"
-            )
-        _positive_float("lr", self.lr)
-        _nonnegative_float("weight_decay", self.weight_decay)
-        _nonnegative_float("min_lr", self.min_lr)
-        _positive_float("scheduler_gamma", self.scheduler_gamma)
+            raise unknown_name("scheduler", self.scheduler, SCHEDULERS)
+        finite_number("lr", self.lr, low=0, low_open=True)
+        finite_number("weight_decay", self.weight_decay, low=0)
+        finite_number("min_lr", self.min_lr, low=0)
+        finite_number("scheduler_gamma", self.scheduler_gamma, low=0, low_open=True)
         if self.clip_grad_norm is not None:
-            _positive_float("clip_grad_norm", self.clip_grad_norm)
+            finite_number("clip_grad_norm", self.clip_grad_norm, low=0, low_open=True)
         betas = tuple(self.betas) if isinstance(self.betas, (list, tuple)) else None
         if (
             betas is None
@@ -141,8 +136,7 @@ class TrainOptions:
                 f"got {self.betas!r}"
             )
         self.betas = (float(betas[0]), float(betas[1]))
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+        nonnegative_int("seed", self.seed)
         if not isinstance(self.strategy_options, dict):
             raise ValueError(
                 "strategy_options must be a dict of strategy options (checkpoint_every, modules, "
@@ -154,26 +148,6 @@ class TrainOptions:
             raise ValueError(
                 "checkpoint_every needs run_dir, the folder to write checkpoint.pt into"
             )
-
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
-def _positive_float(name: str, value: object) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not ok or not math.isfinite(value) or value <= 0:  # type: ignore[arg-type, operator]
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)  # type: ignore[arg-type]
-
-
-def _nonnegative_float(name: str, value: object) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not ok or not math.isfinite(value) or value < 0:  # type: ignore[arg-type, operator]
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -41,7 +41,6 @@ it with 0 (and restores its state afterwards), so results are reproducible to th
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -50,6 +49,8 @@ import torch
 from torch import Tensor, nn
 
 import physops
+
+from .._validate import finite_number, positive_int
 
 __all__ = ["CS_EXTRA", "CompressedSensing", "cs_reconstruct", "cs_reconstruct_cine"]
 
@@ -74,20 +75,13 @@ def _sigpy(who: str) -> Any:
 # validation
 # ------------------------------------------------------------------------------------------------
 def _check_weight(name: str, value: object, who: str, positive: bool, hint: str) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok and (value > 0 if positive else value >= 0):  # type: ignore[operator]
-        return float(value)  # type: ignore[arg-type]
-    relation = "> 0" if positive else ">= 0"
-    raise ValueError(f"{who}: {name} must be a finite number {relation} ({hint}), got {value!r}")
+    expected = f"a finite number {'> 0' if positive else '>= 0'} ({hint})"
+    return finite_number(f"{who}: {name}", value, low=0, low_open=positive, expected=expected)
 
 
 def _check_iterations(iterations: object, who: str) -> int:
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-        raise ValueError(
-            f"{who}: iterations must be a positive integer (GLEAM: 100 for l1-wavelet, 200 for "
-            f"cine), got {iterations!r}"
-        )
-    return iterations
+    hint = " (GLEAM: 100 for l1-wavelet, 200 for cine)"
+    return int(positive_int(f"{who}: iterations", iterations, hint))
 
 
 def _check_wavelet(wavelet: object, who: str) -> str:

@@ -3,11 +3,11 @@
 ==============  ===============================================================  ===========
 name            network                                                          invertible
 ==============  ===============================================================  ===========
-``resnet``      :class:`~unrolled._nets.ResidualCNN`: 5 convs + ReLU, skip         no
+``resnet``      :class:`~unrolled.nn.ResidualCNN`: 5 convs + ReLU, skip         no
                 (MoDL's regulariser)
-``resblocks``   :class:`~unrolled._nets.ResBlockProx`: 2 residual blocks          no
+``resblocks``   :class:`~unrolled.nn.ResBlockProx`: 2 residual blocks          no
                 (GLEAM's unrolled PGD prox)
-``dncnn``       :class:`~unrolled._nets.DnCNN`: 17 layers, BatchNorm (LU-DnCNN)   no
+``dncnn``       :class:`~unrolled.nn.DnCNN`: 17 layers, BatchNorm (LU-DnCNN)   no
 ``coupling``    RevNet-style stack of ``revlayers.AdditiveCoupling`` layers,      yes (exact)
                 each coupling function a small CNN, halves alternating (the
                 "invertible residual CNN" GLEAM trains all its MoDL baselines with)
@@ -24,7 +24,9 @@ from torch import nn
 
 from revlayers import AdditiveCoupling, InvertibleModule, InvertibleResidual
 
-from ._nets import DnCNN, ResBlockProx, ResidualCNN, conv_nd
+from .._validate import positive_int, unknown_name
+from ._adapter import conv_nd
+from ._conv import DnCNN, ResBlockProx, ResidualCNN
 
 __all__ = ["INVERTIBLE_PRIORS", "PRIORS", "build_prior"]
 
@@ -60,7 +62,9 @@ def build_prior(
         ``coupling``: number of coupling layers (2 updates both halves once).
     """
     if name not in PRIORS:
-        raise ValueError(f"unknown prior {name!r}; valid priors: {', '.join(PRIORS)}")
+        raise unknown_name("prior", name, PRIORS)
+    positive_int("features", features)
+    positive_int("layers", layers)
     if name == "resnet":
         return ResidualCNN(channels, features, layers, dims)
     if name == "resblocks":
@@ -73,8 +77,7 @@ def build_prior(
                 f"prior 'coupling' splits the image channels in two, but the images have "
                 f"{channels} channel: use prior='iresnet' for real single-channel images"
             )
-        if couplings < 1:
-            raise ValueError(f"couplings must be at least 1, got {couplings}")
+        positive_int("couplings", couplings)
         first = channels // 2
         out: list[InvertibleModule] = []
         for k in range(couplings):

@@ -76,41 +76,22 @@ or 25 LEDs, 1-8 random measurements; measured), so the default ``step=0.5`` give
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from typing import Any, Literal, cast
+from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-import fixedpoint
 import physops
-from revlayers import InvertibleModule
 
-from ._base import Stage, StageContext, UnrolledModel
-from ._batch import Batch
-from ._layers import PriorLayer, positive
-from ._modl import _PlainStage
-from ._nets import ImageAdapter
-from ._priors import INVERTIBLE_PRIORS, PRIORS, build_prior
-from ._strategy import Strategy
-from ._tasks import TaskDataset, _check_int, _check_number, _check_split, _dtypes, _generator
+from .._base import PlainStage, StageContext, UnrolledModel
+from .._strategy import Strategy
+from .._validate import finite_number, int_at_least, positive_int, unknown_name
+from ..nn import INVERTIBLE_PRIORS, PRIORS, ImageAdapter, PriorLayer, build_prior
+from ._fpm_step import FPMGradientStep, OnFailure, design_scale, gradient_lipschitz
 
-__all__ = [
-    "DARKFIELD_FLOOR",
-    "FPMGradientStep",
-    "FPMNet",
-    "PtychographyDataset",
-    "design_scale",
-    "gradient_lipschitz",
-    "ptychography",
-]
-
-OnFailure = Literal["warn", "raise", "ignore"]
-
-
-def _inverse_softplus(value: float) -> float:
-    return value + math.log(-math.expm1(-value))
+__all__ = ["FPMNet"]
 
 
 def _tensor(module: nn.Module, name: str) -> Tensor:
@@ -118,236 +99,10 @@ def _tensor(module: nn.Module, name: str) -> Tensor:
     return cast(Tensor, getattr(module, name))
 
 
-def _norms(t: Tensor) -> Tensor:
-    return torch.linalg.vector_norm(t.reshape(t.shape[0], -1), dim=1)
-
-
-def gradient_lipschitz(
-    gradient: Callable[[Tensor], Tensor],
-    x: Tensor,
-    iterations: int = 20,
-    *,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    r"""Estimate :math:`\operatorname{Lip}(\nabla D)` near ``x``, one value per sample.
-
-    Power iteration on the Jacobian of ``gradient`` at ``x``: the Jacobian of a gradient is the
-    (symmetric) Hessian of :math:`D`, so :math:`Hv` is one vector-Jacobian product,
-    ``autograd.grad(<gradient(x), v>, x)``, and the iteration converges to the eigenvalue of
-    largest magnitude, :math:`\|H(x)\|_2`, the local Lipschitz constant of :math:`\nabla D`.
-    Complex ``x`` is treated as real and imaginary parts (PyTorch's convention, which
-    ``physops.FourierPtychography.gradient`` follows).
-
-    This is a *local estimate*, not a bound: the Hessian of a non-quadratic :math:`D` changes
-    with :math:`x`, and power iteration approaches the top eigenvalue from below. Multiply it by
-    a safety margin before using it as :math:`L` in :math:`\alpha L < 1`.
-
-    Parameters
-    ----------
-    gradient:
-        ``x -> grad D(x)`` for a real function :math:`D` that sums over the batch (each sample's
-        gradient depends on that sample only); differentiable.
-    x:
-        The point, ``(batch, *shape)``, real or complex.
-    iterations:
-        Power iterations (each one vector-Jacobian product through a graph built once).
-    generator:
-        For the random start vector (the global RNG is left alone; default seed 0).
-
-    Returns
-    -------
-    Tensor
-        ``(batch,)`` float64 estimates of :math:`\|H(x_b)\|_2`.
-    """
-    if not isinstance(x, Tensor) or not (x.is_floating_point() or x.is_complex()):
-        raise TypeError(f"gradient_lipschitz needs x as a real or complex tensor, got {x!r}")
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-        raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
-    gen = torch.Generator().manual_seed(0) if generator is None else generator
-    view = (-1,) + (1,) * (x.ndim - 1)
-    v = torch.randn(x.shape, dtype=x.dtype, generator=gen).to(x.device)
-    estimate = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
-    with torch.enable_grad():
-        xr = x.detach().clone().requires_grad_()
-        g = gradient(xr)
-        for i in range(iterations):
-            v = v / _norms(v).clamp_min(torch.finfo(x.real.dtype).tiny).view(view)
-            inner = (g.conj() * v).real.sum() if g.is_complex() else (g * v).sum()
-            (hv,) = torch.autograd.grad(inner, xr, retain_graph=i < iterations - 1)
-            estimate = _norms(hv).double()
-            v = hv.detach()
-    return estimate.detach()
-
-
-#: Weight of all light (bright and dark field) in :func:`design_scale`.
-DARKFIELD_FLOOR = 0.02
-
-
-def design_scale(design: Tensor, brightfield: Tensor) -> Tensor:
-    r"""The curvature scale of the FPM data term under a design, :math:`s(w)^2`.
-
-    .. math::
-
-        s(w)^2 = \sum_i \Big(\sum_{\ell \in BF} w_{i\ell}\Big)^2
-                 + \kappa \sum_i \Big(\sum_\ell w_{i\ell}\Big)^2, \qquad \kappa = 0.02 .
-
-    At a clear object only bright-field LEDs light the camera and the data term's Hessian norm
-    is proportional to the first sum (measured: :math:`s(w)^2 / 4` for the task's geometry,
-    :math:`\kappa = 0`); the :math:`\kappa` term keeps designs with little bright-field light at
-    a finite scale (the task's dark-field images are 0.7-26% as bright as its bright-field ones).
-    Dividing :math:`D` by :math:`s(w)^2` makes the curvature nearly design-independent: measured
-    at the task's objects, :math:`\operatorname{Lip}(\nabla D) / s(w)^2` stayed within
-    0.043-0.131 over random (4 and 8 measurements), bright-field-only, dark-field-only, one-LED
-    and identity designs, where :math:`\operatorname{Lip}(\nabla D) / \|w\|_F^2` ranged over
-    0.017-0.39.
-
-    Parameters
-    ----------
-    design:
-        ``(M, L)`` non-negative weights.
-    brightfield:
-        ``(L,)`` boolean, the LEDs inside the objective NA.
-    """
-    bright = design[:, brightfield.to(design.device)].sum(dim=1)
-    total = design.sum(dim=1)
-    return (bright.square() + DARKFIELD_FLOOR * total.square()).sum()
-
-
-class FPMGradientStep(InvertibleModule):
-    r"""The gradient step :math:`z = x - \alpha \nabla D(x; y, w) / s(w)^2` on the FPM data term.
-
-    Called as ``step(state, y, physics)`` with ``physics`` a
-    :class:`physops.FourierPtychography` (whose design may be learnable: its gradient flows
-    through ``physics.gradient`` and :func:`design_scale`). :math:`\alpha =
-    \mathrm{softplus}(\theta) / L_{\mathrm{ref}}`, capped at ``max_fraction / L`` once
-    :meth:`FPMNet.certify` has set the estimate ``L``. The inverse, :math:`x = z + \alpha \nabla
-    D(x) / s^2`, is solved by :func:`fixedpoint.invert_step` (MEL Alg. 2); it converges when
-    :math:`\alpha \operatorname{Lip}(\nabla D / s^2) < 1`, which for this nonlinear data term is
-    only estimated (module docstring).
-
-    Parameters
-    ----------
-    adapter:
-        Complex images as 2 channels.
-    step:
-        Initial step in units of :math:`1 / L_{\mathrm{ref}}`.
-    reference:
-        :math:`L_{\mathrm{ref}} > 0`.
-    learnable:
-        Train the step.
-    inverse_method, inverse_tol, inverse_max_iter, inverse_on_failure:
-        :func:`fixedpoint.invert_step` settings (``inverse_tol=None``: relative residual 1e-5
-        in single precision, where the FPM gradient's own rounding stalls Anderson near 1e-6,
-        and 1e-12 in double). MEL: ``"banach"``, 4 iterations, no tolerance (``"ignore"``).
-    """
-
-    reference: Tensor
-    lipschitz: Tensor
-
-    def __init__(
-        self,
-        adapter: ImageAdapter,
-        step: float = 0.5,
-        reference: float = 1.0,
-        learnable: bool = True,
-        inverse_method: str = "anderson",
-        inverse_tol: float | None = None,
-        inverse_max_iter: int = 100,
-        inverse_on_failure: OnFailure = "warn",
-    ):
-        super().__init__()
-        if not (isinstance(step, (int, float)) and step > 0 and math.isfinite(step)):
-            raise ValueError(f"step must be a positive number (units of 1 / L_ref), got {step!r}")
-        if not (isinstance(reference, (int, float)) and reference > 0 and math.isfinite(reference)):
-            raise ValueError(f"reference (L_ref) must be a positive number, got {reference!r}")
-        if inverse_on_failure not in ("warn", "raise", "ignore"):
-            raise ValueError(
-                "inverse_on_failure must be 'warn', 'raise' or 'ignore', got "
-                f"{inverse_on_failure!r}"
-            )
-        self.adapter = adapter
-        self.raw_step = nn.Parameter(
-            torch.tensor(_inverse_softplus(float(step))), requires_grad=learnable
-        )
-        self.register_buffer("reference", torch.tensor(float(reference)))
-        #: The estimated Lip(grad D) (set by FPMNet.certify; NaN: no cap).
-        self.register_buffer("lipschitz", torch.tensor(float("nan")), persistent=False)
-        self.max_fraction = 0.9
-        self.inverse_method = inverse_method
-        self.inverse_tol = inverse_tol
-        self.inverse_max_iter = inverse_max_iter
-        self.inverse_on_failure: OnFailure = inverse_on_failure
-
-    @property
-    def relative_step(self) -> Tensor:
-        """The learned step in units of :math:`1 / L_{\\mathrm{ref}}` (before the cap)."""
-        return positive(self.raw_step)
-
-    @property
-    def step(self) -> Tensor:
-        """:math:`\\alpha` in use: ``relative_step / L_ref``, capped at ``max_fraction / L``."""
-        alpha = self.relative_step / self.reference.to(self.raw_step.dtype)
-        if bool(torch.isfinite(self.lipschitz)):
-            alpha = torch.minimum(alpha, self.max_fraction / self.lipschitz.to(alpha.dtype))
-        return alpha
-
-    def _alpha(self, like: Tensor) -> Tensor:
-        return self.step.to(like.real.dtype)
-
-    def data_gradient(self, x: Tensor, y: Tensor, physics: nn.Module) -> Tensor:
-        r"""The gradient of the normalised data term :math:`D(x) / s(w)^2` (:func:`design_scale`).
-
-        :math:`s(w)^2` tracks the curvature the design gives the data term, so the step sizes
-        and their Lipschitz estimate do not drift as the learned design changes.
-        """
-        fpm = cast(physops.FourierPtychography, physics)
-        scale = design_scale(fpm.design, fpm.brightfield())
-        return fpm.gradient(x, y) / scale.to(x.real.dtype)
-
-    def forward(self, state: Tensor, *context: Any) -> Tensor:
-        """One step on the state ``(B, 2, N, N)``; ``context`` = ``(y, physics)``."""
-        y, physics = context
-        image = self.adapter.from_net(state)
-        return self.adapter.to_net(
-            image - self._alpha(image) * self.data_gradient(image, y, physics)
-        )
-
-    def inverse(self, state: Tensor, *context: Any) -> Tensor:
-        """The input whose step gives ``state``; ``context`` = ``(y, physics)``."""
-        y, physics = context
-        z = self.adapter.from_net(state).detach()
-        alpha = self._alpha(z).detach()
-        y = y.detach()
-        tol = self.inverse_tol
-        if tol is None:
-            tol = 1e-12 if z.real.dtype == torch.float64 else 1e-5
-        with torch.no_grad():
-            # no lipschitz= argument: the estimate is not a bound (module docstring)
-            x = fixedpoint.invert_step(
-                lambda v: alpha * self.data_gradient(v, y, physics),
-                z,
-                method=self.inverse_method,
-                tol=tol,
-                max_iter=self.inverse_max_iter,
-                on_failure=self.inverse_on_failure,
-            )
-        return self.adapter.to_net(cast(Tensor, x))
-
-
 def _normalised_gradient(
     step: FPMGradientStep, context: StageContext
 ) -> Callable[[Tensor], Tensor]:
     return lambda v: step.data_gradient(v, context.y, context.physics)
-
-
-class _FPMStage(_PlainStage):
-    """One unroll: the gradient step, then the prior's layers (if any); invertible when they all
-    are."""
-
-    def invertible_layers(self) -> list[InvertibleModule] | None:
-        if all(isinstance(layer, InvertibleModule) for layer in self.layers):
-            return list(self.layers)  # type: ignore[arg-type]
-        return None
 
 
 class FPMNet(UnrolledModel):
@@ -389,7 +144,7 @@ class FPMNet(UnrolledModel):
         Initial step size in units of :math:`1 / L_{\mathrm{ref}}` (module docstring) and
         whether it is trained (one per unroll).
     prior:
-        ``None`` (pure gradient steps) or a prior of :mod:`unrolled._priors` after every step:
+        ``None`` (pure gradient steps) or a prior of :func:`unrolled.nn.build_prior` after every step:
         the invertible ``"coupling"`` / ``"iresnet"`` (valid for ``"reversible"``) or
         ``"resnet"``, ``"resblocks"``, ``"dncnn"``.
     features, layers, couplings:
@@ -433,17 +188,13 @@ class FPMNet(UnrolledModel):
         inverse_on_failure: OnFailure = "warn",
     ):
         super().__init__(ImageAdapter(complex=True, dims=2))
-        if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-            raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
+        positive_int("iterations", iterations)
         if prior is not None and prior not in PRIORS:
-            raise ValueError(
-                f"unknown prior {prior!r}; valid priors: None (gradient steps only), "
-                f"{', '.join(PRIORS)}"
-            )
-        self.noise_std = _check_number("noise_std", noise_std, 0.0)
+            raise unknown_name("prior", prior, ["None (gradient steps only)", *PRIORS])
+        self.noise_std = finite_number("noise_std", noise_std, low=0.0)
         if design is None:
             num_leds = int(illumination_na.shape[0]) if isinstance(illumination_na, Tensor) else 0
-            m = _check_int("num_measurements", num_measurements, 1)
+            m = int_at_least("num_measurements", num_measurements, 1)
             design = torch.rand(m, max(num_leds, 1))
             design = design / design.sum(dim=1, keepdim=True)
         #: The acquisition with the (learned) design: y = design @ single-LED intensities.
@@ -463,7 +214,7 @@ class FPMNet(UnrolledModel):
         reference = self._clear_object_lipschitz()
         self.register_buffer("lipschitz_reference", torch.tensor(reference))
 
-        def stage() -> Stage:
+        def stage() -> PlainStage:
             grad = FPMGradientStep(
                 self.adapter,
                 step,
@@ -478,7 +229,7 @@ class FPMNet(UnrolledModel):
             if prior is not None:
                 net = build_prior(prior, self.adapter.channels, features, layers, 2, couplings)
                 mods += list(net) if isinstance(net, list) else [PriorLayer(net)]
-            return _FPMStage(mods)
+            return PlainStage(mods)
 
         self.stages = nn.ModuleList([stage() for _ in range(iterations)])
 
@@ -669,7 +420,8 @@ class FPMNet(UnrolledModel):
         """Reconstruct complex objects ``(B, N, N)`` (see the class docstring for ``physics``)."""
         return super().forward(y, physics, x0)  # type: ignore[arg-type]
 
-    def _why_not_invertible(self) -> str:
+    def why_not_invertible(self) -> str:
+        """Why the stages are not invertible: the prior (naming the invertible ones)."""
         return (
             f"prior={self.prior_name!r} is not invertible; the invertible priors are "
             f"{', '.join(INVERTIBLE_PRIORS)}, or prior=None"
@@ -759,134 +511,3 @@ class FPMNet(UnrolledModel):
                     "not invert it (MEL Eq. 7); a valid step is step < "
                     f"{float(g.reference) / lip:.4g} (FPMNet's step is in units of 1 / L_ref)"
                 )
-
-
-# ------------------------------------------------------------------------------------------------
-# the "ptychography" task
-# ------------------------------------------------------------------------------------------------
-class PtychographyDataset(TaskDataset):
-    r"""Simulated FPM samples from real images: complex objects and their single-LED images.
-
-    Item ``i``: the object :math:`x = a\, e^{i\phi}` (:func:`physops.ptychography_object`) with
-    amplitude from real-anatomy slice ``i`` of the split and phase from another slice of the
-    same split (chosen by ``(seed, i)``), and its single-LED intensities
-    :math:`I_\ell(x)` ``(L, n, n)`` (no noise: :class:`FPMNet` adds it after multiplexing).
-    Batches are ``Batch(y=I, physics=<single-LED acquisition>, target=x, x0=None)``.
-
-    Attributes
-    ----------
-    acquisition:
-        The single-LED :class:`physops.FourierPtychography` (identity design, not learnable);
-        ``FPMNet.from_physics(data.acquisition, ...)`` builds a model of this geometry.
-    """
-
-    complex = True
-    dims = 2
-
-    def __init__(self, split: str, options: dict[str, Any]):
-        super().__init__("ptychography", split, options)
-        self.real_dtype, self.complex_dtype = _dtypes(options["dtype"])
-        self.images = physops.real_anatomy_images(
-            _check_split(split), image_size=options["image_size"]
-        ).to(self.real_dtype)
-        self.acquisition = self.make_physics()
-
-    def make_physics(self) -> physops.FourierPtychography:
-        """A fresh single-LED acquisition (identity design) in the task's precision."""
-        o = self.options
-        leds = physops.led_grid(
-            o["leds_per_side"], spacing=o["led_spacing"], distance=o["led_distance"]
-        )
-        op = physops.FourierPtychography(
-            o["image_size"],
-            leds,
-            na=o["na"],
-            wavelength=o["wavelength"],
-            pixel_size=o["pixel_size"],
-            downsample=o["downsample"],
-            learnable=False,
-        )
-        return op.to(self.real_dtype)
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        index = self._index(index)
-        n = len(self)
-        gen = _generator(self.options["seed"], index, 0)
-        partner = (index + 1 + int(torch.randint(n - 1, (1,), generator=gen))) % n if n > 1 else 0
-        target = physops.ptychography_object(
-            self.images[index],
-            self.images[partner],
-            max_phase=self.options["max_phase"],
-            min_amplitude=self.options["min_amplitude"],
-        )
-        with torch.no_grad():
-            y = self.acquisition(target[None])[0]
-        return {"y": y, "target": target, "index": torch.tensor(index, dtype=torch.int64)}
-
-    def collate(self, samples: Sequence[dict[str, Any]]) -> Batch:
-        y = torch.stack([s["y"] for s in samples]).to(self.real_dtype)
-        target = torch.stack([s["target"] for s in samples]).to(self.complex_dtype)
-        return Batch(y=y, physics=self.make_physics(), target=target, x0=None)
-
-    @property
-    def model_kwargs(self) -> dict[str, Any]:
-        """The geometry arguments of :class:`FPMNet` (``FPMNet(**data.model_kwargs)``)."""
-        op = self.acquisition
-        return {
-            "image_size": op.image_size,
-            "illumination_na": _tensor(op, "illumination_na").detach().clone(),
-            "na": op.na,
-            "wavelength": op.wavelength,
-            "pixel_size": op.pixel_size,
-            "downsample": op.downsample,
-        }
-
-
-def ptychography(
-    split: str = "train",
-    *,
-    image_size: int = 32,
-    downsample: int = 4,
-    leds_per_side: int = 5,
-    led_spacing: float = 6e-3,
-    led_distance: float = 30e-3,
-    na: float = 0.25,
-    wavelength: float = 0.53e-6,
-    pixel_size: float = 0.25e-6,
-    max_phase: float = math.pi / 2,
-    min_amplitude: float = 0.2,
-    seed: int = 0,
-    dtype: str = "float32",
-) -> TaskDataset:
-    r"""Fourier ptychography from real images (MEL Sec. 5.1 in miniature).
-
-    A square LED array of ``leds_per_side**2`` LEDs (:func:`physops.led_grid`; defaults: 25
-    LEDs, 5 bright-field, illumination NA up to 0.49 with an objective NA of 0.25, a synthetic
-    aperture of NA 0.74), objects of ``image_size`` px and camera images of
-    ``image_size / downsample`` px (defaults 32 and 8). Items: see :class:`PtychographyDataset`.
-    The splits are the real-anatomy splits (28 / 8 / 8 samples).
-    """
-    _check_int("image_size", image_size, 4)
-    _check_int("downsample", downsample, 1)
-    _check_int("leds_per_side", leds_per_side, 1)
-    _check_number("max_phase", max_phase, 0.0)
-    _check_number("min_amplitude", min_amplitude, 0.0)
-    _dtypes(dtype)
-    options = {
-        "image_size": image_size,
-        "downsample": downsample,
-        "leds_per_side": leds_per_side,
-        "led_spacing": led_spacing,
-        "led_distance": led_distance,
-        "na": na,
-        "wavelength": wavelength,
-        "pixel_size": pixel_size,
-        "max_phase": max_phase,
-        "min_amplitude": min_amplitude,
-        "seed": seed,
-        "dtype": dtype,
-    }
-    return PtychographyDataset(split, options)

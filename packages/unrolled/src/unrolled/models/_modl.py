@@ -20,6 +20,7 @@ backward Euler with :math:`\alpha_k L < 1` certified by :meth:`UnrolledPGD.certi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -28,42 +29,45 @@ from torch import Tensor, nn
 import physops
 from revlayers import InvertibleModule
 
-from ._base import InvertibleStage, Stage, StageContext, UnrolledModel
-from ._layers import CGStep, GradientStep, PriorLayer
-from ._nets import ImageAdapter
-from ._priors import INVERTIBLE_PRIORS, build_prior
-from ._strategy import Strategy
+from .._base import Stage, UnrolledModel, make_stage
+from .._strategy import Strategy
+from .._validate import positive_int
+from ..nn import (
+    INVERTIBLE_PRIORS,
+    CGStep,
+    GradientStep,
+    ImageAdapter,
+    PriorLayer,
+    build_prior,
+    positive,
+)
 
 __all__ = ["MoDL", "UnrolledPGD", "lu_dncnn"]
-
-
-class _PlainStage(Stage):
-    """A stage of layers called as ``layer(state, y, physics)``, not all invertible."""
-
-    def __init__(self, layers: list[nn.Module]):
-        super().__init__()
-        self.layers = nn.ModuleList(layers)
-
-    def forward(self, state: Tensor, context: StageContext) -> Tensor:
-        for layer in self.layers:
-            state = layer(state, *context)
-        return state
 
 
 def _prior_layers(prior: nn.Module | list[InvertibleModule]) -> list[nn.Module]:
     return list(prior) if isinstance(prior, list) else [PriorLayer(prior)]
 
 
-def _make_stage(layers: list[nn.Module]) -> Stage:
-    if all(isinstance(layer, InvertibleModule) for layer in layers):
-        return InvertibleStage(layers)  # type: ignore[arg-type]
-    return _PlainStage(layers)
-
-
 class _Unrolled(UnrolledModel):
+    """MoDL and unrolled PGD: ``iterations`` stages of a prior and a physics step."""
+
     prior_name: str
 
-    def _why_not_invertible(self) -> str:
+    def _unroll(
+        self, stage: Callable[[], Stage], iterations: int, prior: str, share_weights: bool
+    ) -> None:
+        """Build ``iterations`` stages (one shared stage with ``share_weights``)."""
+        self.prior_name = prior
+        self.iterations = iterations
+        if share_weights:
+            shared = stage()
+            self.stages = nn.ModuleList([shared] * iterations)
+        else:
+            self.stages = nn.ModuleList([stage() for _ in range(iterations)])
+
+    def why_not_invertible(self) -> str:
+        """Why the stages are not invertible: the prior (naming the invertible ones)."""
         return (
             f"prior={self.prior_name!r} is not invertible; the invertible priors are "
             f"{', '.join(INVERTIBLE_PRIORS)}"
@@ -78,7 +82,7 @@ class MoDL(_Unrolled):
     iterations:
         Number of unrolls N (GLEAM 2D: 8).
     prior:
-        The regulariser :math:`R_k` (see :mod:`unrolled._priors`): ``"resnet"`` (5 convs + ReLU
+        The regulariser :math:`R_k` (see :func:`unrolled.nn.build_prior`): ``"resnet"`` (5 convs + ReLU
         with a skip, MoDL), ``"coupling"`` (RevNet-style invertible residual CNN, as GLEAM trains
         all its MoDL baselines) or ``"iresnet"`` (MEL). Default ``"coupling"``: valid for every
         strategy, so strategies compare on the same network.
@@ -99,7 +103,7 @@ class MoDL(_Unrolled):
         CG settings (CG stops early once the relative residual is below ``cg_tol``; reversible
         training needs a tight tolerance for the algebraic inverse to hold).
     complex, dims, color_channels:
-        Image type (see :class:`~unrolled._nets.ImageAdapter`): complex 2D MRI by default.
+        Image type (see :class:`~unrolled.nn.ImageAdapter`): complex 2D MRI by default.
     couplings:
         Coupling layers per regulariser for ``prior="coupling"``.
 
@@ -127,21 +131,14 @@ class MoDL(_Unrolled):
         couplings: int = 2,
     ):
         super().__init__(ImageAdapter(complex, dims, color_channels))
-        if iterations < 1:
-            raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
-        self.prior_name = prior
-        self.iterations = iterations
+        positive_int("iterations", iterations)
 
         def stage() -> Stage:
             reg = build_prior(prior, self.adapter.channels, features, layers, dims, couplings)
             dc = CGStep(self.adapter, mu, learn_mu, cg_max_iter, cg_tol)
-            return _make_stage([*_prior_layers(reg), dc])
+            return make_stage([*_prior_layers(reg), dc])
 
-        if share_weights:
-            shared = stage()
-            self.stages = nn.ModuleList([shared] * iterations)
-        else:
-            self.stages = nn.ModuleList([stage() for _ in range(iterations)])
+        self._unroll(stage, iterations, prior, share_weights)
 
 
 class UnrolledPGD(_Unrolled):
@@ -152,7 +149,7 @@ class UnrolledPGD(_Unrolled):
     iterations:
         Number of unrolls N (GLEAM 2D: 8; LUSER's LU-DnCNN: 8).
     prior:
-        The proximal network (see :mod:`unrolled._priors`): ``"resblocks"`` (GLEAM: 2 residual
+        The proximal network (see :func:`unrolled.nn.build_prior`): ``"resblocks"`` (GLEAM: 2 residual
         blocks of ReLU + conv, no normalisation), ``"dncnn"`` (LU-DnCNN), ``"resnet"``,
         ``"coupling"`` or ``"iresnet"`` (invertible, for ``strategy="reversible"``).
     features, layers:
@@ -164,7 +161,7 @@ class UnrolledPGD(_Unrolled):
     share_weights:
         One prox and one step for all iterations (LUSER's LU-DnCNN baseline shares them).
     complex, dims, color_channels:
-        Image type (see :class:`~unrolled._nets.ImageAdapter`).
+        Image type (see :class:`~unrolled.nn.ImageAdapter`).
     """
 
     def __init__(
@@ -182,27 +179,18 @@ class UnrolledPGD(_Unrolled):
         couplings: int = 2,
     ):
         super().__init__(ImageAdapter(complex, dims, color_channels))
-        if iterations < 1:
-            raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
-        self.prior_name = prior
-        self.iterations = iterations
+        positive_int("iterations", iterations)
 
         def stage() -> Stage:
             grad = GradientStep(self.adapter, step, learn_step)
             prox = build_prior(prior, self.adapter.channels, features, layers, dims, couplings)
-            return _make_stage([grad, *_prior_layers(prox)])
+            return make_stage([grad, *_prior_layers(prox)])
 
-        if share_weights:
-            shared = stage()
-            self.stages = nn.ModuleList([shared] * iterations)
-        else:
-            self.stages = nn.ModuleList([stage() for _ in range(iterations)])
+        self._unroll(stage, iterations, prior, share_weights)
 
     def gradient_steps(self) -> list[GradientStep]:
         """The gradient-step layers (one per distinct stage)."""
-        return [
-            m for s in self._unique_stages() for m in s.modules() if isinstance(m, GradientStep)
-        ]
+        return [m for s in self.unique_stages() for m in s.modules() if isinstance(m, GradientStep)]
 
     @torch.no_grad()
     def certify(
@@ -244,7 +232,7 @@ class UnrolledPGD(_Unrolled):
         """Raise when a learned step violates :math:`\\alpha L < 1`, naming a valid step."""
         for k, g in enumerate(self.gradient_steps()):
             lip = float(g.lipschitz)
-            alpha = float(torch.nn.functional.softplus(g.raw_step))
+            alpha = float(positive(g.raw_step))
             if alpha * lip >= 1:
                 raise ValueError(
                     f"gradient step {k}: alpha = {alpha:.4g} with L = {lip:.4g} gives alpha * L = "

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 import fixedpoint
 
-from ._base import Stage
+from .._base import Stage
 
 __all__ = ["EQUILIBRIUM_MODES", "EquilibriumSolver", "as_solver", "equilibrium"]
 

@@ -31,19 +31,17 @@ convolution has a bias, 555,137 parameters on CT (-0.16%).
 
 from __future__ import annotations
 
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from torch import Tensor, nn
 
 import fixedpoint
-import physops
 
-from ._base import StageContext
+from .._base import StageContext
+from .._strategy import Strategy
+from ..nn import DnCNN, GradientStep, ImageAdapter
 from ._equilibrium import EquilibriumSolver, EquilibriumStage, as_solver, equilibrium
-from ._layers import GradientStep
-from ._luser import INITS, _InitFromMeasurements, calibrate_steps
-from ._nets import DnCNN, ImageAdapter
-from ._strategy import Strategy
+from ._equilibrium_model import EquilibriumModel
 
 __all__ = ["DEQ", "DEQStage"]
 
@@ -84,7 +82,7 @@ class DEQStage(EquilibriumStage):
         return out
 
 
-class DEQ(_InitFromMeasurements):
+class DEQ(EquilibriumModel):
     r"""DEQ4IP (Gilton et al.), the deep-equilibrium proximal gradient method, with a DnCNN prox.
 
     Parameters
@@ -127,13 +125,7 @@ class DEQ(_InitFromMeasurements):
         dims: int = 2,
         color_channels: int | None = None,
     ):
-        super().__init__(ImageAdapter(complex, dims, color_channels))
-        if init not in INITS:
-            raise ValueError(
-                f"init must be 'adjoint' (x0 = A^H y: MRI, CT) or 'measurements' (x0 = y: "
-                f"deblurring), got {init!r}"
-            )
-        self.init = init
+        super().__init__(ImageAdapter(complex, dims, color_channels), init)
         prox = DnCNN(
             self.adapter.channels,
             features,
@@ -145,33 +137,6 @@ class DEQ(_InitFromMeasurements):
         step_layer = GradientStep(self.adapter, step, learn_step)
         self.stages = nn.ModuleList([DEQStage(step_layer, prox, as_solver(solver))])
         self.set_strategy("implicit")
-
-    @property
-    def solver(self) -> EquilibriumSolver:
-        """The equilibrium settings (assign a new one, or a dict, to change them)."""
-        return self._stage().solver
-
-    @solver.setter
-    def solver(self, value: EquilibriumSolver | dict[str, Any] | None) -> None:
-        self._stage().solver = as_solver(value)
-
-    def calibrate_steps(
-        self,
-        physics: physops.LinearOperator,
-        x_like: Tensor,
-        fraction: float = 1.0,
-        iterations: int = 30,
-    ) -> float:
-        r"""Set :math:`\alpha` to ``fraction / L``, :math:`L = \lambda_{\max}(A^H A)`; returns
-        ``L`` (see :meth:`LUSER.calibrate_steps`)."""
-        return calibrate_steps([self._stage().step], physics, x_like, fraction, iterations)
-
-    def equilibrium_diagnostics(self) -> list[fixedpoint.ImplicitDiagnostics | None]:
-        """The diagnostics of the last solve, as a one-element list (one stage)."""
-        return [self._stage().diagnostics]
-
-    def _stage(self) -> DEQStage:
-        return cast(DEQStage, self.stages[0])
 
     def strategy_problem(self, strategy: Strategy) -> str | None:
         name = strategy.name

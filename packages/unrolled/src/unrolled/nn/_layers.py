@@ -2,7 +2,7 @@ r"""Physics steps of unrolled models as invertible layers.
 
 Each layer maps a state of real channels ``(B, C, *spatial)`` to a state of the same shape and is
 called as ``layer(state, y, physics)``, the convention of :class:`revlayers.ReversibleSequence`
-context. Complex images are converted inside (:class:`~unrolled._nets.ImageAdapter`).
+context. Complex images are converted inside (:class:`~unrolled.nn.ImageAdapter`).
 
 ===================  ===============================================  ============================
 layer                forward                                          inverse
@@ -22,24 +22,20 @@ layer                forward                                          inverse
 
 from __future__ import annotations
 
-import math
 from typing import Any, cast
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 import fixedpoint
 import physops
 from revlayers import InvertibleModule
 
-from ._nets import ImageAdapter
+from .._validate import finite_number, positive_int
+from ._adapter import ImageAdapter
+from ._params import inverse_softplus, positive
 
-__all__ = ["CGStep", "GradientStep", "PriorLayer", "positive"]
-
-
-def _inverse_softplus(value: float) -> float:
-    return value + math.log(-math.expm1(-value))
+__all__ = ["CGStep", "GradientStep", "PriorLayer", "calibrate_steps"]
 
 
 def _context(layer: str, context: tuple[object, ...]) -> tuple[Tensor, Any]:
@@ -51,11 +47,6 @@ def _context(layer: str, context: tuple[object, ...]) -> tuple[Tensor, Any]:
             f"{[type(c).__name__ for c in context]}"
         )
     return context[0], context[1]
-
-
-def positive(raw: Tensor) -> Tensor:
-    """The positive parametrisation of step sizes and weights: ``softplus(raw)``."""
-    return F.softplus(raw)
 
 
 class GradientStep(InvertibleModule):
@@ -93,10 +84,11 @@ class GradientStep(InvertibleModule):
         inverse_method: str = "anderson",
     ):
         super().__init__()
-        if not step > 0:
-            raise ValueError(f"step (the gradient step size alpha) must be positive, got {step!r}")
+        step = finite_number(
+            "step (the gradient step size alpha)", step, low=0, low_open=True, expected="positive"
+        )
         self.adapter = adapter
-        self.raw_step = nn.Parameter(torch.tensor(_inverse_softplus(step)), requires_grad=learnable)
+        self.raw_step = nn.Parameter(torch.tensor(inverse_softplus(step)), requires_grad=learnable)
         self.inverse_tol = inverse_tol
         self.inverse_max_iter = inverse_max_iter
         self.inverse_method = inverse_method
@@ -176,14 +168,17 @@ class CGStep(InvertibleModule):
         cg_tol: float | None = None,
     ):
         super().__init__()
-        if not mu > 0:
-            raise ValueError(
-                f"mu (MoDL's data-consistency weight) must be positive, got {mu!r}: "
-                "(A^H A + mu I) is only invertible for mu > 0"
-            )
+        mu = finite_number(
+            "mu (MoDL's data-consistency weight)",
+            mu,
+            low=0,
+            low_open=True,
+            expected="positive",
+            suffix=": (A^H A + mu I) is only invertible for mu > 0",
+        )
         self.adapter = adapter
-        self.raw_mu = nn.Parameter(torch.tensor(_inverse_softplus(mu)), requires_grad=learnable)
-        self.cg_max_iter = cg_max_iter
+        self.raw_mu = nn.Parameter(torch.tensor(inverse_softplus(mu)), requires_grad=learnable)
+        self.cg_max_iter = positive_int("cg_max_iter", cg_max_iter)
         self.cg_tol = cg_tol
 
     @property
@@ -224,3 +219,32 @@ class PriorLayer(nn.Module):
 
     def forward(self, state: Tensor, y: Tensor, physics: nn.Module) -> Tensor:
         return self.net(state)
+
+
+@torch.no_grad()
+def calibrate_steps(
+    steps: list[GradientStep],
+    physics: physops.LinearOperator,
+    x_like: Tensor,
+    fraction: float = 1.0,
+    iterations: int = 30,
+) -> float:
+    r"""Set every step size to ``fraction / L`` with :math:`L = \lambda_{\max}(A^H A)` estimated
+    by :func:`physops.power_iteration` (the largest over the batch); returns ``L``."""
+    finite_number(
+        "fraction",
+        fraction,
+        low=0,
+        high=2,
+        low_open=True,
+        high_open=True,
+        expected="in (0, 2) (a gradient step alpha = fraction / L converges for alpha L < 2)",
+    )
+    lip = float(
+        torch.as_tensor(physops.power_iteration(physics, x_like, iterations=iterations)).max()
+    )
+    if not lip > 0:
+        raise ValueError(f"the power iteration gave lambda_max(A^H A) = {lip:g}; expected > 0")
+    for g in steps:
+        g.raw_step.fill_(inverse_softplus(fraction / lip))
+    return lip

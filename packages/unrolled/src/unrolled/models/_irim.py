@@ -40,10 +40,11 @@ from torch import Tensor, nn
 
 import revlayers
 
-from ._base import InvertibleStage, UnrolledModel
-from ._nets import ImageAdapter
+from .._base import InvertibleStage, UnrolledModel
+from .._strategy import Strategy
+from .._validate import positive_int
+from ..nn import ImageAdapter
 from ._rim import Init, check_gradient_physics, check_init, data_gradient, initial_image
-from ._strategy import Strategy
 
 __all__ = ["IRIM", "fanned_downsampling"]
 
@@ -66,8 +67,7 @@ def fanned_downsampling(blocks: int, max_factor: int = 8) -> tuple[int, ...]:
     max_factor:
         Largest factor, a power of two (image sizes must be divisible by it).
     """
-    if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1:
-        raise ValueError(f"blocks must be a positive integer, got {blocks!r}")
+    positive_int("blocks", blocks)
     if (
         isinstance(max_factor, bool)
         or not isinstance(max_factor, int)
@@ -141,7 +141,7 @@ class IRIM(UnrolledModel):
         ``"adjoint"`` (:math:`\eta_0 = A^H y`, :math:`s_0 = 0`). A given ``x0`` always starts
         :math:`\eta`.
     complex, dims, color_channels:
-        Image type (see :class:`~unrolled._nets.ImageAdapter`): complex 2D MRI by default;
+        Image type (see :class:`~unrolled.nn.ImageAdapter`): complex 2D MRI by default;
         ``dims=3`` for volumes (3D convolutions in every block; the paper's i-RIM 3D).
 
     Shapes
@@ -187,8 +187,7 @@ class IRIM(UnrolledModel):
     ):
         super().__init__(ImageAdapter(complex, dims, color_channels))
         for name, value in (("steps", steps), ("channels", channels), ("blocks", blocks)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            positive_int(name, value)
         c = self.adapter.channels
         if channels < 2 * c:
             raise ValueError(

@@ -19,9 +19,9 @@ over all time steps (``loss_over_stages = True``; i-RIM Sec. 3.3 averages it).
 layer           settings (i-RIM Sec. 3.3, after Lønning et al.)
 ==============  ===========================================================================
 ``conv1``       :math:`5 \times 5`, ``2 * channels -> features``, ReLU
-``gru1``        :class:`~unrolled._nets.ConvGRUCell`, ``hidden`` channels (64)
+``gru1``        :class:`~unrolled.nn.ConvGRUCell`, ``hidden`` channels (64)
 ``conv2``       :math:`3 \times 3`, dilation 2, ``hidden -> features``, ReLU
-``gru2``        :class:`~unrolled._nets.ConvGRUCell`, ``hidden`` channels (64)
+``gru2``        :class:`~unrolled.nn.ConvGRUCell`, ``hidden`` channels (64)
 ``conv3``       :math:`3 \times 3`, ``hidden -> channels``, no bias: the update of :math:`\eta`
 ==============  ===========================================================================
 
@@ -38,9 +38,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._base import Stage, StageContext, UnrolledModel
-from ._nets import ConvGRUCell, ImageAdapter, conv_nd
-from ._strategy import Strategy
+from .._base import Stage, StageContext, UnrolledModel
+from .._strategy import Strategy
+from .._validate import positive_int
+from ..nn import ConvGRUCell, ImageAdapter, conv_nd
 
 __all__ = ["RIM", "data_gradient"]
 
@@ -155,7 +156,7 @@ class RIM(UnrolledModel):
         ``"adjoint"`` (the image starts at :math:`A^H y`). A given ``x0`` always starts the image;
         the hidden states always start at zero.
     complex, dims, color_channels:
-        Image type (see :class:`~unrolled._nets.ImageAdapter`): complex 2D MRI by default;
+        Image type (see :class:`~unrolled.nn.ImageAdapter`): complex 2D MRI by default;
         ``dims=3`` for volumes (3D convolutions).
 
     Shapes
@@ -196,13 +197,9 @@ class RIM(UnrolledModel):
         color_channels: int | None = None,
     ):
         super().__init__(ImageAdapter(complex, dims, color_channels))
-        for name, value in (("steps", steps), ("hidden", hidden)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if features is None:
-            features = hidden
-        if isinstance(features, bool) or not isinstance(features, int) or features < 1:
-            raise ValueError(f"features must be a positive integer or None, got {features!r}")
+        positive_int("steps", steps)
+        positive_int("hidden", hidden)
+        features = positive_int("features", features, optional=True) or hidden
         self.init = check_init(init)
         self.steps = steps
         self.hidden = hidden

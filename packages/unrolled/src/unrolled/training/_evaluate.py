@@ -1,6 +1,6 @@
-"""Evaluation of trained models: per-sample metrics, GLEAM's PSNR after every stage, model files.
+"""Evaluation of trained models: per-sample metrics and GLEAM's PSNR after every stage.
 
-Metrics are those of :mod:`unrolled._metrics` (scikit-image, on magnitude images, the reference's
+Metrics are those of :mod:`unrolled.training._metrics` (scikit-image, on magnitude images, the reference's
 peak as data range; GLEAM Sec. V-C4): PSNR in dB, SSIM and nRMSE per sample.
 """
 
@@ -11,7 +11,6 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,21 +19,20 @@ from torch.utils.data import DataLoader
 
 import greedytrain
 
-from ._base import UnrolledModel
-from ._batch import Batch
+from .._base import UnrolledModel
+from .._batch import Batch
 from ._metrics import nrmse, psnr, ssim
 
 __all__ = [
     "METRICS",
     "MetricsTable",
+    "check_dataset",
     "evaluate",
-    "load_model",
     "psnr_per_stage",
-    "save_model",
+    "resolve_collate",
 ]
 
 METRICS = ("psnr", "ssim", "nrmse")
-MODEL_FORMAT = "memroll-unrolled-model"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -72,6 +70,20 @@ def resolve_collate(
     )
 
 
+def check_dataset(data: object, name: str) -> int:
+    """The length of ``data``, a non-empty map-style dataset (else a ``TypeError`` or a
+    ``ValueError`` naming ``name``)."""
+    if not (hasattr(data, "__len__") and hasattr(data, "__getitem__")):
+        raise TypeError(
+            f"{name} must be a map-style dataset (with __len__ and __getitem__), such as "
+            f"unrolled.make_dataset(...) or a list of Batch objects, got {type(data).__name__}"
+        )
+    n = len(data)
+    if n == 0:
+        raise ValueError(f"{name} is empty")
+    return n
+
+
 def _loader(
     data: Any,
     collate: Callable[[list[Any]], Batch] | None,
@@ -80,12 +92,8 @@ def _loader(
     num_workers: int,
     max_samples: int | None,
 ) -> tuple[DataLoader, int]:
-    if not (hasattr(data, "__len__") and hasattr(data, "__getitem__")):
-        raise TypeError(
-            f"{name} must be a map-style dataset (with __len__ and __getitem__), got "
-            f"{type(data).__name__}"
-        )
-    n = len(data) if max_samples is None else min(len(data), max_samples)
+    n = check_dataset(data, name)
+    n = n if max_samples is None else min(n, max_samples)
     if n == 0:
         raise ValueError(f"{name} is empty")
     collate_fn = resolve_collate(data, collate, name, batch_size)
@@ -233,65 +241,3 @@ def psnr_per_stage(
     finally:
         model.train(was_training)
     return [t / n for t in totals]
-
-
-# ------------------------------------------------------------------------------------------------
-# model files
-# ------------------------------------------------------------------------------------------------
-def extra_buffers(model: nn.Module) -> dict[str, Tensor]:
-    """The model's non-persistent buffers (e.g. certified Lipschitz bounds), which
-    ``state_dict`` leaves out but which change what the model computes."""
-    persistent = set(model.state_dict().keys())
-    return {
-        name: buffer.detach().cpu().clone()
-        for name, buffer in model.named_buffers()
-        if name not in persistent
-    }
-
-
-def save_model(
-    model: nn.Module, path: str | os.PathLike[str], *, step: int | None = None, **info: Any
-) -> Path:
-    """Write the model's weights (and non-persistent buffers) atomically to ``path``."""
-    return greedytrain.atomic_save(
-        {
-            "format": MODEL_FORMAT,
-            "version": 1,
-            "model_class": type(model).__name__,
-            "step": step,
-            "model": model.state_dict(),
-            "buffers": extra_buffers(model),
-            **info,
-        },
-        path,
-    )
-
-
-def load_model(
-    model: nn.Module, path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
-) -> dict[str, Any]:
-    """Load weights into ``model`` from ``best.pt`` (:func:`save_model`) or a training
-    ``checkpoint.pt``; returns the file's other entries (``step``, ``metrics``, ...)."""
-    target = Path(path)
-    if not target.is_file():
-        raise FileNotFoundError(f"no model file at {str(target)!r}")
-    # weights_only=False: training checkpoints hold optimizer and RNG states; load only files
-    # written by unrolled
-    data = torch.load(target, map_location=map_location, weights_only=False)
-    if not isinstance(data, dict) or data.get("format") not in (
-        MODEL_FORMAT,
-        "memroll-unrolled-train",
-    ):
-        raise ValueError(
-            f"{str(target)!r} is not a model file of unrolled (best.pt or checkpoint.pt)"
-        )
-    if data.get("model_class") not in (None, type(model).__name__):
-        raise ValueError(
-            f"{str(target)!r} holds a {data['model_class']}, but the model is a "
-            f"{type(model).__name__}: build the same model class with the same settings"
-        )
-    model.load_state_dict(data["model"])
-    with torch.no_grad():
-        for name, value in data.get("buffers", {}).items():
-            model.get_buffer(name).copy_(value)
-    return {k: v for k, v in data.items() if k not in ("model", "buffers", "engine", "rng")}

@@ -14,214 +14,21 @@ network             architecture                                                
 ``ConvGRUCell``     convolutional GRU cell                                          RIM
 ==================  ==============================================================  =========
 
-Spectral normalisation (:class:`SpectralNorm`, :func:`spectral_norm`) is the one of Miyato et al.
-as ``torch.nn.utils.parametrizations.spectral_norm`` computes it, except for *when* the power
-iteration runs: torch's runs once per access of the weight in training mode, so a fixed-point
-solver that evaluates the same layer fifty times would see fifty different weights, and a
-checkpointed or implicit backward pass that evaluates it again would differentiate yet another
-one. Ours runs once per change of the weight (after an optimizer step, a load, a move), so within
-a training step every evaluation uses the same normalised weight.
+The spectrally normalised layers use :func:`~unrolled.nn.spectral_norm` (:mod:`._spectral`).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 
-__all__ = [
-    "ConvGRUCell",
-    "DnCNN",
-    "ImageAdapter",
-    "LUSERProx",
-    "ResBlockProx",
-    "ResidualCNN",
-    "SpectralNorm",
-    "conv_nd",
-    "spectral_norm",
-]
+from .._validate import finite_number, int_at_least, positive_int
+from ._adapter import check_dims, conv_nd
+from ._spectral import spectral_norm
 
+__all__ = ["ConvGRUCell", "DnCNN", "LUSERProx", "ResBlockProx", "ResidualCNN"]
 
-def conv_nd(dims: int, *args: object, **kwargs: object) -> nn.Module:
-    """``nn.Conv2d`` for ``dims == 2``, ``nn.Conv3d`` for ``dims == 3``."""
-    if dims == 2:
-        return nn.Conv2d(*args, **kwargs)  # type: ignore[arg-type]
-    if dims == 3:
-        return nn.Conv3d(*args, **kwargs)  # type: ignore[arg-type]
-    raise ValueError(f"dims must be 2 or 3 (2D images, or 3D / 2D+time volumes), got {dims!r}")
-
-
-def _check_dims(dims: int) -> int:
-    if dims not in (2, 3):
-        raise ValueError(f"dims must be 2 or 3 (2D images, or 3D / 2D+time volumes), got {dims!r}")
-    return dims
-
-
-class SpectralNorm(nn.Module):
-    r"""The parametrisation :math:`W \mapsto W / \sigma(W)` of spectral normalisation.
-
-    :math:`\sigma(W) = u^\top W_{\mathrm{mat}} v` with :math:`W_{\mathrm{mat}}` the weight
-    reshaped to ``(out_channels, -1)`` and :math:`(u, v)` the singular-vector estimates of the
-    power iteration (Miyato et al. 2018), kept as buffers. In training mode one power iteration
-    runs when the weight has changed since the last one (``init_iterations`` at construction), so
-    the map is a fixed function of the weight between optimizer steps: what a fixed-point solver,
-    an implicit backward pass and activation checkpointing all need. In evaluation mode
-    :math:`(u, v)` never change.
-
-    Parameters
-    ----------
-    weight:
-        The weight to normalise (for the shapes of the buffers and their first estimate).
-    power_iterations:
-        Power iterations per change of the weight in training mode (torch's default: 1).
-    init_iterations:
-        Power iterations at construction (torch's: 15).
-    eps:
-        Floor of the norms in the normalisations.
-    """
-
-    _u: Tensor
-    _v: Tensor
-
-    def __init__(
-        self,
-        weight: Tensor,
-        power_iterations: int = 1,
-        init_iterations: int = 15,
-        eps: float = 1e-12,
-    ):
-        super().__init__()
-        if weight.ndim < 2:
-            raise ValueError(
-                f"SpectralNorm normalises weights of 2 or more dimensions, got shape "
-                f"{tuple(weight.shape)}"
-            )
-        mat = weight.detach().flatten(1)
-        self.power_iterations = power_iterations
-        self.eps = eps
-        self.register_buffer(
-            "_u", F.normalize(mat.new_empty(mat.shape[0]).normal_(), dim=0, eps=eps)
-        )
-        self.register_buffer(
-            "_v", F.normalize(mat.new_empty(mat.shape[1]).normal_(), dim=0, eps=eps)
-        )
-        # (storage, version counter) of the weight the estimates belong to; Tensor._version
-        # counts in-place changes (optimizer steps, load_state_dict), a new storage (.to, .double,
-        # .data = ...) changes the pointer
-        self._seen: tuple[int, int] | None = None
-        self._power(mat, init_iterations)
-
-    @torch.no_grad()
-    def _power(self, mat: Tensor, iterations: int) -> None:
-        for _ in range(iterations):
-            self._v.copy_(F.normalize(mat.mT @ self._u, dim=0, eps=self.eps))
-            self._u.copy_(F.normalize(mat @ self._v, dim=0, eps=self.eps))
-
-    def forward(self, weight: Tensor) -> Tensor:
-        mat = weight.flatten(1)
-        if self.training:
-            key = (weight.data_ptr(), weight._version)
-            if key != self._seen:
-                self._power(mat.detach(), self.power_iterations)
-                self._seen = key
-        # clones: the graph must not see a later in-place update of the estimates
-        sigma = torch.vdot(self._u.clone(), mat @ self._v.clone())
-        return weight / sigma
-
-
-def spectral_norm(module: nn.Module, name: str = "weight") -> nn.Module:
-    """Register :class:`SpectralNorm` on ``module.<name>`` (a ``torch.nn.utils.parametrize``
-    parametrisation: the raw weight becomes ``parametrizations.<name>.original``)."""
-    parametrize.register_parametrization(module, name, SpectralNorm(getattr(module, name)))
-    return module
-
-
-class ImageAdapter:
-    """Converts images of the physics to the real channels networks see, and back.
-
-    ==========================  =========================  ==============================
-    image (physics side)        network side               when
-    ==========================  =========================  ==============================
-    complex ``(B, *spatial)``   real ``(B, 2, *spatial)``  MRI, ptychography
-    real ``(B, *spatial)``      real ``(B, 1, *spatial)``  CT, grey-scale deblurring
-    real ``(B, C, *spatial)``   real ``(B, C, *spatial)``  colour deblurring (``C`` given)
-    ==========================  =========================  ==============================
-
-    Parameters
-    ----------
-    complex:
-        Whether the physics' images are complex.
-    dims:
-        Number of spatial dimensions (2, or 3 for volumes and 2D+time).
-    color_channels:
-        For real images with a channel axis after the batch (RGB deblurring), their number;
-        ``None`` for images without one.
-    """
-
-    def __init__(self, complex: bool = True, dims: int = 2, color_channels: int | None = None):
-        self.complex = bool(complex)
-        self.dims = _check_dims(dims)
-        if complex and color_channels is not None:
-            raise ValueError(
-                "color_channels is for real multi-channel images (colour deblurring); complex "
-                f"images become 2 channels (real, imaginary) by themselves, got color_channels="
-                f"{color_channels!r} with complex=True"
-            )
-        if color_channels is not None and color_channels < 1:
-            raise ValueError(f"color_channels must be a positive integer, got {color_channels!r}")
-        self.color_channels = color_channels
-
-    @property
-    def channels(self) -> int:
-        """Number of real channels the networks see."""
-        if self.complex:
-            return 2
-        return 1 if self.color_channels is None else self.color_channels
-
-    @property
-    def image_ndim(self) -> int:
-        """Number of non-batch dimensions of a physics-side image."""
-        return self.dims + (1 if self.color_channels is not None else 0)
-
-    def check(self, x: Tensor, name: str = "x") -> None:
-        """Raise a clear error when ``x`` is not an image this adapter converts."""
-        if not isinstance(x, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-        if self.complex and not x.is_complex():
-            raise TypeError(
-                f"{name} must be a complex tensor (this model reconstructs complex images), got "
-                f"dtype {x.dtype}: pass complex64 images, e.g. physics.adjoint(y)"
-            )
-        if not self.complex and x.is_complex():
-            raise TypeError(
-                f"{name} must be a real tensor (this model reconstructs real images), got dtype "
-                f"{x.dtype}"
-            )
-        expected = 1 + self.image_ndim
-        if x.ndim != expected:
-            layout = "(batch, " + ("C, " if self.color_channels is not None else "")
-            layout += ", ".join(("D", "H", "W")[-self.dims :]) + ")"
-            raise ValueError(
-                f"{name} must have shape {layout} ({expected} dimensions), got shape "
-                f"{tuple(x.shape)}"
-            )
-
-    def to_net(self, x: Tensor) -> Tensor:
-        """Physics-side image -> real channels ``(B, channels, *spatial)``."""
-        if self.complex:
-            return torch.view_as_real(x).movedim(-1, 1)
-        if self.color_channels is None:
-            return x.unsqueeze(1)
-        return x
-
-    def from_net(self, h: Tensor) -> Tensor:
-        """Real channels ``(B, channels, *spatial)`` -> physics-side image."""
-        if self.complex:
-            return torch.view_as_complex(h.movedim(1, -1).contiguous())
-        if self.color_channels is None:
-            return h.squeeze(1)
-        return h
+_spectral_norm = spectral_norm  # DnCNN's argument of the same name shadows it
 
 
 class ResidualCNN(nn.Module):
@@ -242,11 +49,9 @@ class ResidualCNN(nn.Module):
 
     def __init__(self, channels: int, features: int = 64, layers: int = 5, dims: int = 2):
         super().__init__()
-        _check_dims(dims)
-        if layers < 2:
-            raise ValueError(
-                f"layers must be at least 2 (input and output convolution), got {layers}"
-            )
+        check_dims(dims)
+        positive_int("features", features)
+        int_at_least("layers", layers, 2, " (input and output convolution)")
         mods: list[nn.Module] = [conv_nd(dims, channels, features, 3, padding=1)]
         for _ in range(layers - 2):
             mods += [nn.ReLU(), conv_nd(dims, features, features, 3, padding=1)]
@@ -288,7 +93,7 @@ class ResBlockProx(nn.Module):
 
     def __init__(self, channels: int, features: int = 64, blocks: int = 2, dims: int = 2):
         super().__init__()
-        _check_dims(dims)
+        check_dims(dims)
         self.inp = conv_nd(dims, channels, features, 3, padding=1)
         self.blocks = nn.Sequential(*(_ResBlock(features, dims) for _ in range(blocks)))
         self.out = conv_nd(dims, features, channels, 3, padding=1)
@@ -329,8 +134,9 @@ class DnCNN(nn.Module):
         spectral_norm: bool = False,
     ):
         super().__init__()
-        _check_dims(dims)
-        if depth < 2:
+        check_dims(dims)
+        positive_int("features", features)
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 2:
             raise ValueError(f"depth must be at least 2, got {depth}")
 
         def conv(cin: int, cout: int, bias: bool) -> nn.Module:
@@ -419,18 +225,17 @@ class LUSERProx(nn.Module):
         negative_slope: float = 0.1,
     ):
         super().__init__()
-        _check_dims(dims)
+        check_dims(dims)
+        positive_int("features", features)
+        positive_int("groups", groups)
         if features % groups:
             raise ValueError(
                 f"features ({features}) must be divisible by groups ({groups}): GroupNorm splits "
                 "the channels into equal groups"
             )
-        if (
-            isinstance(data_gain, bool)
-            or not isinstance(data_gain, (int, float))
-            or not (0 < data_gain < float("inf"))
-        ):
-            raise ValueError(f"data_gain must be a positive finite number, got {data_gain!r}")
+        finite_number(
+            "data_gain", data_gain, low=0, low_open=True, expected="a positive finite number"
+        )
 
         def sn(cin: int, cout: int) -> nn.Module:
             return _spectral_norm(conv_nd(dims, cin, cout, 3, padding=1))
@@ -478,7 +283,7 @@ class ConvGRUCell(nn.Module):
 
     def __init__(self, in_channels: int, hidden: int, dims: int = 2):
         super().__init__()
-        _check_dims(dims)
+        check_dims(dims)
         self.hidden = hidden
         self.gates = conv_nd(dims, in_channels + hidden, 2 * hidden, 3, padding=1)
         self.candidate = conv_nd(dims, in_channels + hidden, hidden, 3, padding=1)
@@ -487,11 +292,3 @@ class ConvGRUCell(nn.Module):
         r, z = torch.sigmoid(self.gates(torch.cat([x, h], dim=1))).chunk(2, dim=1)
         c = torch.tanh(self.candidate(torch.cat([x, r * h], dim=1)))
         return (1 - z) * h + z * c
-
-
-_spectral_norm = spectral_norm  # DnCNN's argument of the same name shadows it
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Trainable parameters of ``model``, each shared tensor counted once."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)

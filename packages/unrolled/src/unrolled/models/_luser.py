@@ -44,25 +44,22 @@ CT / MRI / deblurring, DW  751,625 /   751,632 /  +7: one step size per stage (t
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 import fixedpoint
-import physops
 
-from ._base import StageContext, UnrolledModel
+from .._base import StageContext
+from .._strategy import Strategy
+from .._validate import finite_number, positive_int
+from ..nn import GradientStep, ImageAdapter, LUSERProx
 from ._equilibrium import EquilibriumSolver, EquilibriumStage, as_solver, equilibrium
-from ._layers import GradientStep
-from ._nets import ImageAdapter, LUSERProx
-from ._strategy import Strategy
+from ._equilibrium_model import EquilibriumModel
 
-__all__ = ["LUSER", "LUSERStage", "calibrate_steps"]
-
-INITS = ("adjoint", "measurements")
+__all__ = ["LUSER", "LUSERStage"]
 
 
 class LUSERStage(EquilibriumStage):
@@ -110,53 +107,7 @@ class LUSERStage(EquilibriumStage):
         return d + r
 
 
-def _inverse_softplus(value: float) -> float:
-    return value + math.log(-math.expm1(-value))
-
-
-@torch.no_grad()
-def calibrate_steps(
-    steps: list[GradientStep],
-    physics: physops.LinearOperator,
-    x_like: Tensor,
-    fraction: float = 1.0,
-    iterations: int = 30,
-) -> float:
-    r"""Set every step size to ``fraction / L`` with :math:`L = \lambda_{\max}(A^H A)` estimated
-    by :func:`physops.power_iteration` (the largest over the batch); returns ``L``."""
-    if not (isinstance(fraction, (int, float)) and 0 < fraction < 2):
-        raise ValueError(
-            f"fraction must be in (0, 2) (a gradient step alpha = fraction / L converges for "
-            f"alpha L < 2), got {fraction!r}"
-        )
-    lip = float(
-        torch.as_tensor(physops.power_iteration(physics, x_like, iterations=iterations)).max()
-    )
-    if not lip > 0:
-        raise ValueError(f"the power iteration gave lambda_max(A^H A) = {lip:g}; expected > 0")
-    for g in steps:
-        g.raw_step.fill_(_inverse_softplus(fraction / lip))
-    return lip
-
-
-class _InitFromMeasurements(UnrolledModel):
-    """LUSER's and DEQ's ``init="measurements"``: start from ``y`` itself (deblurring, where the
-    measurements are images), checked to be images of the model's shape."""
-
-    init: str
-
-    def initial_state(self, y: Tensor, physics: nn.Module, x0: Tensor | None) -> Any:
-        if x0 is None and self.init == "measurements":
-            return self.adapter.to_net(y)
-        return super().initial_state(y, physics, x0)
-
-    def check_inputs(self, y: Tensor, physics: object, x0: Tensor | None) -> None:
-        super().check_inputs(y, physics, x0)
-        if x0 is None and self.init == "measurements":
-            _check_measurements_are_images(self.adapter, y, physics)
-
-
-class LUSER(_InitFromMeasurements):
+class LUSER(EquilibriumModel):
     r"""Loop unrolled shallow equilibrium regulariser (Guan et al.; see the module docstring).
 
     Parameters
@@ -227,17 +178,10 @@ class LUSER(_InitFromMeasurements):
         color_channels: int | None = None,
         negative_slope: float = 0.1,
     ):
-        super().__init__(ImageAdapter(complex, dims, color_channels))
-        if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-            raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
-        if init not in INITS:
-            raise ValueError(
-                f"init must be 'adjoint' (x0 = A^H y: MRI, CT) or 'measurements' (x0 = y: "
-                f"deblurring), got {init!r}"
-            )
+        super().__init__(ImageAdapter(complex, dims, color_channels), init)
+        positive_int("iterations", iterations)
         self.iterations = iterations
         self.share_weights = bool(share_weights)
-        self.init = init
         self.aux_loss_weight = aux_loss_weight
         chosen = as_solver(solver)
         channels = self.adapter.channels
@@ -262,58 +206,12 @@ class LUSER(_InitFromMeasurements):
 
     @aux_loss_weight.setter
     def aux_loss_weight(self, value: float) -> None:
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not (0 <= value < math.inf)
-        ):
-            raise ValueError(
-                f"aux_loss_weight must be a finite number >= 0 (0 turns the auxiliary loss "
-                f"off), got {value!r}"
-            )
-        self._aux_loss_weight = float(value)
-
-    @property
-    def solver(self) -> EquilibriumSolver:
-        """The equilibrium settings of every stage (assign a new one to change them all)."""
-        return self._luser_stages()[0].solver
-
-    @solver.setter
-    def solver(self, value: EquilibriumSolver | dict[str, Any] | None) -> None:
-        chosen = as_solver(value)
-        for stage in self._luser_stages():
-            stage.solver = chosen
-
-    def gradient_steps(self) -> list[GradientStep]:
-        """The gradient-step layers (one per distinct stage)."""
-        seen: dict[int, GradientStep] = {}
-        for stage in self._luser_stages():
-            seen.setdefault(id(stage.step), stage.step)
-        return list(seen.values())
-
-    def calibrate_steps(
-        self,
-        physics: physops.LinearOperator,
-        x_like: Tensor,
-        fraction: float = 1.0,
-        iterations: int = 30,
-    ) -> float:
-        r"""Set every :math:`\lambda_k` to ``fraction / L``, :math:`L = \lambda_{\max}(A^H A)` by
-        power iteration on ``x_like`` (an image of the physics); returns ``L``. For CT, whose
-        :math:`\|A^H A\|` grows with the image size and the number of angles."""
-        return calibrate_steps(self.gradient_steps(), physics, x_like, fraction, iterations)
-
-    def equilibrium_diagnostics(self) -> list[fixedpoint.ImplicitDiagnostics | None]:
-        """Per stage, the diagnostics of its last solve (``None`` before the first call).
-
-        Each is a :class:`fixedpoint.ImplicitDiagnostics`: ``forward.iterations``,
-        ``forward.residuals`` and ``forward.converged`` per sample, and in ``"implicit"`` mode
-        ``backward`` (the same for the backward solve) once ``loss.backward()`` ran.
-        """
-        return [stage.diagnostics for stage in self._luser_stages()]
-
-    def _luser_stages(self) -> list[LUSERStage]:
-        return [cast(LUSERStage, stage) for stage in self.stages]
+        self._aux_loss_weight = finite_number(
+            "aux_loss_weight",
+            value,
+            low=0,
+            expected="a finite number >= 0 (0 turns the auxiliary loss off)",
+        )
 
     # ------------------------------------------------------------------ base hooks
     def strategy_problem(self, strategy: Strategy) -> str | None:
@@ -334,23 +232,3 @@ class LUSER(_InitFromMeasurements):
                 return super().strategy_problem(replace(strategy, inner="backprop"))
             return None
         return super().strategy_problem(strategy)
-
-
-def _check_measurements_are_images(adapter: ImageAdapter, y: Tensor, physics: object) -> None:
-    """``init='measurements'`` starts from ``y``: it must be an image of the physics."""
-    hint = (
-        "init='measurements' starts from y itself (deblurring), so y must be an image; use "
-        "init='adjoint' (x0 = A^H y) for physics whose measurements are not images (MRI, CT), "
-        "or pass x0"
-    )
-    try:
-        adapter.check(y, "y")
-    except (TypeError, ValueError) as err:
-        raise type(err)(f"{err}; {hint}") from None
-    in_shape = getattr(physics, "in_shape", None)
-    out_shape = getattr(physics, "out_shape", None)
-    if in_shape is not None and out_shape is not None and tuple(in_shape) != tuple(out_shape):
-        raise ValueError(
-            f"{type(physics).__name__} maps images of shape {tuple(in_shape)} to measurements of "
-            f"shape {tuple(out_shape)}; {hint}"
-        )
