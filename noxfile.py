@@ -1,8 +1,9 @@
 """Sessions for the memroll monorepo.
 
 ``python3 -m nox`` runs every default session: one test session per package (the package installed
-alone, with only the siblings its pyproject names), ``integration``, ``lint`` and ``typecheck``.
-``demo`` and ``bench`` are slow and run only when named: ``python3 -m nox -s demo``.
+alone, with only the siblings its pyproject names: the five libraries and the ``memroll``
+application), ``integration``, ``lint`` and ``typecheck``. ``demo`` (``memroll demo``) and
+``bench`` are slow and run only when named: ``python3 -m nox -s demo``.
 
 Torch: every session installs ``torch==2.13.0`` first (the CPU wheel this project's machines carry
 on disk) and then pins the installed version as a constraint for every later install, so no
@@ -134,17 +135,21 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def demo(session: nox.Session) -> None:
-    """The main job: train a small MoDL with every memory strategy and compare them."""
+    """The main job: train a small MoDL with every memory strategy and compare them.
+
+    ``memroll demo`` of the application (packages/memroll) with every library installed.
+    """
     _install_packages(session, PACKAGES, groups=("demo",))
-    if "unrolled" in PACKAGE_DIRS:
-        session.run("memroll", "demo", *session.posargs)
-    else:  # until the models land, show the physics package at work
-        session.run("python", str(PACKAGE_DIRS["physops"] / "examples" / "quickstart.py"))
+    session.run("memroll", "demo", *session.posargs)
 
 
 @nox.session(default=False)
 def bench(session: nox.Session) -> None:
-    """Benchmarks of every package (slow; writes Markdown reports and plots)."""
+    """Benchmarks of every package (slow; writes Markdown reports and plots).
+
+    Each package's ``benchmarks/run.py``: the base packages' own benchmarks, and ``memroll
+    bench`` (packages/memroll/benchmarks/run.py), the papers' tables with the unrolled models.
+    """
     _install_packages(session, PACKAGES, groups=("bench",))
     env = {"MALLOC_MMAP_THRESHOLD_": "65536"}
     for name, folder in PACKAGE_DIRS.items():

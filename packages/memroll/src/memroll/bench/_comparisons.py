@@ -238,7 +238,7 @@ def table5(jobs: Sequence[JobRecord], cfg: dict[str, Any], out: Path) -> list[st
                 f"here: {short(r['torchvision_note'], 400)}. PyPI's torchvision wheels are built "
                 "against the CUDA build of torch; this machine has the CPU-only torch wheel. The "
                 "deepinv worker therefore answered torchvision imports with inert placeholder "
-                "modules that raise if anything calls them (unrolled._bench_peers): deepinv's "
+                "modules that raise if anything calls them (memroll.bench._peers): deepinv's "
                 "MoDL, DnCNN, MultiCoilMRI and CG ran without calling torchvision, so the figures "
                 "above are deepinv's own code, measured here."
             )

@@ -48,7 +48,7 @@ class _Missing(type):
     def __call__(cls, *args: Any, **kwargs: Any) -> Any:
         raise TorchvisionUnavailable(
             f"{cls.__qualname__} was called, but torchvision could not be imported here and is "
-            "only a placeholder (see unrolled._bench_peers)"
+            "only a placeholder (see memroll.bench._peers)"
         )
 
 
