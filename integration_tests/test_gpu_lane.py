@@ -11,7 +11,14 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMAND = "PYTHONPATH=$(ls -d packages/*/src | paste -sd:) python3 -m pytest -m gpu packages integration_tests"
+COMMAND = (
+    "PYTHONPATH=$(ls -d packages/*/src | paste -sd:) python3 -m pytest -m gpu packages "
+    "integration_tests"
+)
+
+
+PYTEST = [sys.executable, "-m", "pytest"]
+LANE = ["-m", "gpu", "packages", "integration_tests"]
 
 
 def test_the_script_runs_the_readme_command():
@@ -31,8 +38,7 @@ def test_the_gpu_lane_collects_on_cpu():
     sources = os.pathsep.join(str(p) for p in sorted(ROOT.glob("packages/*/src")))
     env = {**os.environ, "PYTHONPATH": sources}
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"]
-        + ["-m", "gpu", "packages", "integration_tests"],
+        [*PYTEST, "--collect-only", "-q", "-p", "no:cacheprovider", *LANE],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -45,4 +51,5 @@ def test_the_gpu_lane_collects_on_cpu():
     assert not re.search(r"\berrors?\b", output.splitlines()[-1]), output[-4000:]
     assert "ERROR" not in output, output[-4000:]
     selected = re.search(r"(\d+)/\d+ tests collected", output.splitlines()[-1])
-    assert selected is not None and int(selected.group(1)) > 0, output[-2000:]
+    assert selected is not None, output[-2000:]
+    assert int(selected.group(1)) > 0, output[-2000:]

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from memroll_test_configs import TINY_RUN
 from torch import Tensor
 
 import physops
@@ -21,20 +22,9 @@ from memroll.cli import main
 
 h5py = pytest.importorskip("h5py")
 
-CONFIG = """
-name = "tiny"
-
-[task]
-name = "multicoil_mri"
-image_size = 16
-num_coils = 4
-
-[model]
-name = "MoDL"
-iterations = 2
-features = 4
-cg_max_iter = 5
-
+CONFIG = (
+    TINY_RUN
+    + """
 [train]
 steps = 3
 batch_size = 2
@@ -46,6 +36,7 @@ progress = false
 samples = 3
 figure_samples = 1
 """
+)
 
 
 @pytest.fixture

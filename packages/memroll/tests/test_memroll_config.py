@@ -8,24 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from memroll_test_configs import TINY_RUN
 
 import unrolled
 from memroll import config as _config
 
-TINY = """
-name = "tiny"
-
-[task]
-name = "multicoil_mri"
-image_size = 16
-num_coils = 4
-
-[model]
-name = "MoDL"
-iterations = 2
-features = 4
-cg_max_iter = 5
-
+TINY = (
+    TINY_RUN
+    + """
 [strategy]
 name = "backprop"
 
@@ -36,6 +26,7 @@ modules = 2
 steps = 3
 batch_size = 2
 """
+)
 
 
 def _write(tmp_path: Path, text: str = TINY, name: str = "c.toml") -> Path:

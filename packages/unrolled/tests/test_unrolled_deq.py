@@ -8,7 +8,8 @@ import torch
 
 import physops
 import unrolled
-from conftest import make_sense
+from conftest import make_sense, strategy_grads
+from conftest import rel_error as _rel
 
 # a DnCNN of 3 convolutions and 8 features: the architecture at a size the tests can afford
 SMALL = {"features": 8, "depth": 3}
@@ -16,16 +17,8 @@ SMALL = {"features": 8, "depth": 3}
 LOOSE = {"max_iter": 5, "on_failure": "ignore"}
 
 
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm())
-
-
 def _grads(model, y, A, target, strategy, **options):
-    model.set_strategy(strategy, **options)
-    model.zero_grad()
-    out = model(y, A)
-    (out - target).abs().square().sum().backward()
-    return torch.cat([p.grad.flatten() for p in model.parameters()]), out.detach()
+    return strategy_grads(model, y, A, target, strategy, **options)
 
 
 def _denoising(size=12, batch=2):

@@ -11,6 +11,7 @@ import torch
 
 import physops
 import unrolled
+from conftest import rel_error as _rel
 
 # MEL's setting in miniature: 9 LEDs (5 bright field), 16 px objects, 4 px camera images
 TASK = {"image_size": 16, "leds_per_side": 3}
@@ -36,10 +37,6 @@ def _grads(model, batch, strategy, **options):
     params = [p for n, p in model.named_parameters() if not n.startswith("illumination")]
     design = model.illumination.design_raw.grad
     return torch.cat([*(p.grad.flatten() for p in params if p.grad is not None)]), design.clone()
-
-
-def _rel(a, b):
-    return float((a - b).norm() / b.norm())
 
 
 # ------------------------------------------------------------------------------------------------

@@ -12,26 +12,9 @@ import greedytrain
 import physops
 import revlayers
 import unrolled
-from conftest import make_sense
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: intra-op threads only add overhead, and on a loaded 2-core machine
-    their spin-waiting made the suite up to 100x slower (measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _fourier(batch: int = 2, size: int = 16, dtype=torch.complex64, seed: int = 0):
-    """Single-coil Cartesian MRI (the i-RIM paper's setting): y = M F x."""
-    g = torch.Generator().manual_seed(seed)
-    mask = (torch.rand(size, size, generator=g) < 0.4).to(torch.empty((), dtype=dtype).real.dtype)
-    A = physops.FourierSampling(mask)
-    x = torch.randn(batch, size, size, dtype=dtype, generator=g)
-    return A, x, A(x)
+from conftest import make_fourier as _fourier
+from conftest import make_sense, strategy_grads
+from conftest import rel_error as _rel
 
 
 def _sense3d(dtype=torch.complex64, seed: int = 1):
@@ -54,15 +37,7 @@ def _irim(**kwargs) -> unrolled.IRIM:
 
 
 def _grads(model, y, A, x, strategy, **options):
-    model.set_strategy(strategy, **options)
-    model.zero_grad()
-    loss = (model(y, A) - x).abs().square().sum()
-    loss.backward()
-    return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
-
-
-def _rel(a, b):
-    return float((a - b).norm() / b.norm())
+    return strategy_grads(model, y, A, x, strategy, **options)[0]
 
 
 # ----------------------------------------------------------------------------- forward

@@ -11,24 +11,14 @@ import torch
 import fixedpoint
 import physops
 import unrolled
-from conftest import make_sense
+from conftest import make_sense, strategy_grads
+from conftest import rel_error as _rel
 from unrolled.models._equilibrium import unrolled_solve
 
 SMALL = {"features": 8, "groups": 2}
 
 
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm())
-
-
-def _grads(model, y, A, target, strategy="backprop", x0=None, **options):
-    model.set_strategy(strategy, **options)
-    model.zero_grad()
-    out = model(y, A, x0)
-    loss = (out - target).abs().square().sum()
-    loss.backward()
-    grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
-    return grads, out.detach()
+_grads = strategy_grads
 
 
 def _single_coil(size=16, batch=2, dtype=torch.complex64, seed=0):

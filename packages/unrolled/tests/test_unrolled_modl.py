@@ -6,19 +6,12 @@ import pytest
 import torch
 
 import unrolled
-from conftest import make_sense
+from conftest import make_sense, strategy_grads
+from conftest import rel_error as _rel
 
 
 def _grads(model, y, A, x, strategy, **options):
-    model.set_strategy(strategy, **options)
-    model.zero_grad()
-    loss = (model(y, A) - x).abs().square().sum()
-    loss.backward()
-    return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
-
-
-def _rel(a, b):
-    return float((a - b).norm() / b.norm())
+    return strategy_grads(model, y, A, x, strategy, **options)[0]
 
 
 @pytest.mark.parametrize("prior", ["resnet", "coupling", "iresnet"])

@@ -7,27 +7,9 @@ import torch
 
 import physops
 import unrolled
+from conftest import make_fourier as _fourier
 from conftest import make_sense
 from unrolled.models._rim import data_gradient
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: intra-op threads only add overhead, and on a loaded 2-core machine
-    their spin-waiting made the suite up to 100x slower (measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _fourier(batch: int = 2, size: int = 16, dtype=torch.complex64, seed: int = 0):
-    """Single-coil Cartesian MRI (the i-RIM paper's setting): y = M F x."""
-    g = torch.Generator().manual_seed(seed)
-    mask = (torch.rand(size, size, generator=g) < 0.4).to(torch.empty((), dtype=dtype).real.dtype)
-    A = physops.FourierSampling(mask)
-    x = torch.randn(batch, size, size, dtype=dtype, generator=g)
-    return A, x, A(x)
 
 
 def _rim(**kwargs) -> unrolled.RIM:

@@ -1,5 +1,6 @@
-"""memroll: the application that trains physics-based unrolled networks with memory-saving
-strategies.
+"""memroll.
+
+The application that trains physics-based unrolled networks with memory-saving strategies.
 
 The ``memroll`` command (also ``python -m memroll``): ``train``, ``eval``, ``recon``, ``configs``,
 ``demo`` and ``bench`` (:mod:`memroll.cli`). Its parts, usable from Python:

@@ -1,4 +1,4 @@
-"""Every PNG figure of the application: ``memroll eval``, ``memroll demo`` and ``memroll bench``.
+r"""Every PNG figure of the application: ``memroll eval``, ``memroll demo`` and ``memroll bench``.
 
 The only module of memroll that imports matplotlib (inside the functions that draw, so importing
 this module does not load it).
@@ -12,7 +12,7 @@ function                    figure
 ==========================  ======================================================================
 :func:`comparison_figure`   one sample: the reference and every method side by side (magnitude,
                             one grey scale), and below each method its error map
-                            :math:`\\big||\\hat x| - |x|\\big|` (one colour scale for all)
+                            :math:`\big||\hat x| - |x|\big|` (one colour scale for all)
 :func:`loss_curves`         training loss against step, one line per method (log scale)
 :func:`memory_bars`         peak training memory per method, with the ratio to the first
 :func:`stage_psnr`          PSNR after every stage or module (GLEAM Fig. 9)
@@ -67,7 +67,7 @@ def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
 
 
 def display_image(x: Tensor | np.ndarray, color: bool = False) -> np.ndarray:
-    """A 2D float array to show for one sample's image.
+    """Return a 2D float array to show for one sample's image.
 
     Complex images show their magnitude; a volume ``(D, H, W)`` its middle slice; with
     ``color=True`` an image ``(C, H, W)`` its channel mean (grey); a 2D image itself.
@@ -102,10 +102,10 @@ def comparison_figure(
     title: str = "",
     error_gain: float | None = None,
 ) -> Path:
-    """The reference and each method side by side, with each method's error map below it.
+    r"""Return the reference and each method side by side, with each method's error map below it.
 
     Every image uses the grey scale ``[0, max |reference|]``. The error maps of the magnitudes
-    :math:`\\big||\\hat x| - |x|\\big|` (the images the metrics score) share one colour scale,
+    :math:`\big||\hat x| - |x|\big|` (the images the metrics score) share one colour scale,
     ``[0, max |reference| / gain]``; ``error_gain`` (default: the gain that puts the median over
     the methods of each error map's 99th percentile at the top of the scale, rounded down to 1,
     2 or 5 times a power of ten, so that a much worse method saturates rather than darkening
@@ -153,7 +153,7 @@ def comparison_figure(
 
 
 def _nice(value: float) -> float:
-    """The largest of 1, 2, 5 times a power of ten that is at most ``value`` (at least 1)."""
+    """Return the largest of 1, 2, 5 times a power of ten that is at most ``value`` (at least 1)."""
     if value <= 1:
         return 1.0
     exponent = math.floor(math.log10(value))
@@ -170,9 +170,21 @@ def loss_curves(
     ylabel: str = "training loss",
     title: str = "",
 ) -> Path:
-    """Training loss against step, one line per method (log scale when every loss is > 0)."""
+    """Draw the training loss against step, one line per method.
+
+    The scale is logarithmic when every loss is > 0.
+    """
     fig = _figure(6.0, 3.6)
     ax = fig.subplots()
+    _draw_curves(ax, curves, ylabel)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+def _draw_curves(
+    ax: Any, curves: Mapping[str, tuple[Sequence[int], Sequence[float]]], ylabel: str
+) -> None:
     positive = True
     for label, (steps, losses) in curves.items():
         ax.plot(list(steps), list(losses), label=label, linewidth=1.2)
@@ -184,9 +196,6 @@ def loss_curves(
     ax.grid(True, alpha=0.3)
     if curves:
         ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title, fontsize=9)
-    return _save(fig, path)
 
 
 def memory_bars(
@@ -228,8 +237,10 @@ def stage_psnr(
     title: str = "",
     references: Mapping[str, float] | None = None,
 ) -> Path:
-    """PSNR (dB) after every stage or module, one line per method (GLEAM Fig. 9), with
-    optional horizontal reference lines (``{"CS": 40.5}``)."""
+    """PSNR (dB) after every stage or module, one line per method (GLEAM Fig.
+
+    9), with optional horizontal reference lines (``{"CS": 40.5}``).
+    """
     fig = _figure(5.6, 3.6)
     ax = fig.subplots()
     for label, values in series.items():
@@ -256,20 +267,18 @@ def bars_and_curves(
     *,
     title: str = "",
 ) -> Path:
-    """One bar panel per ``(ylabel, values, colour)`` of ``bars`` over ``names``, then the
-    ``curves`` (a value per step, log scale) in a last panel."""
+    """Draw bar panels, then a panel of curves.
+
+    One bar panel per ``(ylabel, values, colour)`` of ``bars`` over ``names``, then the
+    ``curves`` (a value per step, log scale when all are positive) in a last panel.
+    """
     fig = _figure(13.0, 3.6)
     axes = fig.subplots(1, len(bars) + 1)
     for ax, (ylabel, values, color) in zip(axes, bars):
         ax.bar(list(names), list(values), color=color)
         ax.set_ylabel(ylabel)
-    last = axes[-1]
-    for label, values in curves.items():
-        last.plot(range(1, len(values) + 1), list(values), label=label)
-    last.set_xlabel("step")
-    last.set_ylabel("training loss")
-    last.set_yscale("log")
-    last.legend()
+    steps = {label: (range(1, len(v) + 1), v) for label, v in curves.items()}
+    _draw_curves(axes[-1], steps, "training loss")
     if title:
         fig.suptitle(title)
     return _save(fig, path)
@@ -345,8 +354,11 @@ def grouped_bars(
     xlabel: str,
     title: str = "",
 ) -> Path:
-    """Per panel ``(ylabel, {method: one value per group})``, the methods' bars side by side in
-    every group (a missing value draws no bar)."""
+    """Draw panels of bars grouped by a setting.
+
+    Per panel ``(ylabel, {method: one value per group})``, the methods' bars side by side in
+    every group (a missing value draws no bar).
+    """
     fig = _figure(11.0, 3.8)
     axes = fig.subplots(1, len(panels))
     for ax, (ylabel, series) in zip(axes, panels):

@@ -121,8 +121,9 @@ def train_config(
 def _warm_up(
     model: nn.Module, train_data: unrolled.TaskDataset, val_data: unrolled.TaskDataset
 ) -> None:
-    """Do once, before the measured training loop, what would otherwise happen inside it for
-    the first time, so that the peak training memory the run records is the training's own.
+    """Do once what the measured training loop would otherwise do first.
+
+    So the peak training memory the run records is the training's own.
 
     On a CPU the peak RSS also counts one-time costs: scikit-image loads its metric modules
     lazily on the first PSNR (about 50 MB), each split builds its shared data on its first item,
@@ -130,7 +131,8 @@ def _warm_up(
     depending on the installation). This runs the metrics, reads an item of each split, and
     runs one forward and backward pass of the model on one training sample, then restores the
     model's state and drops its gradients: the training that follows is unchanged (it seeds its
-    random numbers itself, or restores them when it resumes)."""
+    random numbers itself, or restores them when it resumes).
+    """
     sample = val_data.batch([0])
     for metric in (unrolled.psnr, unrolled.ssim, unrolled.nrmse):
         metric(0.5 * sample.target, sample.target)
@@ -181,7 +183,7 @@ def _check_resumable(saved: RunConfig, new: RunConfig) -> None:
 
 
 def with_fastmri(overrides: list[str], fastmri: str | None, config: RunConfig | None) -> list[str]:
-    """``overrides`` plus ``task.root=FASTMRI`` (``--fastmri``), checked against the task."""
+    """Return ``overrides`` plus ``task.root=FASTMRI`` (``--fastmri``), checked against the task."""
     if fastmri is None:
         return overrides
     if config is not None and config.task.name not in MRI_TASKS:
@@ -198,7 +200,7 @@ def with_fastmri(overrides: list[str], fastmri: str | None, config: RunConfig | 
 def resume_config(
     run: Path, overrides: list[str], fastmri: str | None, strategy: str | None
 ) -> RunConfig:
-    """The configuration a resumed run continues with (``memroll train --resume``).
+    """Return the configuration a resumed run continues with (``memroll train --resume``).
 
     Raises :class:`CommandError` when ``run`` is no run folder with a checkpoint, when an option
     that must not change did (the model, the data, the strategy), or when ``train.steps`` is below
@@ -234,8 +236,11 @@ def resume_config(
 # eval
 # ------------------------------------------------------------------------------------------------
 class InputBaseline(nn.Module):
-    """The reconstruction without a model: ``x0`` when the task gives one (deblurring: the
-    blurry image), else the adjoint ``A^H y`` (MRI: the zero-filled image)."""
+    """The reconstruction without a model.
+
+    ``x0`` when the task gives one (deblurring: the blurry image), else the adjoint ``A^H y`` (MRI:
+    the zero-filled image).
+    """
 
     def forward(self, y: Tensor, physics: nn.Module, x0: Tensor | None = None) -> Tensor:
         """``x0`` if given, else ``physics.adjoint(y)``."""
@@ -249,7 +254,7 @@ def _input_label(task: str) -> str:
 def load_run_config(
     run: Path, overrides: Sequence[str] = (), fastmri: str | None = None
 ) -> RunConfig:
-    """The configuration of the run folder ``run`` (with ``--set`` and ``--fastmri``)."""
+    """Return the configuration of the run folder ``run`` (with ``--set`` and ``--fastmri``)."""
     if not (run / CONFIG_FILE).is_file():
         raise CommandError(
             f"{str(run)!r} is not a run folder of memroll train (no {CONFIG_FILE} there)"
@@ -270,7 +275,7 @@ def _weights_file(run: Path, weights: str) -> Path:
 def _baselines(
     config: RunConfig, data: unrolled.TaskDataset, kwargs: dict[str, Any]
 ) -> dict[str, unrolled.MetricsTable]:
-    """The input (zero-filled) baseline, and CS when the config asks for it."""
+    """Score the input (zero-filled) baseline, and CS when the config asks for it."""
     baselines: dict[str, unrolled.MetricsTable] = {}
     probe = data.batch([0])
     if callable(getattr(probe.physics, "adjoint", None)):
@@ -311,7 +316,7 @@ def evaluate_run(
     source = _weights_file(run, weights or config.eval.weights)
     info = unrolled.load_model(model, source)
     model.to(device)
-    kwargs = {"batch_size": config.eval.batch_size, "device": device}
+    kwargs: dict[str, Any] = {"batch_size": config.eval.batch_size, "device": device}
     kwargs["max_samples"] = config.eval.samples
     table = unrolled.evaluate(model, data, **kwargs)
     baselines = _baselines(config, data, kwargs)
@@ -354,8 +359,11 @@ def _figures(
     *,
     with_input: bool,
 ) -> list[str]:
-    """``recon_<split>[_i].png``: reference, input and reconstruction of the first samples
-    (``title`` is formatted with the sample index ``i``)."""
+    """``recon_<split>[_i].png``.
+
+    Reference, input and reconstruction of the first samples (``title`` is formatted with the sample
+    index ``i``).
+    """
     count = min(config.eval.figure_samples, len(table))
     batch = data.batch(list(range(count))).to(device)
     model.eval()
@@ -420,7 +428,7 @@ def _print_report(
 def _recon_data(
     config: RunConfig, src: Path, out: Path, image_size: int | None
 ) -> unrolled.TaskDataset:
-    """The file read as the run's task reads fastMRI data (``out`` checked to be another file)."""
+    """Return the file read as the run's task reads fastMRI data (``out`` another file)."""
     if config.task.name not in MRI_TASKS:
         raise CommandError(
             f"memroll recon reads fastMRI files, which only the MRI tasks ({', '.join(MRI_TASKS)}) "

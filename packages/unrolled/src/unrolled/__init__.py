@@ -1,5 +1,7 @@
-"""Unrolled physics-based networks (MoDL, PGD, RIM, i-RIM, LUSER, DEQ, FPM) with memory-saving
-training strategies.
+"""Unrolled physics-based networks with memory-saving training strategies.
+
+MoDL, unrolled PGD, RIM, i-RIM, LUSER, DEQ and an FPM network, their data tasks and their
+training loop.
 
 Every model is called as ``x_hat = model(y, physics, x0=None)`` with a physops operator, and
 ``model.set_strategy(...)`` (or ``unrolled.train(..., strategy=...)``) chooses how it is

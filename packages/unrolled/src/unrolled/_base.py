@@ -45,7 +45,7 @@ class Stage(nn.Module):
         raise NotImplementedError
 
     def invertible_layers(self) -> list[InvertibleModule] | None:
-        """The stage as invertible layers ``layer(state, y, physics)``, or ``None``."""
+        """Return the stage as invertible layers ``layer(state, y, physics)``, or ``None``."""
         return None
 
     def set_equilibrium_backward(self, mode: str) -> None:
@@ -70,7 +70,7 @@ class PlainStage(Stage):
         return state
 
     def invertible_layers(self) -> list[InvertibleModule] | None:
-        """The layers when they are all invertible, else ``None``."""
+        """Return the layers when they are all invertible, else ``None``."""
         if all(isinstance(layer, InvertibleModule) for layer in self.layers):
             return list(self.layers)  # type: ignore[arg-type]
         return None
@@ -83,12 +83,12 @@ class InvertibleStage(PlainStage):
         super().__init__(layers)
 
     def invertible_layers(self) -> list[InvertibleModule]:
-        """The stage's layers."""
+        """Return the stage's layers."""
         return list(self.layers)  # type: ignore[arg-type]
 
 
 def make_stage(layers: Sequence[nn.Module]) -> PlainStage:
-    """An :class:`InvertibleStage` when every layer is invertible, else a :class:`PlainStage`."""
+    """Return an :class:`InvertibleStage` of invertible layers, else a :class:`PlainStage`."""
     if all(isinstance(layer, InvertibleModule) for layer in layers):
         return InvertibleStage(layers)  # type: ignore[arg-type]
     return PlainStage(layers)
@@ -136,12 +136,12 @@ class UnrolledModel(nn.Module):
                 )
 
     def initial_state(self, y: Tensor, physics: nn.Module, x0: Tensor | None) -> Any:
-        """The first state: ``x0`` if given, else the adjoint reconstruction ``A^H y``."""
+        """Return the first state: ``x0`` if given, else the adjoint reconstruction ``A^H y``."""
         image = physics.adjoint(y) if x0 is None else x0  # type: ignore[operator]
         return self.adapter.to_net(image)
 
     def readout(self, state: Any) -> Tensor:
-        """The image a state stands for."""
+        """Return the image a state stands for."""
         return self.adapter.from_net(state)
 
     def strategy_problem(self, strategy: Strategy) -> str | None:
@@ -219,7 +219,7 @@ class UnrolledModel(nn.Module):
         return self
 
     def unique_stages(self) -> list[Stage]:
-        """The stages, each shared stage once (models with shared weights repeat one stage)."""
+        """Return the stages, each once (a model with shared weights repeats one stage)."""
         seen: set[int] = set()
         out: list[Stage] = []
         for s in self.stages:
@@ -269,7 +269,7 @@ class UnrolledModel(nn.Module):
                 raise ValueError("x0 (the initial image) contains NaN or inf values")
 
     def prepare(self, y: Tensor, physics: nn.Module, x0: Tensor | None) -> tuple[Any, StageContext]:
-        """The checked inputs as the first state and the stages' context ``(y, physics)``.
+        """Return the checked inputs as the first state and the stages' context ``(y, physics)``.
 
         What :meth:`forward` does before it runs the stages, and what a training engine that
         runs the stages itself (GLEAM's greedy modules) starts from.
@@ -313,7 +313,7 @@ class UnrolledModel(nn.Module):
     def intermediates(
         self, y: Tensor, physics: nn.Module, x0: Tensor | None = None
     ) -> list[Tensor]:
-        """The read-out after every stage (for losses over all stages, and GLEAM's Fig. 9).
+        """Return the read-out after every stage (for losses over all stages, and GLEAM's Fig. 9).
 
         Runs the stages one by one (``"reversible"`` keeps no intermediate states, so it runs
         them as ``"backprop"`` would: use it for evaluation under ``torch.no_grad``).

@@ -32,7 +32,7 @@ class Batch:
     x0: Tensor | None = None
 
     def to(self, device: torch.device | str) -> Batch:
-        """The batch on ``device`` (the operator is moved in place, as ``nn.Module.to`` does)."""
+        """Return the batch on ``device`` (the operator moves in place, as ``Module.to`` does)."""
         return replace(
             self,
             y=self.y.to(device),

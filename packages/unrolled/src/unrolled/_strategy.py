@@ -88,7 +88,7 @@ class Strategy:
         return self.inner if self.name == "greedy" else self.name
 
     def describe(self) -> str:
-        """A short human-readable label (``"greedy(M=4, inner=reversible)"``)."""
+        """Return a short human-readable label (``"greedy(M=4, inner=reversible)"``)."""
         if self.name == "greedy":
             m = "N" if self.modules is None else str(self.modules)
             inner = "" if self.inner == "backprop" else f", inner={self.inner}"
@@ -103,7 +103,7 @@ class Strategy:
 
 
 def as_strategy(strategy: str | Strategy, **options: Any) -> Strategy:
-    """A :class:`Strategy` from a name and options, or an existing one with options replaced."""
+    """Return a :class:`Strategy` from a name and options, or a given one with options replaced."""
     if isinstance(strategy, Strategy):
         return replace(strategy, **options) if options else strategy
     if not isinstance(strategy, str):

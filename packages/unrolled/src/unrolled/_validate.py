@@ -119,7 +119,7 @@ def one_of(
 
 
 def unknown_name(kind: str, value: object, valid: Sequence[str], plural: str = "") -> ValueError:
-    """The error of a registry lookup: ``"unknown prior 'x'; valid priors: a, b"``."""
+    """Return the error of a registry lookup: ``"unknown prior 'x'; valid priors: a, b"``."""
     return ValueError(f"unknown {kind} {value!r}; valid {plural or kind + 's'}: {', '.join(valid)}")
 
 

@@ -1,5 +1,7 @@
-"""The benchmark's tables 4 and 5 in Markdown, with their figures: i-RIM memory against depth
-and LUSER against LU-DnCNN, and issue 7's comparison with deepinv's MoDL."""
+"""The benchmark's tables 4 and 5 in Markdown, with their figures.
+
+I-RIM memory against depth and LUSER against LU-DnCNN, and issue 7's comparison with deepinv's MoDL.
+"""
 
 from __future__ import annotations
 

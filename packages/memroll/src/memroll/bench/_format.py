@@ -1,5 +1,7 @@
-"""Formatting shared by the benchmark's tables: finding a job's result, cells with ratios,
-flatness verdicts, and the figures' panels."""
+"""Formatting shared by the benchmark's tables.
+
+Finding a job's result, cells with ratios, flatness verdicts, and the figures' panels.
+"""
 
 from __future__ import annotations
 
@@ -128,7 +130,7 @@ def verdict(name: str, jobs: list[JobRecord | None], ref: list[JobRecord | None]
 
 
 def image(name: str) -> str:
-    """The Markdown that shows the figure ``name`` (a file beside the report)."""
+    """Return the Markdown that shows the figure ``name`` (a file beside the report)."""
     return f"![{name}]({name})"
 
 

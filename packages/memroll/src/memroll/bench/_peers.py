@@ -125,8 +125,11 @@ def import_deepinv() -> tuple[Any, str | None]:
 
 
 def deepinv_physics(dinv: Any, maps: Tensor, mask: Tensor) -> Any:
-    """deepinv's ``MultiCoilMRI`` with the coil maps ``(B, C, H, W)`` and mask ``(B, H, W)`` of
-    a physops ``Sense`` problem (the same centred orthonormal FFT)."""
+    """Build deepinv's ``MultiCoilMRI`` for a physops ``Sense`` problem.
+
+    The coil maps ``(B, C, H, W)`` and the mask ``(B, H, W)`` are the problem's; both packages use
+    the same centred orthonormal FFT.
+    """
     size = (maps.shape[0], 2, *maps.shape[-2:])
     return dinv.physics.MultiCoilMRI(mask=mask[:, None], coil_maps=maps, img_size=size)
 
@@ -145,9 +148,12 @@ class _CheckpointedDenoiser(nn.Module):
 
 
 def deepinv_modl(dinv: Any, iterations: int, checkpointed: bool = False) -> nn.Module:
-    """deepinv's MoDL at its defaults (one DnCNN of depth 7 and 64 features shared by all
-    ``iterations``, half-quadratic splitting with CG data consistency); ``checkpointed`` wraps
-    the DnCNN in ``torch.utils.checkpoint`` (the peer a deepinv user has today)."""
+    """Build deepinv's MoDL at its defaults.
+
+    One DnCNN of depth 7 and 64 features shared by all ``iterations``, half-quadratic splitting
+    with CG data consistency; ``checkpointed`` wraps the DnCNN in ``torch.utils.checkpoint`` (the
+    peer a deepinv user has today).
+    """
     model = dinv.models.MoDL(num_iter=iterations)
     if checkpointed:
         for prior in model.prior:

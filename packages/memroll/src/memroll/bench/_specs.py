@@ -19,7 +19,7 @@ TABLES = ("1", "2", "3", "4", "5")
 # configurations
 # ------------------------------------------------------------------------------------------------
 def configs(quick: bool) -> dict[str, Any]:
-    """The benchmark's settings: tiny ones for ``--quick`` (a smoke test), else the full run."""
+    """Return the settings: tiny ones for ``--quick`` (a smoke test), else the full run's."""
     if quick:
         mri = {"image_size": 32, "num_coils": 4}
         return {
@@ -176,7 +176,7 @@ Spec = dict[str, Any]
 def _memory(
     c: dict[str, Any], data: dict[str, Any], model: str, kwargs: Spec, strategy: str
 ) -> Spec:
-    """A ``memory`` spec: one training step's memory and time of ``model`` with ``strategy``."""
+    """Return a ``memory`` spec: a training step's memory and time of ``model``, ``strategy``."""
     return {
         "kind": "memory",
         "task": c["task"],

@@ -1,5 +1,8 @@
-"""The benchmark's tables 1 to 3 in Markdown, with their figures: GLEAM Table II in miniature,
-training memory against depth, and MEL's reversible accuracy against depth."""
+"""The benchmark's tables 1 to 3 in Markdown, with their figures.
+
+GLEAM Table II in miniature, training memory against depth, and MEL's reversible accuracy against
+depth.
+"""
 
 from __future__ import annotations
 

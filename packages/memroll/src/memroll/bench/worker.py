@@ -57,7 +57,7 @@ MiB = 2.0**20
 def build_model(
     name: str, kwargs: dict[str, Any], data: unrolled.TaskDataset
 ) -> unrolled.UnrolledModel:
-    """A model of the application's registry by name, for the image type of ``data``."""
+    """Return a model of the application's registry by name, for the image type of ``data``."""
     return new_model(name, kwargs, data, what="unknown benchmark model")
 
 
@@ -73,7 +73,7 @@ def _setup(spec: dict[str, Any]) -> torch.device:
 def _engine(
     model: unrolled.UnrolledModel, batch: unrolled.Batch, spec: dict[str, Any], steps: int
 ) -> unrolled.training.Engine:
-    """The optimizer step of :func:`unrolled.train` for the spec's strategy."""
+    """Return the optimizer step of :func:`unrolled.train` for the spec's strategy."""
     options = spec.get("strategy_options", {})
     strategy = unrolled.as_strategy(spec.get("strategy", "backprop"), **options)
     if strategy.forward_name == "reversible":

@@ -48,7 +48,7 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``memroll`` argument parser, with every subcommand registered."""
+    """Return the ``memroll`` argument parser, with every subcommand registered."""
     parser = argparse.ArgumentParser(
         prog="memroll",
         description="Train physics-based unrolled networks with memory-saving strategies.",

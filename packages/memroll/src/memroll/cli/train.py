@@ -50,21 +50,34 @@ def run(args: argparse.Namespace) -> int:
     if args.device is not None:
         overrides.append(f"train.device={json.dumps(args.device)}")
     if args.resume is not None:
-        if args.config is not None:
-            raise CommandError(
-                "give either CONFIG (a new run) or --resume RUN_DIR (continue a run), not both"
-            )
-        folder = Path(args.resume)
-        config = resume_config(folder, overrides, args.fastmri, args.strategy)
-        train_config(
-            config,
-            folder,
-            resume=True,
-            progress=not args.no_progress,
-            evaluate_after=not args.no_eval,
-            header=f"memroll train --resume {folder}",
+        config, folder, strategy, header = _resumed(args, overrides)
+    else:
+        config, folder, strategy, header = _new(args, overrides)
+    train_config(
+        config,
+        folder,
+        strategy=strategy,
+        resume=args.resume is not None,
+        progress=not args.no_progress,
+        evaluate_after=not args.no_eval,
+        header=header,
+    )
+    return 0
+
+
+def _resumed(args: argparse.Namespace, overrides: list[str]) -> tuple[RunConfig, Path, None, str]:
+    """Return the configuration, folder and header of ``--resume RUN_DIR``."""
+    if args.config is not None:
+        raise CommandError(
+            "give either CONFIG (a new run) or --resume RUN_DIR (continue a run), not both"
         )
-        return 0
+    folder = Path(args.resume)
+    config = resume_config(folder, overrides, args.fastmri, args.strategy)
+    return config, folder, None, f"memroll train --resume {folder}"
+
+
+def _new(args: argparse.Namespace, overrides: list[str]) -> tuple[RunConfig, Path, str, str]:
+    """Return the configuration, folder, strategy and header of a new run of ``CONFIG``."""
     if args.config is None:
         raise CommandError("give a CONFIG (a TOML file or a shipped config's name) or --resume")
     base = load_config(args.config)
@@ -78,12 +91,4 @@ def run(args: argparse.Namespace) -> int:
             f"  --strategy {strategy}); memroll train --resume {folder} continues it",
         ]
     )
-    train_config(
-        config,
-        folder,
-        strategy=strategy,
-        progress=not args.no_progress,
-        evaluate_after=not args.no_eval,
-        header=header,
-    )
-    return 0
+    return config, folder, strategy, header

@@ -1,5 +1,8 @@
-"""Typed options of callables: a task builder's or a model constructor's keyword arguments,
-checked against their annotations with the strict converter of :mod:`._schema`."""
+"""Typed options of callables.
+
+A task builder's or a model constructor's keyword arguments, checked against their annotations with
+the strict converter of :mod:`._schema`.
+"""
 
 from __future__ import annotations
 
@@ -38,8 +41,10 @@ def _sequence_type(tp: Any, origin: Any) -> Any:
 
 
 def _config_type(tp: Any) -> Any:
-    """``tp`` in terms the schema converter reads, or ``_ABSENT`` when plain data cannot give it
-    (tensors, modules, callables)."""
+    """Return ``tp`` in terms the schema converter reads.
+
+    ``_ABSENT`` when plain data cannot give it (tensors, modules, callables).
+    """
     if tp is Any or tp in (bool, int, float, str) or tp is type(None):
         return tp
     origin = get_origin(tp)

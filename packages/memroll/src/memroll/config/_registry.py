@@ -31,7 +31,7 @@ class ModelEntry:
     summary: str
 
     def parameters(self) -> dict[str, inspect.Parameter]:
-        """The constructor's keyword parameters by name (``self`` and ``**kwargs`` left out)."""
+        """Return the constructor's keyword parameters by name (not ``self``, ``**kwargs``)."""
         params = inspect.signature(self.signature).parameters
         return {
             name: p
@@ -40,7 +40,7 @@ class ModelEntry:
         }
 
     def hints(self) -> dict[str, Any]:
-        """The constructor's type annotations by parameter name."""
+        """Return the constructor's type annotations by parameter name."""
         target: Any = self.signature
         if isinstance(target, type):
             target = vars(target)["__init__"]  # every model class defines its own
@@ -89,7 +89,7 @@ MODELS: dict[str, ModelEntry] = {
 
 
 def get_model_entry(name: str, what: str = "model.name: unknown model") -> ModelEntry:
-    """The entry of :data:`MODELS` called ``name``; an unknown name lists the valid ones.
+    """Return the entry of :data:`MODELS` called ``name``; an unknown name lists the valid ones.
 
     ``what`` starts the error message (the config key, or the benchmark's wording).
     """
@@ -101,7 +101,7 @@ def get_model_entry(name: str, what: str = "model.name: unknown model") -> Model
 def new_model(
     name: str, options: dict[str, Any], data: unrolled.TaskDataset, what: str | None = None
 ) -> unrolled.UnrolledModel:
-    """The model ``name`` with ``options``, for images of ``data``'s type (its ``model_kwargs``).
+    """Return the model ``name`` with ``options`` for images of ``data``'s ``model_kwargs``.
 
     Raises
     ------

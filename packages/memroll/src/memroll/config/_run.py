@@ -82,8 +82,10 @@ _CLI_ONLY = {
 # ------------------------------------------------------------------------------------------------
 @dataclass
 class TaskConfig:
-    """``[task]``: the task's registered name and its options (as :func:`make_dataset` takes
-    them)."""
+    """``[task]``.
+
+    The task's registered name and its options (as :func:`make_dataset` takes them).
+    """
 
     name: str
     options: dict[str, Any] = field(default_factory=dict)
@@ -126,8 +128,11 @@ class StrategyConfig:
     implicit: dict[str, Any] = field(default_factory=dict)
 
     def resolve(self, name: str | None = None) -> unrolled.Strategy:
-        """The :class:`unrolled.Strategy` ``name`` (default: this table's ``name``) with the
-        options of its ``[strategy.<name>]`` table."""
+        """Return the :class:`unrolled.Strategy` ``name`` with its options.
+
+        ``name`` defaults to this table's ``name``; the options are those of its
+        ``[strategy.<name>]`` table.
+        """
         chosen = self.name if name is None else name
         if chosen not in unrolled.STRATEGIES:
             raise ValueError(
@@ -220,7 +225,7 @@ class RunConfig:
         self.eval.validate()
 
     def to_data(self) -> dict[str, Any]:
-        """The configuration as the plain data of its TOML file (``None`` values left out)."""
+        """Return the configuration as the plain data of its TOML file (without ``None``)."""
         train = {k: v for k, v in to_dict(self.train).items() if k not in _CLI_ONLY}
         strategy: dict[str, Any] = {"name": self.strategy.name}
         for name in unrolled.STRATEGIES:
@@ -276,7 +281,7 @@ def config_from_data(data: dict[str, Any]) -> RunConfig:
 # files
 # ------------------------------------------------------------------------------------------------
 def shipped_configs() -> dict[str, Path]:
-    """The configurations that ship with the package, by name (file stem)."""
+    """Return the configurations that ship with the package, by name (file stem)."""
     folder = resources.files("memroll") / "configs"
     return {
         Path(entry.name).stem: Path(str(entry))
@@ -286,7 +291,7 @@ def shipped_configs() -> dict[str, Path]:
 
 
 def config_path(source: str | Path) -> Path:
-    """A config file: an existing path, or the name of a shipped config (``gleam_modl_2d``)."""
+    """Return a config file: an existing path, or a shipped config's name (``gleam_modl_2d``)."""
     path = Path(source)
     if path.is_file():
         return path
@@ -301,8 +306,11 @@ def config_path(source: str | Path) -> Path:
 
 
 def load_config(source: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
-    """Read a TOML configuration (a path or a shipped config's name), apply ``--set`` style
-    ``overrides`` (``"model.iterations=4"``), and validate it."""
+    """Read a TOML configuration, apply ``--set`` style ``overrides``, and validate it.
+
+    ``source`` is a path or a shipped config's name; ``overrides`` are ``"model.iterations=4"``
+    assignments.
+    """
     path = config_path(source)
     tomllib = toml_module()
     try:
@@ -318,7 +326,7 @@ def load_config(source: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
 
 
 def dump_config(config: RunConfig, header: str = "") -> str:
-    """The configuration as a TOML file that :func:`load_config` reads back to an equal one."""
+    """Return the configuration as TOML that :func:`load_config` reads back to an equal one."""
     return dump_toml(config.to_data(), header)
 
 
@@ -326,14 +334,16 @@ def dump_config(config: RunConfig, header: str = "") -> str:
 # building what a configuration describes
 # ------------------------------------------------------------------------------------------------
 def make_task(config: RunConfig, split: str, **overrides: Any) -> unrolled.TaskDataset:
-    """The ``split`` of the configuration's task (``overrides`` replace task options)."""
+    """Return the ``split`` of the configuration's task (``overrides`` replace task options)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     return unrolled.make_dataset(config.task.name, split, **{**config.task.options, **overrides})
 
 
 def build_model(config: RunConfig, data: unrolled.TaskDataset) -> unrolled.UnrolledModel:
-    """The configuration's model for images of ``data``'s type, initialised from
-    ``train.seed`` (the same seed gives the same initial weights)."""
+    """Return the configuration's model for images of ``data``'s type.
+
+    It is initialised from ``train.seed``: the same seed gives the same initial weights.
+    """
     torch.manual_seed(config.train.seed)
     return new_model(config.model.name, config.model.options, data)

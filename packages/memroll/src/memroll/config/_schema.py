@@ -124,7 +124,7 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
 
 
 def to_dict(obj: Any) -> Any:
-    """A dataclass (nested) as plain data, tuples as lists (TOML/JSON friendly)."""
+    """Return a dataclass (nested) as plain data, tuples as lists (TOML/JSON friendly)."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, (list, tuple)):
@@ -135,8 +135,11 @@ def to_dict(obj: Any) -> Any:
 
 
 def parse_value(text: str) -> Any:
-    """A ``--set`` value as TOML would read it (``4``, ``1e-3``, ``true``, ``"x"``, ``[1, 2]``);
-    a bare word that is not TOML is taken as a string."""
+    """Return a ``--set`` value as TOML would read it.
+
+    ``4``, ``1e-3``, ``true``, ``"x"``, ``[1, 2]``; a bare word that is not TOML is taken as a
+    string.
+    """
     tomllib = toml_module()
     try:
         return tomllib.loads(f"v = {text}")["v"]

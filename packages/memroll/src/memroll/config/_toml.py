@@ -11,7 +11,7 @@ __all__ = ["dump_toml", "toml_module"]
 
 
 def toml_module() -> ModuleType:
-    """The TOML reader: ``tomllib`` (Python 3.11+) or ``tomli`` (Python 3.10)."""
+    """Return the TOML reader: ``tomllib`` (Python 3.11+) or ``tomli`` (Python 3.10)."""
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10

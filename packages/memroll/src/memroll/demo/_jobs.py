@@ -38,7 +38,7 @@ class Job:
     label: str = "train"
 
     def command(self, config_file: Path, device: str) -> list[str]:
-        """The command line of this job (``python -m memroll train ...``, one thread)."""
+        """Return the command line of this job (``python -m memroll train ...``, one thread)."""
         sets = [arg for value in self.overrides for arg in ("--set", value)]
         return [
             sys.executable,

@@ -77,7 +77,7 @@ QUICK = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``memroll demo``."""
+    """Add the options of ``memroll demo`` to ``parser``."""
     parser.add_argument(
         "--out", default="memroll-demo", help="folder of the results (default memroll-demo)"
     )
@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     _score(demo, walls)
     test = make_task(demo.config, "test")
     count = demo.config.eval.samples or len(test)
-    if not args.no_cs and demo.config.eval.cs_lamda is not None:
+    if not args.no_cs:
         _compressed_sensing(demo, test, count)
     rows, rows_std, note = _table(demo, count)
     figures = _figures(demo, test)
@@ -188,7 +188,7 @@ def _set_up(args: argparse.Namespace) -> _Demo:
 
 
 def _train(demo: _Demo) -> dict[Path, float]:
-    """The memory probes, then the trainings, each strategy in its own process."""
+    """Run the memory probes, then the trainings, each strategy in its own process."""
     order = [s for s in LAUNCH_ORDER if s in STRATEGIES]
     # memory: short probes with the allocator setting of the memory rules; the trainings run
     # without it (returning every freed tensor to the system slows CPU training 2.3x, measured)
@@ -233,8 +233,10 @@ def _score(demo: _Demo, walls: dict[Path, float]) -> None:
 
 
 def _compressed_sensing(demo: _Demo, test: unrolled.TaskDataset, count: int) -> None:
-    """The l1-wavelet CS baseline on the test split (left out when sigpy is missing)."""
+    """Score the l1-wavelet CS baseline on the test split (left out when sigpy is missing)."""
     config = demo.config
+    if config.eval.cs_lamda is None:
+        return
     try:
         baseline = unrolled.CompressedSensing(config.eval.cs_lamda, config.eval.cs_iterations)
     except ImportError as err:
@@ -261,7 +263,7 @@ def _zero_filled(demo: _Demo) -> dict[str, Any] | None:
 
 
 def _table(demo: _Demo, count: int) -> tuple[list[list[str]], list[list[str]], str]:
-    """The rows (means; means ± std) and the note below the table."""
+    """Return the rows (means; means ± std) and the note below the table."""
     ref = demo.results["backprop"]
     reference = {
         **ref["metrics"],
@@ -326,7 +328,7 @@ def _panels(demo: _Demo, test: unrolled.TaskDataset, sample: unrolled.Batch) -> 
 
 
 def _figures(demo: _Demo, test: unrolled.TaskDataset) -> list[str]:
-    """The demo's PNG figures; returns their file names."""
+    """Draw the demo's PNG figures; return their file names."""
     out, results = demo.out, demo.results
     sample = test.batch([0])
     plots.comparison_figure(

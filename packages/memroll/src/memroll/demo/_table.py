@@ -42,7 +42,7 @@ def table_row(
 
 
 def format_table(rows: list[list[str]]) -> str:
-    """The rows under :data:`HEADER` as aligned plain text."""
+    """Return the rows under :data:`HEADER` as aligned plain text."""
     widths = [max(len(r[i]) for r in [HEADER, *rows]) for i in range(len(HEADER))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(HEADER, widths))]
     lines.append("  ".join("-" * w for w in widths))
@@ -51,7 +51,7 @@ def format_table(rows: list[list[str]]) -> str:
 
 
 def markdown_table(rows: list[list[str]]) -> str:
-    """The rows under :data:`HEADER` as a Markdown table."""
+    """Return the rows under :data:`HEADER` as a Markdown table."""
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)

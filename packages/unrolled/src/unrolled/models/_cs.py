@@ -126,7 +126,7 @@ def _unsupported(physics: object, who: str) -> TypeError:
 # the operator's maps and mask, per sample
 # ------------------------------------------------------------------------------------------------
 def _sense_maps(physics: physops.Sense) -> Tensor:
-    """The coil maps ``(Bm, C, *image)`` of a Sense operator as a complex tensor."""
+    """Return the coil maps ``(Bm, C, *image)`` of a Sense operator as a complex tensor."""
     maps = physics.coil_maps().detach()
     if not maps.is_complex():  # real maps, used as complex (Sense accepts them)
         maps = maps.to(torch.complex128 if maps.dtype == torch.float64 else torch.complex64)
@@ -134,7 +134,7 @@ def _sense_maps(physics: physops.Sense) -> Tensor:
 
 
 def _mask_like(mask: object, shape: tuple[int, ...], who: str) -> Tensor:
-    """The mask broadcast to ``shape`` = ``(B, *image)`` (ones without a mask)."""
+    """Return the mask broadcast to ``shape`` = ``(B, *image)`` (ones without a mask)."""
     if not isinstance(mask, Tensor):
         return torch.ones(shape)
     mask = mask.detach()
@@ -151,7 +151,7 @@ def _mask_like(mask: object, shape: tuple[int, ...], who: str) -> Tensor:
 def _sense_problems(
     y: Tensor, physics: physops.Sense, image_dims: int, who: str
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """y ``(B, C, *image)``, maps ``(B, C, *image)`` and mask ``(B, *image)`` as NumPy arrays."""
+    """Y ``(B, C, *image)``, maps ``(B, C, *image)`` and mask ``(B, *image)`` as NumPy arrays."""
     coils = physics.coils
     if y.ndim != image_dims + 2 or y.shape[1] != coils:
         raise ValueError(
@@ -193,7 +193,7 @@ def _numpy(t: Tensor) -> np.ndarray:
 
 
 def _weighted(y: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """sigpy's ``(y, weights)`` for the data term ``||M A x - y||^2`` (module docstring)."""
+    """Sigpy's ``(y, weights)`` for the data term ``||M A x - y||^2`` (module docstring)."""
     safe = np.where(mask != 0, mask, 1).astype(mask.dtype)
     scaled = np.where(mask != 0, y / safe, 0).astype(y.dtype)
     return scaled, (mask * mask).astype(mask.dtype)
@@ -231,7 +231,7 @@ def cs_reconstruct(
     *,
     wavelet: str = "db4",
 ) -> Tensor:
-    r"""The :math:`\ell_1`-wavelet compressed-sensing reconstruction of every sample of ``y``.
+    r"""Return the :math:`\ell_1`-wavelet compressed-sensing reconstruction of each sample.
 
     Minimises :math:`\tfrac12 \|M F S x - y\|_2^2 + \lambda \|\Psi x\|_1` (module docstring) by
     sigpy's ``L1WaveletRecon`` (proximal gradient, ``iterations`` steps from zero), with the
@@ -330,8 +330,10 @@ def cs_reconstruct_cine(
     *,
     wavelet: str = "db4",
 ) -> Tensor:
-    r"""Compressed sensing of 2D+time (cine) MRI: :math:`\ell_1`-wavelet plus spatial and
-    temporal total variation, one cine at a time (GLEAM's cine baseline).
+    r"""Compressed sensing of 2D+time (cine) MRI.
+
+    :math:`\ell_1`-wavelet plus spatial and temporal total variation, one cine at a time (GLEAM's
+    cine baseline).
 
     Minimises :math:`\tfrac12\|M F S x - y\|^2 + \lambda \|\Psi_{hw} x\|_1 + \lambda_s
     \|\nabla_{hw} x\|_1 + \lambda_t \|\nabla_t x\|_1` (module docstring) with sigpy's

@@ -47,7 +47,7 @@ __all__ = ["DEQ", "DEQStage"]
 
 
 class DEQStage(EquilibriumStage):
-    """The equilibrium :math:`x^* = \\mathrm{prox}(x^* - \\alpha A^H(A x^* - y))` as one stage.
+    r"""The equilibrium :math:`x^* = \mathrm{prox}(x^* - \alpha A^H(A x^* - y))` as one stage.
 
     Attributes
     ----------

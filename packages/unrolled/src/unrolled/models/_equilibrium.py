@@ -136,7 +136,7 @@ class EquilibriumSolver:
                 _check_option(key, value)
 
     def describe(self) -> str:
-        """A short label (``"anderson(tol=0.0001, max_iter=50)"``)."""
+        """Return a short label (``"anderson(tol=0.0001, max_iter=50)"``)."""
         return f"{self.method}(tol={self.tol:g}, max_iter={self.max_iter})"
 
 
@@ -154,7 +154,7 @@ def _check_option(key: str, value: object) -> None:
 
 
 def as_solver(solver: EquilibriumSolver | dict[str, Any] | None) -> EquilibriumSolver:
-    """An :class:`EquilibriumSolver` from itself, a dict of its fields, or ``None`` (defaults)."""
+    """Return an :class:`EquilibriumSolver` from one, a dict of its fields, or ``None``."""
     if solver is None:
         return EquilibriumSolver()
     if isinstance(solver, EquilibriumSolver):
@@ -279,7 +279,7 @@ class _Banach:
 def unrolled_solve(
     f: Callable[..., Tensor], z0: Tensor, params: tuple[Tensor, ...], solver: EquilibriumSolver
 ) -> tuple[Tensor, fixedpoint.FixedPointResult]:
-    """The solver's iterations under autograd: ``(z, result)`` with ``z`` differentiable.
+    """Return the solver's iterations under autograd: ``(z, result)`` with ``z`` differentiable.
 
     Same stopping rule, freezing and read-out as :func:`fixedpoint.solve`: a sample stops once its
     residual meets ``tol`` (or is not finite) and keeps the image ``f(x)`` of its last iterate.
@@ -359,8 +359,11 @@ def _enforce(result: fixedpoint.FixedPointResult, solver: EquilibriumSolver) -> 
 
 
 class EquilibriumStage(Stage):
-    """What LUSER's and DEQ's stages share: a gradient step, a prox, the solver settings, the
-    diagnostics of the last solve and the backward mode (set by the model's strategy)."""
+    """What LUSER's and DEQ's stages share.
+
+    A gradient step, a prox, the solver settings, the diagnostics of the last solve and the backward
+    mode (set by the model's strategy).
+    """
 
     def __init__(self, step: nn.Module, prox: nn.Module, solver: EquilibriumSolver):
         super().__init__()

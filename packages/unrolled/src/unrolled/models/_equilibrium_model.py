@@ -1,5 +1,8 @@
-"""What LUSER and DEQ share: where they start, the solver of their equilibrium stages, the
-calibration of their gradient steps and the diagnostics of their last solves."""
+"""What LUSER and DEQ share.
+
+Where they start, the solver of their equilibrium stages, the calibration of their gradient steps
+and the diagnostics of their last solves.
+"""
 
 from __future__ import annotations
 
@@ -20,8 +23,9 @@ INITS = ("adjoint", "measurements")
 
 
 class EquilibriumModel(UnrolledModel):
-    """Base of :class:`~unrolled.LUSER` and :class:`~unrolled.DEQ`: stages that are
-    :class:`EquilibriumStage` s (a gradient step ``step`` and a prox each).
+    """Base of :class:`~unrolled.LUSER` and :class:`~unrolled.DEQ`.
+
+    Stages that are :class:`EquilibriumStage` s (a gradient step ``step`` and a prox each).
 
     ``init="measurements"`` starts from ``y`` itself (deblurring, where the measurements are
     images, checked to be images of the model's shape); ``"adjoint"`` from ``A^H y``.
@@ -44,20 +48,22 @@ class EquilibriumModel(UnrolledModel):
         return super().initial_state(y, physics, x0)
 
     def check_inputs(self, y: Tensor, physics: object, x0: Tensor | None) -> None:
-        """The base's checks, and for ``init="measurements"`` that ``y`` is an image."""
+        """Run the base's checks, and for ``init="measurements"`` check that ``y`` is an image."""
         super().check_inputs(y, physics, x0)
         if x0 is None and self.init == "measurements":
             check_measurements_are_images(self.adapter, y, physics)
 
     # ------------------------------------------------------------------ the equilibrium stages
     def equilibrium_stages(self) -> list[EquilibriumStage]:
-        """The stages, typed as equilibrium stages."""
+        """Return the stages, typed as equilibrium stages."""
         return [cast(EquilibriumStage, stage) for stage in self.stages]
 
     @property
     def solver(self) -> EquilibriumSolver:
-        """The equilibrium settings of every stage (assign a new one, or a dict of its fields,
-        to change them all)."""
+        """The equilibrium settings of every stage.
+
+        Assign a new one, or a dict of its fields, to change them all.
+        """
         return self.equilibrium_stages()[0].solver
 
     @solver.setter
@@ -67,7 +73,7 @@ class EquilibriumModel(UnrolledModel):
             stage.solver = chosen
 
     def gradient_steps(self) -> list[GradientStep]:
-        """The gradient-step layers (one per distinct stage)."""
+        """Return the gradient-step layers (one per distinct stage)."""
         seen: dict[int, GradientStep] = {}
         for stage in self.equilibrium_stages():
             step = cast(GradientStep, stage.step)
@@ -81,9 +87,12 @@ class EquilibriumModel(UnrolledModel):
         fraction: float = 1.0,
         iterations: int = 30,
     ) -> float:
-        r"""Set every step size to ``fraction / L``, :math:`L = \lambda_{\max}(A^H A)` by power
-        iteration on ``x_like`` (an image of the physics); returns ``L``. For CT, whose
-        :math:`\|A^H A\|` grows with the image size and the number of angles."""
+        r"""Set every step size to ``fraction / L`` and return ``L``.
+
+        :math:`L = \lambda_{\max}(A^H A)` by power iteration on ``x_like`` (an image of the
+        physics). For CT, whose :math:`\|A^H A\|` grows with the image size and the number of
+        angles.
+        """
         return calibrate_steps(self.gradient_steps(), physics, x_like, fraction, iterations)
 
     def equilibrium_diagnostics(self) -> list[fixedpoint.ImplicitDiagnostics | None]:

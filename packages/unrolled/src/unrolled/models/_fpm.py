@@ -95,7 +95,7 @@ __all__ = ["FPMNet"]
 
 
 def _tensor(module: nn.Module, name: str) -> Tensor:
-    """A module's buffer or parameter, typed as a tensor."""
+    """Return a module's buffer or parameter, typed as a tensor."""
     return cast(Tensor, getattr(module, name))
 
 
@@ -144,7 +144,7 @@ class FPMNet(UnrolledModel):
         Initial step size in units of :math:`1 / L_{\mathrm{ref}}` (module docstring) and
         whether it is trained (one per unroll).
     prior:
-        ``None`` (pure gradient steps) or a prior of :func:`unrolled.nn.build_prior` after every step:
+        ``None`` (pure gradient steps) or a prior (:func:`unrolled.nn.build_prior`) after each step:
         the invertible ``"coupling"`` / ``"iresnet"`` (valid for ``"reversible"``) or
         ``"resnet"``, ``"resblocks"``, ``"dncnn"``.
     features, layers, couplings:
@@ -235,7 +235,7 @@ class FPMNet(UnrolledModel):
 
     @classmethod
     def from_physics(cls, physics: physops.FourierPtychography, **kwargs: Any) -> FPMNet:
-        """A model with the geometry of ``physics`` (its design is not copied: pass ``design=``)."""
+        """Return a model with the geometry of ``physics`` (not its design: pass ``design=``)."""
         if not isinstance(physics, physops.FourierPtychography):
             raise TypeError(
                 f"FPMNet.from_physics needs a physops.FourierPtychography, got "
@@ -258,13 +258,16 @@ class FPMNet(UnrolledModel):
         return self.illumination.design
 
     def gradient_steps(self) -> list[FPMGradientStep]:
-        """The gradient-step layers, one per unroll."""
+        """Return the gradient-step layers, one per unroll."""
         return [m for s in self.stages for m in s.modules() if isinstance(m, FPMGradientStep)]
 
     @torch.no_grad()
     def _clear_object_lipschitz(self) -> float:
-        """:math:`L_{ref}`: Lip of the normalised data term at a clear object lit by every
-        bright-field LED (a property of the geometry only, not of the design)."""
+        """:math:`L_{ref}`.
+
+        Lip of the normalised data term at a clear object lit by every bright-field LED (a property
+        of the geometry only, not of the design).
+        """
         own = self.illumination
         bright = own.brightfield()
         if not bool(bright.any()):
@@ -314,7 +317,7 @@ class FPMNet(UnrolledModel):
             )
 
     def measurements(self, y: Tensor, physics: nn.Module | None = None) -> Tensor:
-        """The measurements the network reconstructs from, ``(B, M, n, n)``.
+        """Return the measurements the network reconstructs from, ``(B, M, n, n)``.
 
         ``y`` itself when ``physics`` is ``None`` or the model's :attr:`illumination`; the
         model's design applied to single-LED images ``y`` ``(B, L, n, n)`` (plus noise of
@@ -368,8 +371,10 @@ class FPMNet(UnrolledModel):
         return out
 
     def simulate(self, target: Tensor) -> Tensor:
-        """Measurements of objects ``target`` ``(B, N, N)`` with the current design, in the
-        graph (so the design gets gradients), plus noise of ``noise_std``."""
+        """Return the measurements of objects ``target`` ``(B, N, N)`` with the current design.
+
+        They are made in the graph (so the design gets gradients), plus noise of ``noise_std``.
+        """
         y = self.illumination(target)
         if self.noise_std > 0:
             y = y + self.noise_std * torch.randn_like(y)
@@ -408,9 +413,11 @@ class FPMNet(UnrolledModel):
     def prepare(
         self, y: Tensor, physics: nn.Module | None, x0: Tensor | None
     ) -> tuple[Any, StageContext]:
-        """The measurements (simulated with the model's design from single-LED images, see
-        :meth:`measurements`), the first state and the context with the model's own
-        acquisition."""
+        """Return the first state and the context with the model's own acquisition.
+
+        The measurements are simulated with the model's design from single-LED images (see
+        :meth:`measurements`).
+        """
         measured = self.measurements(y, physics)
         return super().prepare(measured, self.illumination, x0)
 
@@ -500,7 +507,7 @@ class FPMNet(UnrolledModel):
         return value
 
     def check_step_sizes(self) -> None:
-        """Raise when a learned step has :math:`\\alpha L \\ge 1` for the estimated ``L``."""
+        r"""Raise when a learned step has :math:`\alpha L \ge 1` for the estimated ``L``."""
         for k, g in enumerate(self.gradient_steps()):
             lip = float(g.lipschitz)
             alpha = float(g.relative_step.detach() / g.reference)

@@ -90,7 +90,7 @@ DARKFIELD_FLOOR = 0.02
 
 
 def design_scale(design: Tensor, brightfield: Tensor) -> Tensor:
-    r"""The curvature scale of the FPM data term under a design, :math:`s(w)^2`.
+    r"""Return the curvature scale of the FPM data term under a design, :math:`s(w)^2`.
 
     .. math::
 
@@ -184,12 +184,12 @@ class FPMGradientStep(InvertibleModule):
 
     @property
     def relative_step(self) -> Tensor:
-        """The learned step in units of :math:`1 / L_{\\mathrm{ref}}` (before the cap)."""
+        r"""The learned step in units of :math:`1 / L_{\mathrm{ref}}` (before the cap)."""
         return positive(self.raw_step)
 
     @property
     def step(self) -> Tensor:
-        """:math:`\\alpha` in use: ``relative_step / L_ref``, capped at ``max_fraction / L``."""
+        r""":math:`\alpha` in use: ``relative_step / L_ref``, capped at ``max_fraction / L``."""
         alpha = self.relative_step / self.reference.to(self.raw_step.dtype)
         if bool(torch.isfinite(self.lipschitz)):
             alpha = torch.minimum(alpha, self.max_fraction / self.lipschitz.to(alpha.dtype))
@@ -199,7 +199,7 @@ class FPMGradientStep(InvertibleModule):
         return self.step.to(like.real.dtype)
 
     def data_gradient(self, x: Tensor, y: Tensor, physics: nn.Module) -> Tensor:
-        r"""The gradient of the normalised data term :math:`D(x) / s(w)^2` (:func:`design_scale`).
+        r"""Return the gradient of the normalised data term :math:`D(x) / s(w)^2`.
 
         :math:`s(w)^2` tracks the curvature the design gives the data term, so the step sizes
         and their Lipschitz estimate do not drift as the learned design changes.
@@ -217,7 +217,7 @@ class FPMGradientStep(InvertibleModule):
         )
 
     def inverse(self, state: Tensor, *context: Any) -> Tensor:
-        """The input whose step gives ``state``; ``context`` = ``(y, physics)``."""
+        """Return the input whose step gives ``state``; ``context`` = ``(y, physics)``."""
         y, physics = context
         z = self.adapter.from_net(state).detach()
         alpha = self._alpha(z).detach()

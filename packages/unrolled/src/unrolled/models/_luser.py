@@ -63,12 +63,12 @@ __all__ = ["LUSER", "LUSERStage"]
 
 
 class LUSERStage(EquilibriumStage):
-    """One LUSER stage: the gradient step :math:`d_k` and the equilibrium block (Eq. 7).
+    r"""One LUSER stage: the gradient step :math:`d_k` and the equilibrium block (Eq. 7).
 
     Parameters
     ----------
     step:
-        The gradient step :math:`d = x + \\lambda A^H(y - A x)` (shared between the stages of
+        The gradient step :math:`d = x + \lambda A^H(y - A x)` (shared between the stages of
         LUSER-SW).
     prox:
         The proximal block (shared in LUSER-SW).

@@ -82,7 +82,7 @@ class MoDL(_Unrolled):
     iterations:
         Number of unrolls N (GLEAM 2D: 8).
     prior:
-        The regulariser :math:`R_k` (see :func:`unrolled.nn.build_prior`): ``"resnet"`` (5 convs + ReLU
+        The regulariser :math:`R_k` (:func:`unrolled.nn.build_prior`): ``"resnet"`` (5 convs + ReLU
         with a skip, MoDL), ``"coupling"`` (RevNet-style invertible residual CNN, as GLEAM trains
         all its MoDL baselines) or ``"iresnet"`` (MEL). Default ``"coupling"``: valid for every
         strategy, so strategies compare on the same network.
@@ -149,7 +149,7 @@ class UnrolledPGD(_Unrolled):
     iterations:
         Number of unrolls N (GLEAM 2D: 8; LUSER's LU-DnCNN: 8).
     prior:
-        The proximal network (see :func:`unrolled.nn.build_prior`): ``"resblocks"`` (GLEAM: 2 residual
+        The proximal network (:func:`unrolled.nn.build_prior`): ``"resblocks"`` (GLEAM: 2 residual
         blocks of ReLU + conv, no normalisation), ``"dncnn"`` (LU-DnCNN), ``"resnet"``,
         ``"coupling"`` or ``"iresnet"`` (invertible, for ``strategy="reversible"``).
     features, layers:
@@ -189,15 +189,17 @@ class UnrolledPGD(_Unrolled):
         self._unroll(stage, iterations, prior, share_weights)
 
     def gradient_steps(self) -> list[GradientStep]:
-        """The gradient-step layers (one per distinct stage)."""
+        """Return the gradient-step layers (one per distinct stage)."""
         return [m for s in self.unique_stages() for m in s.modules() if isinstance(m, GradientStep)]
 
     @torch.no_grad()
     def certify(
         self, physics: nn.Module, x_like: Tensor, iterations: int = 50, margin: float = 1.05
     ) -> float:
-        r"""Bound :math:`L = \lambda_{\max}(A^H A)` by power iteration and cap every step size below
-        :math:`1 / L`, so each gradient step is invertible by backward Euler (MEL Eq. 7).
+        r"""Bound :math:`L = \lambda_{\max}(A^H A)` and cap every step size below :math:`1 / L`.
+
+        The bound comes from power iteration; under the cap each gradient step is invertible by
+        backward Euler (MEL Eq. 7).
 
         Returns the certified ``L`` (the power-iteration estimate times ``margin``, the worst
         sample of the batch). Raises ``ValueError`` naming a valid step size when a current step
@@ -229,7 +231,7 @@ class UnrolledPGD(_Unrolled):
         return problem
 
     def check_step_sizes(self) -> None:
-        """Raise when a learned step violates :math:`\\alpha L < 1`, naming a valid step."""
+        r"""Raise when a learned step violates :math:`\alpha L < 1`, naming a valid step."""
         for k, g in enumerate(self.gradient_steps()):
             lip = float(g.lipschitz)
             alpha = float(positive(g.raw_step))

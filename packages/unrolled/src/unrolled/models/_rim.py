@@ -50,7 +50,7 @@ _INITS = ("zeros", "adjoint")
 
 
 def data_gradient(physics: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-    r"""The gradient of the data term :math:`D(x) = \tfrac12 \|A x - y\|^2`: :math:`A^H(A x - y)`.
+    r"""Return :math:`A^H(A x - y)`, the gradient of :math:`D(x) = \tfrac12 \|A x - y\|^2`.
 
     Linear operators (with ``forward`` and ``adjoint``) use that formula; a nonlinear model
     without an adjoint (:class:`physops.FourierPtychography`) supplies its own data-term
@@ -86,7 +86,7 @@ def check_init(init: str) -> str:
 def initial_image(
     model: str, adapter: ImageAdapter, init: str, y: Tensor, physics: nn.Module, x0: Tensor | None
 ) -> Tensor:
-    """The starting image as real channels ``(B, channels, *spatial)``.
+    """Return the starting image as real channels ``(B, channels, *spatial)``.
 
     ``x0`` when given (already validated); else ``A^H y`` for ``init="adjoint"`` and zeros shaped
     like ``A^H y`` for ``init="zeros"``. Nonlinear physics without an adjoint need ``x0``.

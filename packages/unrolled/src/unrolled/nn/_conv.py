@@ -32,8 +32,10 @@ _spectral_norm = spectral_norm  # DnCNN's argument of the same name shadows it
 
 
 class ResidualCNN(nn.Module):
-    """MoDL's regulariser as GLEAM trains it: ``x + f(x)``, ``f`` = ``layers`` convolutions with
-    ReLU between them, no normalisation (GLEAM Sec. V-C2, after Aggarwal et al.).
+    """MoDL's regulariser as GLEAM trains it.
+
+    ``x + f(x)``, ``f`` = ``layers`` convolutions with ReLU between them, no normalisation (GLEAM
+    Sec. V-C2, after Aggarwal et al.).
 
     Parameters
     ----------
@@ -81,9 +83,10 @@ class _ResBlock(nn.Module):
 
 
 class ResBlockProx(nn.Module):
-    """The learned proximal operator of GLEAM's unrolled PGD (after Sandino et al.): an input
-    convolution, ``blocks`` residual blocks of (ReLU, conv, ReLU, conv) without normalisation, an
-    output convolution, and a skip from input to output.
+    """The learned proximal operator of GLEAM's unrolled PGD (after Sandino et al.).
+
+    An input convolution, ``blocks`` residual blocks of (ReLU, conv, ReLU, conv) without
+    normalisation, an output convolution, and a skip from input to output.
 
     Parameters
     ----------
@@ -103,9 +106,10 @@ class ResBlockProx(nn.Module):
 
 
 class DnCNN(nn.Module):
-    """DnCNN (Zhang et al. 2017) as the LUSER paper's LU-DnCNN and DEQ4IP baselines use it:
-    ``depth`` convolutions of ``features`` channels, BatchNorm and ReLU between them, predicting
-    the noise (output ``x - f(x)``).
+    """DnCNN (Zhang et al. 2017) as the LUSER paper's LU-DnCNN and DEQ4IP baselines use it.
+
+    ``depth`` convolutions of ``features`` channels, BatchNorm and ReLU between them, predicting the
+    noise (output ``x - f(x)``).
 
     With BatchNorm no convolution has a bias (the DnCNN of Ryu et al. 2019 that LUSER adopts):
     1 + 15 + 1 convolutions and 15 BatchNorms give 556,032 parameters for one channel, LUSER
@@ -264,7 +268,7 @@ class LUSERProx(nn.Module):
         )
 
     def inject(self, d: Tensor) -> Tensor:
-        """The input injection, computed once per stage."""
+        """Return the input injection, computed once per stage."""
         return self.injection(d)
 
     def mix(self, r: Tensor, u: Tensor) -> Tensor:

@@ -98,7 +98,7 @@ class GradientStep(InvertibleModule):
 
     @property
     def step(self) -> Tensor:
-        """The step size :math:`\\alpha` in use (capped below ``1 / L`` once ``L`` is known)."""
+        r"""The step size :math:`\alpha` in use (capped below ``1 / L`` once ``L`` is known)."""
         alpha = positive(self.raw_step)
         if torch.isfinite(self.lipschitz):
             alpha = torch.minimum(alpha, self.max_fraction / self.lipschitz.to(alpha.dtype))
@@ -136,8 +136,10 @@ class GradientStep(InvertibleModule):
 
 
 class CGStep(InvertibleModule):
-    r"""MoDL's data consistency :math:`x' = (A^H A + \mu I)^{-1}(A^H y + \mu z)`, learnable
-    :math:`\mu > 0`, solved by :func:`physops.cg` with its implicit (constant-memory) backward.
+    r"""MoDL's data consistency :math:`x' = (A^H A + \mu I)^{-1}(A^H y + \mu z)`.
+
+    A learnable :math:`\mu > 0`; solved by :func:`physops.cg` with its implicit (constant-memory)
+    backward.
 
     The inverse is algebraic (GLEAM Eq. 11): :math:`z = ((A^H A + \mu I) x' - A^H y) / \mu`. It
     reproduces :math:`z` to the accuracy CG reached: keep ``cg_tol`` tight for reversible
@@ -229,8 +231,11 @@ def calibrate_steps(
     fraction: float = 1.0,
     iterations: int = 30,
 ) -> float:
-    r"""Set every step size to ``fraction / L`` with :math:`L = \lambda_{\max}(A^H A)` estimated
-    by :func:`physops.power_iteration` (the largest over the batch); returns ``L``."""
+    r"""Set every step size to ``fraction / L`` and return ``L``.
+
+    :math:`L = \lambda_{\max}(A^H A)` is estimated by :func:`physops.power_iteration` (the
+    largest over the batch).
+    """
     finite_number(
         "fraction",
         fraction,

@@ -11,12 +11,12 @@ __all__ = ["count_parameters", "inverse_softplus", "positive"]
 
 
 def positive(raw: Tensor) -> Tensor:
-    """The positive parametrisation of step sizes and weights: ``softplus(raw)``."""
+    """Return the positive parametrisation of step sizes and weights: ``softplus(raw)``."""
     return F.softplus(raw)
 
 
 def inverse_softplus(value: float) -> float:
-    """The ``raw`` with ``softplus(raw) == value`` (``value > 0``): a positive initial value."""
+    """Return the ``raw`` with ``softplus(raw) == value > 0``: a positive initial value."""
     return value + math.log(-math.expm1(-value))
 
 

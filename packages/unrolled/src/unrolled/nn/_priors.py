@@ -45,7 +45,7 @@ def _cnn(cin: int, cout: int, features: int, layers: int, dims: int) -> nn.Seque
 def build_prior(
     name: str, channels: int, features: int = 64, layers: int = 5, dims: int = 2, couplings: int = 2
 ) -> nn.Module | list[InvertibleModule]:
-    """A prior network, or for invertible priors the list of its invertible layers.
+    """Return a prior network, or for invertible priors the list of its invertible layers.
 
     Parameters
     ----------

@@ -92,7 +92,10 @@ class SpectralNorm(nn.Module):
 
 
 def spectral_norm(module: nn.Module, name: str = "weight") -> nn.Module:
-    """Register :class:`SpectralNorm` on ``module.<name>`` (a ``torch.nn.utils.parametrize``
-    parametrisation: the raw weight becomes ``parametrizations.<name>.original``)."""
+    """Register :class:`SpectralNorm` on ``module.<name>``.
+
+    A ``torch.nn.utils.parametrize`` parametrisation: the raw weight becomes
+    ``parametrizations.<name>.original``.
+    """
     parametrize.register_parametrization(module, name, SpectralNorm(getattr(module, name)))
     return module

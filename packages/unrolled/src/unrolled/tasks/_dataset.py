@@ -18,6 +18,7 @@ __all__ = [
     "DTYPES",
     "Sample",
     "TaskDataset",
+    "builder_options",
     "mri_batch",
     "resolve_dtypes",
     "seeded_generator",
@@ -34,19 +35,28 @@ DTYPES = {
 Sample = dict[str, Any]
 
 
+def builder_options(arguments: dict[str, Any]) -> dict[str, Any]:
+    """Return a task builder's options as it was called: its arguments but the split.
+
+    Call it first thing with ``locals()``, so that the options a dataset records are always
+    exactly the builder's keyword parameters (a new option cannot be forgotten).
+    """
+    return {name: value for name, value in arguments.items() if name != "split"}
+
+
 def seeded_generator(seed: int, index: int, stream: int) -> torch.Generator:
-    """A private generator seeded by ``(seed, index, stream)`` (the same item, the same draw)."""
+    """Return a private generator seeded by ``(seed, index, stream)``: one item, one draw."""
     return torch.Generator().manual_seed(((seed * 1_000_003 + index) * 8 + stream) % (2**63))
 
 
 def resolve_dtypes(dtype: str) -> tuple[torch.dtype, torch.dtype]:
-    """The real and complex dtypes of ``dtype`` (``"float32"`` or ``"float64"``)."""
+    """Return the real and complex dtypes of ``dtype`` (``"float32"`` or ``"float64"``)."""
     one_of("dtype", dtype, tuple(DTYPES), " (complex data follows: complex64 / complex128)")
     return DTYPES[dtype]
 
 
 def stack_samples(samples: Sequence[Sample], key: str, dtype: torch.dtype | None = None) -> Tensor:
-    """The ``key`` tensors of ``samples`` stacked along a new batch axis (cast to ``dtype``)."""
+    """Return the ``key`` tensors of ``samples`` stacked on a new batch axis, as ``dtype``."""
     out = torch.stack([s[key] for s in samples])
     return out if dtype is None else out.to(dtype)
 
@@ -57,8 +67,11 @@ def mri_batch(
     dtypes: tuple[torch.dtype, torch.dtype],
     dims: int = 2,
 ) -> Batch:
-    """MRI samples (``kspace``, ``target``, ``mask``, and ``maps`` when ``multicoil``) as a
-    batch with ``physops.Sense(maps, mask)`` or ``physops.FourierSampling(mask)``."""
+    """Stack MRI samples into a batch with their operator.
+
+    The samples hold ``kspace``, ``target``, ``mask``, and ``maps`` when ``multicoil``; the
+    operator is ``physops.Sense(maps, mask)`` or ``physops.FourierSampling(mask)``.
+    """
     real_dtype, complex_dtype = dtypes
     y = stack_samples(samples, "kspace", complex_dtype)
     target = stack_samples(samples, "target", complex_dtype)
@@ -112,7 +125,7 @@ class TaskDataset(Dataset):
         raise NotImplementedError
 
     def batch(self, indices: Sequence[int] | None = None) -> Batch:
-        """The batch of the items ``indices`` (default: every item)."""
+        """Return the batch of the items ``indices`` (default: every item)."""
         chosen = range(len(self)) if indices is None else indices
         return self.collate([self[int(i)] for i in chosen])
 
@@ -125,8 +138,10 @@ class TaskDataset(Dataset):
         return out
 
     def check_index(self, index: int) -> int:
-        """``index`` in ``[0, len)`` (negative indices count from the end); ``IndexError``
-        otherwise."""
+        """Return ``index`` in ``[0, len)``; raise ``IndexError`` when it is out of range.
+
+        Negative indices count from the end.
+        """
         n = len(self)
         if isinstance(index, bool) or not isinstance(index, int) or not -n <= index < n:
             raise IndexError(f"index {index!r} out of range for {n} samples of {self!r}")

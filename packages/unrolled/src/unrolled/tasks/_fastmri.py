@@ -130,8 +130,10 @@ class FastMRITask(TaskDataset):
 
 
 def fastmri_dataset(task: str, challenge: str, split: str, options: dict[str, Any]) -> TaskDataset:
-    """The ``split`` of the user's fastMRI files (``options["root"]``) as the MRI task ``task``
-    (``challenge``: ``"multicoil"`` or ``"singlecoil"``)."""
+    """Return the ``split`` of the user's fastMRI files as the MRI task ``task``.
+
+    The files are at ``options["root"]``; ``challenge`` is ``"multicoil"`` or ``"singlecoil"``.
+    """
     if options.get("mask", "random") not in ("random", "equispaced"):
         raise ValueError(
             "fastMRI data are 2D Cartesian: use 1D column masks, mask='random' or 'equispaced', "

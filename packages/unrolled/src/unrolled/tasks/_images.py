@@ -20,14 +20,23 @@ import physops
 
 from .._batch import Batch
 from .._validate import check_split, finite_number, int_at_least
-from ._dataset import Sample, TaskDataset, resolve_dtypes, seeded_generator, stack_samples
+from ._dataset import (
+    Sample,
+    TaskDataset,
+    builder_options,
+    resolve_dtypes,
+    seeded_generator,
+    stack_samples,
+)
 
 __all__ = ["ct", "deblur"]
 
 
 class _ImageTask(TaskDataset):
-    """Real images from :class:`physops.RealAnatomyDataset` (``kind="image"``) measured by a
-    fixed operator with seeded Gaussian noise."""
+    """Real images measured by a fixed operator with seeded Gaussian noise.
+
+    The images are :class:`physops.RealAnatomyDataset`'s (``kind="image"``).
+    """
 
     complex = False
 
@@ -97,26 +106,20 @@ def deblur(
     seed: int = 0,
     dtype: str = "float32",
 ) -> TaskDataset:
-    """Gaussian deblurring (LUSER Sec. 4.1): ``y = k * x + n``, ``k`` 9 x 9 of variance 5,
-    white Gaussian noise of standard deviation 0.01 (images in [0, 1]), ``x0 = y``.
+    """Gaussian deblurring (LUSER Sec. 4.1).
+
+    ``y = k * x + n``, ``k`` 9 x 9 of variance 5, white Gaussian noise of standard deviation 0.01
+    (images in [0, 1]), ``x0 = y``.
 
     The images are the real-anatomy magnitudes (grey-scale; LUSER used RGB CelebA with the same
     kernel on every channel). The noise of item ``i`` is drawn from a generator seeded by
     ``(seed, i)``: an item is identical every time it is read.
     """
+    options = builder_options(locals())
     int_at_least("kernel_size", kernel_size, 1)
     finite_number("variance", variance, low=0.0, low_open=True)
     finite_number("noise_std", noise_std, low=0.0)
     resolve_dtypes(dtype)
-    options = {
-        "image_size": image_size,
-        "kernel_size": kernel_size,
-        "variance": variance,
-        "noise_std": noise_std,
-        "boundary": boundary,
-        "seed": seed,
-        "dtype": dtype,
-    }
     return _Deblur("deblur", split, options)
 
 
@@ -174,20 +177,11 @@ def ct(
     models start from :math:`A^T y`; ``init="fbp"`` gives ``x0 = physops.fbp(R, y sqrt(L))``,
     filtered back-projection in the images' own scale.
     """
+    options = builder_options(locals())
     int_at_least("num_angles", num_angles, 1)
     int_at_least("keep_angles", keep_angles, 1)
     finite_number("noise", noise, low=0.0)
     if init not in ("adjoint", "fbp"):
         raise ValueError(f"init must be 'adjoint' (A^T y, LUSER) or 'fbp', got {init!r}")
     resolve_dtypes(dtype)
-    options = {
-        "image_size": image_size,
-        "num_angles": num_angles,
-        "keep_angles": keep_angles,
-        "noise": noise,
-        "init": init,
-        "circle": circle,
-        "seed": seed,
-        "dtype": dtype,
-    }
     return _CT("ct", split, options)

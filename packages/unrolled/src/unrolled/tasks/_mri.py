@@ -1,5 +1,7 @@
-"""MRI tasks on the embedded real anatomy (or the user's fastMRI files): multi-coil 2D,
-single-coil 2D and multi-coil 3D."""
+"""MRI tasks on the embedded real anatomy (or the user's fastMRI files).
+
+Multi-coil 2D, single-coil 2D and multi-coil 3D.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import physops
 
 from .._batch import Batch
 from .._validate import check_split
-from ._dataset import Sample, TaskDataset, mri_batch, resolve_dtypes
+from ._dataset import Sample, TaskDataset, builder_options, mri_batch, resolve_dtypes
 from ._fastmri import fastmri_dataset
 
 __all__ = ["mri3d", "multicoil_mri", "singlecoil_mri"]
@@ -53,8 +55,10 @@ class _AnatomyMRI(TaskDataset):
 def _anatomy(
     task: str, split: str, options: dict[str, Any], kind: str, dims: int = 2, **fixed: Any
 ) -> TaskDataset:
-    """The task on :class:`physops.RealAnatomyDataset`, which takes the task's own options but
-    ``root`` and ``dtype`` (and ``fixed``)."""
+    """Return the task on :class:`physops.RealAnatomyDataset`.
+
+    The dataset takes the task's own options but ``root`` and ``dtype`` (and ``fixed``).
+    """
     source = physops.RealAnatomyDataset(
         check_split(split),
         kind=kind,
@@ -133,19 +137,9 @@ def multicoil_mri(
     TaskDataset
         The split's samples; its ``collate`` makes the batches.
     """
-    options = {
-        "image_size": image_size,
-        "num_coils": num_coils,
-        "acceleration": acceleration,
-        "mask": mask,
-        "center_fraction": _center_fraction(acceleration, center_fraction),
-        "calibration": _calibration(image_size or 96, calibration),
-        "snr_db": snr_db,
-        "maps": maps,
-        "root": root,
-        "seed": seed,
-        "dtype": dtype,
-    }
+    options = builder_options(locals())
+    options["center_fraction"] = _center_fraction(acceleration, center_fraction)
+    options["calibration"] = _calibration(image_size or 96, calibration)
     resolve_dtypes(dtype)
     if root is not None:
         options["mask"] = "random" if mask is None else mask
@@ -173,17 +167,9 @@ def singlecoil_mri(
     Options as :func:`multicoil_mri` (default mask ``"random"``, LUSER's setting); ``root`` reads
     fastMRI singlecoil files.
     """
-    options = {
-        "image_size": image_size,
-        "acceleration": acceleration,
-        "mask": mask,
-        "center_fraction": _center_fraction(acceleration, center_fraction),
-        "calibration": _calibration(image_size or 96, calibration),
-        "snr_db": snr_db,
-        "root": root,
-        "seed": seed,
-        "dtype": dtype,
-    }
+    options = builder_options(locals())
+    options["center_fraction"] = _center_fraction(acceleration, center_fraction)
+    options["calibration"] = _calibration(image_size or 96, calibration)
     resolve_dtypes(dtype)
     if root is not None:
         return fastmri_dataset("singlecoil_mri", "singlecoil", split, options)
@@ -210,15 +196,7 @@ def mri3d(
     (:class:`physops.RealAnatomyDataset` with ``ndim=3``). ``depth`` is at most 4 (the val and
     test splits hold 4 slices); the splits hold 22 / 2 / 2 slabs at ``depth=4``.
     """
-    options = {
-        "image_size": image_size,
-        "depth": depth,
-        "num_coils": num_coils,
-        "acceleration": acceleration,
-        "calibration": _calibration(image_size, calibration),
-        "snr_db": snr_db,
-        "seed": seed,
-        "dtype": dtype,
-    }
+    options = builder_options(locals())
+    options["calibration"] = _calibration(image_size, calibration)
     resolve_dtypes(dtype)
     return _anatomy("mri3d", split, options, "multicoil", dims=3, ndim=3, mask="poisson")

@@ -17,7 +17,7 @@ import physops
 
 from .._batch import Batch
 from .._validate import check_split, finite_number, int_at_least
-from ._dataset import TaskDataset, resolve_dtypes, seeded_generator
+from ._dataset import TaskDataset, builder_options, resolve_dtypes, seeded_generator
 
 __all__ = ["PtychographyDataset", "ptychography"]
 
@@ -50,7 +50,7 @@ class PtychographyDataset(TaskDataset):
         self.acquisition = self.make_physics()
 
     def make_physics(self) -> physops.FourierPtychography:
-        """A fresh single-LED acquisition (identity design) in the task's precision."""
+        """Return a fresh single-LED acquisition (identity design) in the task's precision."""
         o = self.options
         leds = physops.led_grid(
             o["leds_per_side"], spacing=o["led_spacing"], distance=o["led_distance"]
@@ -127,24 +127,11 @@ def ptychography(
     ``image_size / downsample`` px (defaults 32 and 8). Items: see :class:`PtychographyDataset`.
     The splits are the real-anatomy splits (28 / 8 / 8 samples).
     """
+    options = builder_options(locals())
     int_at_least("image_size", image_size, 4)
     int_at_least("downsample", downsample, 1)
     int_at_least("leds_per_side", leds_per_side, 1)
     finite_number("max_phase", max_phase, low=0.0)
     finite_number("min_amplitude", min_amplitude, low=0.0)
     resolve_dtypes(dtype)
-    options = {
-        "image_size": image_size,
-        "downsample": downsample,
-        "leds_per_side": leds_per_side,
-        "led_spacing": led_spacing,
-        "led_distance": led_distance,
-        "na": na,
-        "wavelength": wavelength,
-        "pixel_size": pixel_size,
-        "max_phase": max_phase,
-        "min_amplitude": min_amplitude,
-        "seed": seed,
-        "dtype": dtype,
-    }
     return PtychographyDataset(split, options)

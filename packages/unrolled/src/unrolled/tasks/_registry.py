@@ -25,7 +25,7 @@ class TaskSpec:
     summary: str
 
     def defaults(self) -> dict[str, Any]:
-        """The task's options and their default values (from ``build``'s signature)."""
+        """Return the task's options and their default values (from ``build``'s signature)."""
         params = inspect.signature(self.build).parameters
         return {k: p.default for k, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
@@ -51,7 +51,7 @@ def register_task(
 
 
 def get_task(name: str) -> TaskSpec:
-    """The task registered under ``name``; an unknown name lists the valid ones."""
+    """Return the task registered under ``name``; an unknown name lists the valid ones."""
     try:
         return TASKS[name]
     except (KeyError, TypeError):
@@ -59,7 +59,7 @@ def get_task(name: str) -> TaskSpec:
 
 
 def make_dataset(task: str, split: str = "train", **options: Any) -> TaskDataset:
-    """The ``split`` of ``task`` with ``options`` (see each task's function for its options).
+    """Return the ``split`` of ``task`` with ``options`` (see each task's function for its options).
 
     Examples
     --------

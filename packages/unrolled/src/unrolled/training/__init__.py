@@ -1,5 +1,6 @@
-"""Training of unrolled models: options, engines, the loop, run folders, model files,
-evaluation, metrics and memory probes.
+"""Training of unrolled models.
+
+Options, engines, the loop, run folders, model files, evaluation, metrics and memory probes.
 
 =================================  ==============================================================
 name                               what it is

@@ -65,7 +65,7 @@ def _mse(x_hat: Tensor, x: Tensor) -> Tensor:
 
 
 def aux_loss_weight(model: nn.Module) -> float:
-    """The model's auxiliary-loss weight ``model.aux_loss_weight`` (LUSER), 0 when absent."""
+    """Return the model's auxiliary-loss weight ``model.aux_loss_weight`` (LUSER), 0 when absent."""
     weight = getattr(model, "aux_loss_weight", 0.0)
     if weight is None:
         return 0.0
@@ -79,7 +79,7 @@ def aux_loss_weight(model: nn.Module) -> float:
 def model_loss(
     model: UnrolledModel, batch: Batch, loss_fn: Callable[[Tensor, Tensor], Tensor]
 ) -> Tensor:
-    """The training loss of ``model`` on ``batch`` (see the module docstring)."""
+    """Return the training loss of ``model`` on ``batch`` (see the module docstring)."""
     weight = aux_loss_weight(model)
     if model.loss_over_stages or weight > 0:
         outs = model.intermediates(batch.y, batch.physics, batch.x0)
@@ -254,7 +254,7 @@ def make_engine(
     opts: TrainOptions,
     strategy: Strategy,
 ) -> Engine:
-    """The optimizer step of ``strategy``: GLEAM's greedy engine, else one Adam for the model."""
+    """Return the optimizer step of ``strategy``: GLEAM's greedy engine, else one Adam."""
     if strategy.name == "greedy":
         return GreedyEngine(model, loss_fn, opts, strategy)
     return PlainEngine(model, loss_fn, opts)

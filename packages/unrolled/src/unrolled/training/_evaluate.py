@@ -1,7 +1,8 @@
 """Evaluation of trained models: per-sample metrics and GLEAM's PSNR after every stage.
 
-Metrics are those of :mod:`unrolled.training._metrics` (scikit-image, on magnitude images, the reference's
-peak as data range; GLEAM Sec. V-C4): PSNR in dB, SSIM and nRMSE per sample.
+Metrics are those of :func:`unrolled.psnr`, :func:`unrolled.ssim`, :func:`unrolled.nrmse`
+(scikit-image, on magnitude images, the reference's peak as data range; GLEAM Sec. V-C4): PSNR
+in dB, SSIM and nRMSE per sample.
 """
 
 from __future__ import annotations
@@ -39,15 +40,18 @@ METRICS = ("psnr", "ssim", "nrmse")
 # batches from datasets
 # ------------------------------------------------------------------------------------------------
 def _first(samples: Sequence[Any]) -> Batch:
-    """The collate of a dataset of ready :class:`Batch` objects (one per step)."""
+    """Return the collate of a dataset of ready :class:`Batch` objects (one per step)."""
     return samples[0]
 
 
 def resolve_collate(
     data: Any, collate: Callable[[list[Any]], Batch] | None, name: str, batch_size: int
 ) -> Callable[[list[Any]], Batch]:
-    """``collate`` if given, else ``data.collate`` (task datasets), else one ready ``Batch`` per
-    item; raises naming what is missing."""
+    """Return the collate function of ``data``.
+
+    ``collate`` if given, else ``data.collate`` (task datasets), else one ready ``Batch`` per
+    item; raises naming what is missing.
+    """
     if collate is not None:
         if not callable(collate):
             raise TypeError(
@@ -71,8 +75,10 @@ def resolve_collate(
 
 
 def check_dataset(data: object, name: str) -> int:
-    """The length of ``data``, a non-empty map-style dataset (else a ``TypeError`` or a
-    ``ValueError`` naming ``name``)."""
+    """Return the length of ``data``, a non-empty map-style dataset.
+
+    Anything else raises a ``TypeError`` or a ``ValueError`` naming ``name``.
+    """
     if not (hasattr(data, "__len__") and hasattr(data, "__getitem__")):
         raise TypeError(
             f"{name} must be a map-style dataset (with __len__ and __getitem__), such as "
@@ -113,8 +119,11 @@ def _loader(
 # ------------------------------------------------------------------------------------------------
 @dataclass
 class MetricsTable:
-    """Per-sample metrics: one row per sample, ``sample`` (its position in the dataset),
-    ``psnr`` (dB), ``ssim`` and ``nrmse``."""
+    """Per-sample metrics.
+
+    One row per sample, ``sample`` (its position in the dataset), ``psnr`` (dB), ``ssim`` and
+    ``nrmse``.
+    """
 
     rows: list[dict[str, float]]
 
@@ -127,11 +136,11 @@ class MetricsTable:
         return [float(r[name]) for r in self.rows]
 
     def mean(self) -> dict[str, float]:
-        """The mean of every metric over the samples."""
+        """Return the mean of every metric over the samples."""
         return {m: sum(self.column(m)) / len(self.rows) for m in METRICS}
 
     def std(self) -> dict[str, float]:
-        """The (population) standard deviation of every metric over the samples."""
+        """Return the (population) standard deviation of every metric over the samples."""
         means = self.mean()
         return {
             m: math.sqrt(sum((v - means[m]) ** 2 for v in self.column(m)) / len(self.rows))
@@ -139,7 +148,7 @@ class MetricsTable:
         }
 
     def summary(self) -> dict[str, Any]:
-        """``{"samples": n, "psnr": {"mean": .., "std": ..}, ...}`` (JSON-friendly)."""
+        """Return ``{"samples": n, "psnr": {"mean": .., "std": ..}, ...}`` (JSON-friendly)."""
         means, stds = self.mean(), self.std()
         out: dict[str, Any] = {"samples": len(self.rows)}
         out.update({m: {"mean": means[m], "std": stds[m]} for m in METRICS})

@@ -33,8 +33,11 @@ def load_buffers(model: nn.Module, buffers: dict[str, Tensor]) -> None:
 
 
 def extra_buffers(model: nn.Module) -> dict[str, Tensor]:
-    """The model's non-persistent buffers (e.g. certified Lipschitz bounds), which
-    ``state_dict`` leaves out but which change what the model computes."""
+    """Return the model's non-persistent buffers (e.g.
+
+    certified Lipschitz bounds), which ``state_dict`` leaves out but which change what the model
+    computes.
+    """
     persistent = set(model.state_dict().keys())
     return {
         name: buffer.detach().cpu().clone()
@@ -64,8 +67,11 @@ def save_model(
 def load_model(
     model: nn.Module, path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
 ) -> dict[str, Any]:
-    """Load weights into ``model`` from ``best.pt`` (:func:`save_model`) or a training
-    ``checkpoint.pt``; returns the file's other entries (``step``, ``metrics``, ...)."""
+    """Load weights into ``model`` from a model file.
+
+    The file is a ``best.pt`` (:func:`save_model`) or a training ``checkpoint.pt``; returns the
+    file's other entries (``step``, ``metrics``, ...).
+    """
     target = Path(path)
     if not target.is_file():
         raise FileNotFoundError(f"no model file at {str(target)!r}")

@@ -196,7 +196,7 @@ def _check_resume(saved: dict[str, Any], opts: TrainOptions, strategy: Strategy)
 
 
 def _open_run(opts: TrainOptions, strategy: Strategy) -> tuple[RunFolder | None, dict | None]:
-    """The run folder (``None`` without ``run_dir``) and, when resuming, its checkpoint."""
+    """Return the run folder (``None`` without ``run_dir``) and, when resuming, its checkpoint."""
     if opts.run_dir is None:
         return None, None
     run = RunFolder(opts.run_dir)
@@ -284,8 +284,11 @@ class _Session:
 
     # ------------------------------------------------------------------ restore
     def restore(self) -> None:
-        """Move the model, restore a resumed run's state (else seed everything), certify and
-        set the strategy, and build the engine."""
+        """Restore the run's state, or start a fresh one.
+
+        Moves the model, restores a resumed run's state (else seeds everything), certifies and
+        sets the strategy, and builds the engine.
+        """
         model, opts, saved, chosen = self.model, self.opts, self.saved, self.strategy
         model.to(self.device)
         if saved is not None:
@@ -323,8 +326,11 @@ class _Session:
             self.run.rewrite(self.run.val, self.val_history, _VAL_COLUMNS)
 
     def _certified(self) -> bool:
-        """A resumed run restored its certified bounds with the buffers (MEL Eq. 7: alpha * L
-        < 1); a fresh one certifies on its first training batch."""
+        """Tell whether the bounds reversible training needs are known already.
+
+        A resumed run restored its certified bounds with the buffers (MEL Eq. 7: alpha * L < 1);
+        a fresh one certifies on its first training batch.
+        """
         return self.saved is not None and all(
             bool(torch.isfinite(v).all())
             for v in self.saved["buffers"].values()
@@ -336,8 +342,10 @@ class _Session:
 
     # ------------------------------------------------------------------ fit
     def fit(self, callback: Callable[[dict[str, Any]], None] | None) -> None:
-        """The optimizer steps from the checkpoint's (or 0) to ``steps``, with validation,
-        logs and checkpoints; records peak memory and step times."""
+        """Run the optimizer steps from the checkpoint's (or 0) to ``steps``.
+
+        With validation, logs and checkpoints; records peak memory and step times.
+        """
         from tqdm.auto import tqdm
 
         opts = self.opts
@@ -474,7 +482,7 @@ class _Session:
         )
 
     def result(self) -> TrainResult:
-        """The :class:`TrainResult`, also written to ``train_result.json`` in a run folder."""
+        """Return the :class:`TrainResult` (in a run folder also ``train_result.json``)."""
         peak, baseline = self.memory
         times = self.times
         result = TrainResult(

@@ -151,7 +151,7 @@ LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
 
 
 def get_loss(name: str) -> Callable[[Tensor, Tensor], Tensor]:
-    """The training loss registered under ``name`` (``"l1"``, ``"mse"``, ``"nmse"``, ``"ssim"``)."""
+    """Return the training loss ``name``: ``"l1"``, ``"mse"``, ``"nmse"`` or ``"ssim"``."""
     try:
         return LOSSES[name]
     except KeyError:

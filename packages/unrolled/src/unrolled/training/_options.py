@@ -154,8 +154,9 @@ class TrainOptions:
 # data order
 # ------------------------------------------------------------------------------------------------
 def batch_indices(step: int, num_samples: int, batch_size: int, seed: int = 0) -> list[int]:
-    """The dataset indices of training step ``step`` (0-based): a deterministic function of
-    ``(seed, step)``.
+    """Return the dataset indices of training step ``step`` (0-based).
+
+    A deterministic function of ``(seed, step)``.
 
     Epoch ``e = step // (num_samples // batch_size)`` shuffles the dataset with a generator
     seeded by ``(seed, e)``; the step takes the next ``batch_size`` indices of that permutation

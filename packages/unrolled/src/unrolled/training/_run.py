@@ -63,7 +63,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """A temporary file beside ``path`` to write; it replaces ``path`` when the block succeeds.
+    """Yield a temporary file beside ``path``; it replaces ``path`` when the block succeeds.
 
     The temporary file is synced to disk before ``os.replace``, so ``path`` is always either its
     old content or the complete new one (never half written), even if the process is killed;
@@ -90,7 +90,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` to ``path`` atomically (:func:`atomic_path`), with ``\\n`` line ends."""
+    r"""Write ``text`` to ``path`` atomically (:func:`atomic_path`), with ``\n`` line ends."""
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         handle.write(text)
 
@@ -197,7 +197,7 @@ class TrainResult:
         raise ValueError("this run has no best model: train with val_data to select one")
 
     def summary(self) -> dict[str, Any]:
-        """The run in plain data (``train_result.json``)."""
+        """Return the run in plain data (``train_result.json``)."""
         return {
             "steps": self.steps,
             "strategy": self.strategy,
