@@ -15,6 +15,7 @@ import torch
 from memroll_test_configs import TINY_RUN
 from torch import Tensor
 
+import memroll
 import physops
 import unrolled
 from memroll import config as _config
@@ -364,3 +365,43 @@ def test_readme_commands_parse():
     for command in commands:
         assert command[0] == "memroll"
         parser.parse_args(command[1:])
+
+
+def test_python_dash_m_memroll_runs_the_command():
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "memroll", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    for command in ("train", "eval", "recon", "configs", "demo", "bench"):
+        assert command in done.stdout
+    version = subprocess.run(
+        [sys.executable, "-m", "memroll", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert version.stdout.strip() == f"memroll {memroll.__version__}"
+
+
+def test_the_application_never_imports_its_command_line():
+    import ast
+
+    source = Path(memroll.__file__).parent
+    for path in source.rglob("*.py"):
+        if "cli" in path.relative_to(source).parts or path.name == "__main__.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.ImportFrom):
+                names = [f"{node.module or ''}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            assert not any("cli" in name.split(".") for name in names), (path, names)
