@@ -367,27 +367,21 @@ def test_readme_commands_parse():
         parser.parse_args(command[1:])
 
 
-def test_python_dash_m_memroll_runs_the_command():
+def _python_m_memroll(*args: str):
     import subprocess
     import sys
 
-    done = subprocess.run(
-        [sys.executable, "-m", "memroll", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    command = [sys.executable, "-m", "memroll", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_python_dash_m_memroll_runs_the_command():
+    done = _python_m_memroll("--help")
     assert done.returncode == 0, done.stderr
     for command in ("train", "eval", "recon", "configs", "demo", "bench"):
         assert command in done.stdout
-    version = subprocess.run(
-        [sys.executable, "-m", "memroll", "--version"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
+    version = _python_m_memroll("--version")
+    assert version.returncode == 0, version.stderr
     assert version.stdout.strip() == f"memroll {memroll.__version__}"
 
 

@@ -43,7 +43,13 @@ def _dncnn_lr(c: dict[str, Any]) -> str:
 
 
 def table4(jobs: Sequence[JobRecord], cfg: dict[str, Any], out: Path) -> list[str]:
+    """Table 4 in Markdown: i-RIM's memory against depth, then LUSER against LU-DnCNN."""
     c = cfg["t4"]
+    return [*_t4_irim(jobs, c, out), *_t4_luser(jobs, c)]
+
+
+def _t4_irim(jobs: Sequence[JobRecord], c: dict[str, Any], out: Path) -> list[str]:
+    """i-RIM's step memory and time against its number of invertible layers."""
     k = c["irim_kwargs"]
     strategies = ("backprop", "checkpoint", "reversible")
     lines = [
@@ -83,10 +89,15 @@ def table4(jobs: Sequence[JobRecord], cfg: dict[str, Any], out: Path) -> list[st
     panel = memory_panel("invertible layers", series, title="i-RIM: training memory against depth")
     plots.line_panels(out / "t4_irim_memory.png", [panel], size=(6.5, 3.8))
     lines += ["", image("t4_irim_memory.png")]
+    return lines
+
+
+def _t4_luser(jobs: Sequence[JobRecord], c: dict[str, Any]) -> list[str]:
+    """LUSER-SW and -DW against LU-DnCNN: parameters, quality, memory, time."""
     t = c["train"]
     lk, dk = c["luser_kwargs"], c["dncnn_kwargs"]
     ref = find(jobs, "4", part="luser", method="LU-DnCNN")
-    lines += [
+    lines = [
         "",
         f"LUSER (K = {lk['iterations']} stages, F = {lk['features']}, Anderson, implicit "
         f"gradients) against LU-DnCNN (K = {dk['iterations']}, one shared 17-layer DnCNN of "
@@ -150,8 +161,6 @@ def table5(jobs: Sequence[JobRecord], cfg: dict[str, Any], out: Path) -> list[st
     c = cfg["t5"]
     unrolls = c["unrolls"]
     size = c["data"]["image_size"]
-    dinv = [find(jobs, "5", method="deepinv", unrolls=n) for n in unrolls]
-    dinv_ok = [j for j in dinv if j is not None and ok(j)]
     lines = [
         "## 5. Issue 7's comparison: memroll's MoDL against deepinv's MoDL",
         "",
@@ -166,46 +175,12 @@ def table5(jobs: Sequence[JobRecord], cfg: dict[str, Any], out: Path) -> list[st
         f"peer. Step memory (MB) and the median of {c['steps']} step times after a warm-up step; "
         "ratios to deepinv measured in this run.",
         "",
-        "| unrolls | " + " | ".join(T5_METHODS) + " |",
-        "|---|" + "---|" * len(T5_METHODS),
     ]
-    for n in unrolls:
-        ref = find(jobs, "5", method="deepinv", unrolls=n)
-        ref = ref if ok(ref) else None
-        cells = []
-        for m in T5_METHODS:
-            job = find(jobs, "5", method=m, unrolls=n)
-            if m == "deepinv" and not ok(job):
-                cells.append("not measured (see below)")
-            else:
-                cells.append(cell(job, "step_mb", ref))
-        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    lines += _t5_rows(jobs, unrolls, "step_mb", "not measured (see below)")
     lines += ["", "Peak resident memory of the process (MB; includes torch, the data, the model):"]
-    lines += ["", "| unrolls | " + " | ".join(T5_METHODS) + " |"]
-    lines += ["|---|" + "---|" * len(T5_METHODS)]
-    for n in unrolls:
-        ref = find(jobs, "5", method="deepinv", unrolls=n)
-        ref = ref if ok(ref) else None
-        cells = [
-            cell(find(jobs, "5", method=m, unrolls=n), "peak_mb", ref)
-            if m != "deepinv" or ref is not None
-            else "—"
-            for m in T5_METHODS
-        ]
-        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    lines += ["", *_t5_rows(jobs, unrolls, "peak_mb", "—")]
     lines += ["", "Time per training step (s; ratio to deepinv):", ""]
-    lines += ["| unrolls | " + " | ".join(T5_METHODS) + " |"]
-    lines += ["|---|" + "---|" * len(T5_METHODS)]
-    for n in unrolls:
-        ref = find(jobs, "5", method="deepinv", unrolls=n)
-        ref = ref if ok(ref) else None
-        cells = [
-            cell(find(jobs, "5", method=m, unrolls=n), "time_s", ref, ".2f")
-            if m != "deepinv" or ref is not None
-            else "—"
-            for m in T5_METHODS
-        ]
-        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    lines += _t5_rows(jobs, unrolls, "time_s", "—", ".2f")
     issue_rows = [n for n in unrolls if n in ISSUE_DEEPINV]
     if issue_rows:
         lines += [
@@ -220,6 +195,39 @@ def table5(jobs: Sequence[JobRecord], cfg: dict[str, Any], out: Path) -> list[st
         ]
     lines += ["", "Targets of issue 7:", ""]
     lines += t5_targets(jobs, unrolls, size)
+    notes = _t5_notes(jobs, unrolls)
+    if notes:
+        lines += [""] + [f"Note: {n}" for n in notes]
+    _t5_figure(jobs, unrolls, size, out)
+    lines += ["", image("t5_deepinv_comparison.png")]
+    return lines
+
+
+def _t5_rows(
+    jobs: Sequence[JobRecord], unrolls: Sequence[int], key: str, missing: str, digits: str = ".1f"
+) -> list[str]:
+    """Return a table of ``key`` per method and unroll count, with ratios to deepinv's.
+
+    Deepinv's cell says ``missing`` when it did not run.
+    """
+    lines = ["| unrolls | " + " | ".join(T5_METHODS) + " |", "|---|" + "---|" * len(T5_METHODS)]
+    for n in unrolls:
+        ref = find(jobs, "5", method="deepinv", unrolls=n)
+        ref = ref if ok(ref) else None
+        cells = [
+            missing
+            if m == "deepinv" and ref is None
+            else cell(find(jobs, "5", method=m, unrolls=n), key, ref, digits)
+            for m in T5_METHODS
+        ]
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _t5_notes(jobs: Sequence[JobRecord], unrolls: Sequence[int]) -> list[str]:
+    """Why deepinv did not run, or its version, size and how it was imported."""
+    dinv = [find(jobs, "5", method="deepinv", unrolls=n) for n in unrolls]
+    dinv_ok = [j for j in dinv if j is not None and ok(j)]
     notes = []
     for job in dinv:
         if job is not None and not ok(job):
@@ -244,8 +252,10 @@ def table5(jobs: Sequence[JobRecord], cfg: dict[str, Any], out: Path) -> list[st
                 "MoDL, DnCNN, MultiCoilMRI and CG ran without calling torchvision, so the figures "
                 "above are deepinv's own code, measured here."
             )
-    if notes:
-        lines += [""] + [f"Note: {n}" for n in notes]
+    return notes
+
+
+def _t5_figure(jobs: Sequence[JobRecord], unrolls: Sequence[int], size: int, out: Path) -> None:
     panels = [
         (
             name,
@@ -263,8 +273,6 @@ def table5(jobs: Sequence[JobRecord], cfg: dict[str, Any], out: Path) -> list[st
         xlabel="unrolls",
         title=f"MoDL at {size} x {size}, 8 coils, batch 2: memroll vs deepinv",
     )
-    lines += ["", image("t5_deepinv_comparison.png")]
-    return lines
 
 
 def _params(jobs: Sequence[JobRecord], unrolls: Sequence[int]) -> str:

@@ -82,6 +82,14 @@ def table1(jobs: Sequence[JobRecord], cfg: dict[str, Any], out: Path) -> list[st
             f"{ratio(r['step_mb'], get(ref, 'step_mb'))} | {num(r['time_s'], '.3f')} | "
             f"{ratio(r['time_s'], get(ref, 'time_s'))} | {r['best_step']} |"
         )
+    lines += _t1_cs_rows(jobs, ref, t["steps"])
+    lines += _t1_figure(jobs, out)
+    return lines
+
+
+def _t1_cs_rows(jobs: Sequence[JobRecord], ref: JobRecord | None, steps: int) -> list[str]:
+    """Return the CS and zero-filled rows of table 1, and how CS compares with backprop."""
+    lines: list[str] = []
     cs = find(jobs, "1", method="cs")
     if ok(cs):
         r = cs["result"]  # type: ignore[index]
@@ -102,7 +110,7 @@ def table1(jobs: Sequence[JobRecord], cfg: dict[str, Any], out: Path) -> list[st
             gap = r["test"]["psnr"]["mean"] - ref["result"]["test"]["psnr"]["mean"]  # type: ignore[index]
             if gap > 0:
                 lines.append(
-                    f"After {t['steps']} steps (GLEAM trained 50000) the networks are far from "
+                    f"After {steps} steps (GLEAM trained 50000) the networks are far from "
                     f"converged and CS is {gap:.1f} dB above end-to-end backprop: this table "
                     "compares the memory strategies with one another (the same network, the same "
                     "quality, different memory and time), not deep learning with CS."
@@ -111,6 +119,11 @@ def table1(jobs: Sequence[JobRecord], cfg: dict[str, Any], out: Path) -> list[st
                 lines.append(f"End-to-end backprop is {-gap:.1f} dB above CS.")
     elif cs is not None:
         lines.append(f"| CS | failed: {short(cs['result']['error'])} ||||||||")
+    return lines
+
+
+def _t1_figure(jobs: Sequence[JobRecord], out: Path) -> list[str]:
+    """Table 1's figure: memory and time per strategy, and the training losses."""
     names = [key for key, _ in T1_METHODS if ok(find(jobs, "1", method=key))]
     if names:
         done = {key: find(jobs, "1", method=key) for key in names}
@@ -132,8 +145,8 @@ def table1(jobs: Sequence[JobRecord], cfg: dict[str, Any], out: Path) -> list[st
             {k: done[k]["result"]["losses"] for k in names},  # type: ignore[index]
             title="Table 1: 2D MoDL, memory strategies",
         )
-        lines += ["", image("t1_modl_strategies.png")]
-    return lines
+        return ["", image("t1_modl_strategies.png")]
+    return []
 
 
 # ------------------------------------------------------------------------------------------------
@@ -207,6 +220,14 @@ def table2(jobs: Sequence[JobRecord], cfg: dict[str, Any], out: Path) -> list[st
             "stage for backprop through the solver iterations (it is flat in the solver's "
             "iteration count, which backprop is not)."
         )
+    lines += _t2_figure(jobs, depths, modl, out)
+    return lines
+
+
+def _t2_figure(
+    jobs: Sequence[JobRecord], depths: Sequence[int], modl: Sequence[str], out: Path
+) -> list[str]:
+    """Table 2's figure: step memory against depth, MoDL and LUSER-DW."""
     panels = []
     for model, strategies, title in (
         ("MoDL", modl, "MoDL"),
@@ -218,8 +239,7 @@ def table2(jobs: Sequence[JobRecord], cfg: dict[str, Any], out: Path) -> list[st
         }
         panels.append(memory_panel("unrolls N", series, title=title, xlog2=True))
     plots.line_panels(out / "t2_memory_vs_depth.png", panels)
-    lines += ["", image("t2_memory_vs_depth.png")]
-    return lines
+    return ["", image("t2_memory_vs_depth.png")]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -287,6 +307,17 @@ def table3(jobs: Sequence[JobRecord], cfg: dict[str, Any], out: Path) -> list[st
                 last = max(r["depth"] for r in mine if r["depth"] < bad[0])
                 text = f"holds up to N = {last}, lost from N = {bad[0]}"
             lines.append(f"- {label}, {name}: {text}")
+    lines += _t3_figure(rows, out)
+    return lines
+
+
+def _holds(value: Any, floor: Any) -> bool:
+    v, f = finite(value), finite(floor)
+    return v is not None and v <= max(1e-4, 2 * (f or 0.0))
+
+
+def _t3_figure(rows: list[dict[str, Any]], out: Path) -> list[str]:
+    """Table 3's figure: the gradient error against depth, with the float32 floor."""
     panel = plots.LinePanel(
         "unrolls N",
         "relative gradient error",
@@ -303,10 +334,4 @@ def table3(jobs: Sequence[JobRecord], cfg: dict[str, Any], out: Path) -> list[st
         floor = finite_points(mine, "float32_floor")
         panel.lines.append(plots.Line(None, floor, ":", color=f"C{i}", alpha=0.6, marker=None))
     plots.line_panels(out / "t3_reversible_accuracy.png", [panel], size=(7.5, 4.2), legend_size=7)
-    lines += ["", image("t3_reversible_accuracy.png")]
-    return lines
-
-
-def _holds(value: Any, floor: Any) -> bool:
-    v, f = finite(value), finite(floor)
-    return v is not None and v <= max(1e-4, 2 * (f or 0.0))
+    return ["", image("t3_reversible_accuracy.png")]
