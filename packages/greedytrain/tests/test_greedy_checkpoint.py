@@ -285,3 +285,13 @@ def test_a_full_disk_at_the_rename_keeps_the_previous_file(
     assert written > 4000  # the whole file was written before the rename failed
     assert torch.load(path) == {"version": "old"}
     assert os.listdir(tmp_path) == ["ckpt.pt"]
+
+
+def test_atomic_save_checks_plainness_when_asked(tmp_path: Path) -> None:
+    import numpy as np
+
+    with pytest.raises(TypeError, match=r"the object\['a'\] is a numpy\.ndarray"):
+        atomic_save({"a": np.zeros(2)}, tmp_path / "plain.pt", weights_only=True)
+    assert not os.listdir(tmp_path)
+    atomic_save({"a": np.zeros(2)}, tmp_path / "any.pt")  # the 0.1 behaviour by default
+    assert os.listdir(tmp_path) == ["any.pt"]

@@ -105,7 +105,7 @@ def _write_failed(error: OSError, target: Path, written: int, stage: str) -> OSE
     return OSError(error.errno, text)
 
 
-def atomic_save(obj: Any, path: str | os.PathLike[str], *, weights_only: bool = True) -> Path:
+def atomic_save(obj: Any, path: str | os.PathLike[str], *, weights_only: bool = False) -> Path:
     """Write ``torch.save(obj)`` to ``path`` atomically.
 
     The data go to a temporary file beside ``path``, which is flushed, fsynced and renamed onto
@@ -115,13 +115,15 @@ def atomic_save(obj: Any, path: str | os.PathLike[str], *, weights_only: bool = 
     Parameters
     ----------
     obj
-        What to save; with ``weights_only=True`` (the default) only tensors and plain values
-        (numbers, strings, None, dtypes, devices, lists, tuples, dicts, sets), so that
-        ``torch.load(path, weights_only=True)`` reads it back without running code.
+        What to save: anything ``torch.save`` takes, or with ``weights_only=True`` only tensors
+        and plain values (numbers, strings, None, dtypes, devices, lists, tuples, dicts, sets),
+        so that ``torch.load(path, weights_only=True)`` reads it back without running code.
     path
         The file to write (its folder is created).
     weights_only
-        Refuse (``TypeError``) an ``obj`` that only the full unpickler could read back.
+        Refuse (``TypeError``, naming the part) an ``obj`` that only Python's full unpickler
+        could read back. :meth:`GreedyTrainer.save` always checks; the default (``False``) keeps
+        the 0.1 behaviour for other callers and becomes ``True`` in 0.3.
 
     Returns
     -------
@@ -131,7 +133,8 @@ def atomic_save(obj: Any, path: str | os.PathLike[str], *, weights_only: bool = 
     Raises
     ------
     TypeError
-        When ``obj`` holds something else than tensors and plain values; the message names it.
+        With ``weights_only=True``, when ``obj`` holds something else than tensors and plain
+        values; the message names it.
     OSError
         When writing fails (for example ``ENOSPC``, a full disk): the same ``errno``, with a
         message that says how many bytes were written before the failure.

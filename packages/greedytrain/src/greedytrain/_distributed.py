@@ -373,14 +373,7 @@ class DistributedGreedyTrainer(GreedyTrainer):
         """Not available across ranks: save a checkpoint, load it into a :class:`GreedyTrainer`."""
         _not_distributed()
 
-    def evaluate(
-        self,
-        state0: Any,
-        context: Any,
-        target: Any,
-        metric: Callable[[Any, Any], Any] | None = None,
-        per: str = "module",
-    ) -> list[float]:
+    def evaluate(self, *args: Any, **kwargs: Any) -> list[float]:
         """Not available across ranks: see :meth:`predict`."""
         _not_distributed()
 
@@ -421,7 +414,7 @@ class DistributedGreedyTrainer(GreedyTrainer):
             failure: Exception | None = None
             if self.rank == 0:
                 try:
-                    atomic_save(data, path)
+                    atomic_save(data, path, weights_only=True)
                     ok += 1
                 except Exception as error:  # tell the others before raising it here
                     failure = error

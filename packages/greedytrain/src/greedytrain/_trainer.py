@@ -579,7 +579,7 @@ class GreedyTrainer:
         plain values, e.g. the epoch and data-loader position) is stored with it and returned
         by :meth:`load`; anything else is refused with a ``TypeError`` naming it.
         """
-        atomic_save(self.state_dict(extra), path)
+        atomic_save(self.state_dict(extra), path, weights_only=True)
 
     def load(self, path: str | os.PathLike[str], restore_rng: bool = True) -> Any:
         """Resume from a checkpoint written by :meth:`save` (or by the distributed trainer).
