@@ -35,6 +35,8 @@ __all__ = [
     "FORMAT",
     "VERSION",
     "atomic_save",
+    "check_version",
+    "checkpoint_header",
     "get_rng_state",
     "load_plain",
     "read_checkpoint",
@@ -221,9 +223,9 @@ def _scan(raw: bytes) -> tuple[list[str], list[Any]] | None:
                 strings = [v for v in values[-2:] if isinstance(v, str)]
                 found.append(".".join(strings) if len(strings) == 2 else "<a global>")
             elif op.name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE") and values:
-                memo[len(memo) if arg is None else int(arg)] = values[-1]
-            elif op.name in ("GET", "BINGET", "LONG_BINGET") and int(arg) in memo:
-                values.append(memo[int(arg)])
+                memo[arg if isinstance(arg, int) else len(memo)] = values[-1]
+            elif op.name in ("GET", "BINGET", "LONG_BINGET") and isinstance(arg, int):
+                values.append(memo.get(arg))
             elif op.name in _PUSHES:
                 values.append(arg)
     except Exception:  # any decoding error: not a pickle stream (truncated or random bytes)
@@ -290,6 +292,11 @@ def load_plain(path: str | os.PathLike[str], what: str = "a checkpoint") -> Any:
             f"{str(target)!r} cannot be read as {what}: it is empty, truncated or corrupt "
             f"({first or type(error).__name__}); use an earlier copy"
         ) from error
+
+
+def checkpoint_header(module_sizes: list[int], step: int) -> dict[str, Any]:
+    """Return the fields every greedytrain checkpoint starts with (format, version, layout)."""
+    return {"format": FORMAT, "version": VERSION, "module_sizes": list(module_sizes), "step": step}
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:

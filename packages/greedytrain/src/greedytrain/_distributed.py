@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ._checkpoint import atomic_save, get_rng_state, read_checkpoint
+from ._checkpoint import atomic_save, checkpoint_header, get_rng_state, read_checkpoint
 from ._comm import Channel, broadcast_tree
 from ._liveness import PeerMonitor, RankFailedError, default_store
 from ._split import split_stages
@@ -169,6 +169,7 @@ class DistributedGreedyTrainer(GreedyTrainer):
         self._owner = _owners(placement, len(sizes), self.positions)
         self._check_same_configuration(len(stage_list), sizes)
         super().__init__(stage_list, loss_fn, optimizer_factory, modules, None, **kwargs)
+        self._local_units = {unit.index: unit for unit in self.units}
         self._position_group, self._replica_group = self._make_groups()
         self._monitor = PeerMonitor(
             default_store(),
@@ -245,7 +246,7 @@ class DistributedGreedyTrainer(GreedyTrainer):
         return (
             f"{type(self).__name__}(stages={self.num_stages}, modules={self.num_modules}, "
             f"module_sizes={self.module_sizes}, rank={self.rank}/{self.world_size}, "
-            f"replicas={self.replicas}, local_modules={self.local_modules}, step={self._step})"
+            f"replicas={self.replicas}, local_modules={self.local_modules}, step={self.step})"
         )
 
     # ------------------------------------------------------------------ failures
@@ -261,7 +262,7 @@ class DistributedGreedyTrainer(GreedyTrainer):
             message = (
                 f"rank {self.rank} (pipeline position {self.position}, replica "
                 f"{self.replica}, modules {self.local_modules}) failed during {what} at step "
-                f"{self._step}: {type(error).__name__}: {error}"
+                f"{self.step}: {type(error).__name__}: {error}"
             )
             self._monitor.record_failure(message)
             self._abort()
@@ -342,7 +343,7 @@ class DistributedGreedyTrainer(GreedyTrainer):
         sends: list[tuple[Any, Tensor]] = []
         local: Any = None
         for m in self.local_modules:
-            unit = self._units_by_index[m]
+            unit = self._local_units[m]
             inp = self._module_input(m, state0, local)
             out, loss = unit.forward(inp, context, target, self.output_fn, self.device)
             local = tree_detach(out)
@@ -359,7 +360,7 @@ class DistributedGreedyTrainer(GreedyTrainer):
         del sends
         if self.sync_losses:
             losses = self._reduce_losses(losses)
-        self._step += 1
+        self.step += 1
         return [float(v) for v in losses]
 
     def _reduce_losses(self, losses: Tensor) -> Tensor:
@@ -390,7 +391,7 @@ class DistributedGreedyTrainer(GreedyTrainer):
                 cpu = torch.device("cpu")
                 local = {
                     m: tree_map_tensors(lambda t: t.to(cpu), u.state_dict())
-                    for m, u in self._units_by_index.items()
+                    for m, u in self._local_units.items()
                 }
             self._barrier("gathering the checkpoint")
             gathered: list[Any] | None = [None] * self.world_size if self.rank == 0 else None
@@ -400,7 +401,7 @@ class DistributedGreedyTrainer(GreedyTrainer):
             units: dict[int, Any] = {}
             for part, _ in gathered:
                 units.update(part)
-            data = self._header()
+            data = checkpoint_header(self.module_sizes, self.step)
             data["units"] = [units[m] for m in range(self.num_modules)]
             data["rng"] = [rng for _, rng in gathered]
             data["extra"] = extra

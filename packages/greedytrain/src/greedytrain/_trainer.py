@@ -11,10 +11,10 @@ import torch
 from torch import Tensor, nn
 
 from ._checkpoint import (
-    FORMAT,
     VERSION,
     atomic_save,
     check_version,
+    checkpoint_header,
     get_rng_state,
     read_checkpoint,
     set_rng_state,
@@ -292,8 +292,12 @@ class GreedyTrainer:
 
     @property
     def step(self) -> int:
-        """How many ``train_step`` calls have been made (restored by :meth:`load`)."""
+        """How many ``train_step`` calls have been made (restored by :meth:`load`; settable)."""
         return self._step
+
+    @step.setter
+    def step(self, value: int) -> None:
+        self._step = integer(value, "step", low=0)
 
     def _per_module(self, attribute: str) -> list[Any]:
         return [
@@ -522,14 +526,6 @@ class GreedyTrainer:
         return values
 
     # ------------------------------------------------------------------ checkpoints
-    def _header(self) -> dict[str, Any]:
-        return {
-            "format": FORMAT,
-            "version": VERSION,
-            "module_sizes": list(self.module_sizes),
-            "step": self._step,
-        }
-
     def state_dict(self, extra: Any = None) -> dict[str, Any]:
         """Return everything a bit-identical resume needs, as tensors and plain values.
 
@@ -537,7 +533,7 @@ class GreedyTrainer:
         CUDA, Python, NumPy) and the format version, plus ``extra``; it loads with
         ``torch.load(weights_only=True)`` as long as ``extra`` holds tensors and plain values.
         """
-        data = self._header()
+        data = checkpoint_header(self.module_sizes, self._step)
         data["units"] = [self._units_by_index[m].state_dict() for m in range(self.num_modules)]
         data["rng"] = [get_rng_state()]
         data["extra"] = extra
