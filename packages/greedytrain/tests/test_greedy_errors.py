@@ -260,10 +260,3 @@ def test_step_counter_set_to_a_bad_value() -> None:
         trainer.step = -1
     with pytest.raises(TypeError, match=r"step must be an int >= 0, got True"):
         trainer.step = True
-
-
-def test_replicas_not_an_int_is_a_type_error() -> None:
-    from greedytrain._validate import integer
-
-    with pytest.raises(TypeError, match=r"replicas must be an int >= 1, got 1\.5"):
-        integer(1.5, "replicas", low=1)
