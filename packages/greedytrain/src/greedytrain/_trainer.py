@@ -363,30 +363,34 @@ class GreedyTrainer:
             ``losses[m]`` is ``loss_fn_m(output_fn(x^{(m)}), target)`` before its update.
         """
         cache: dict[Any, Any] = {}
-        state = state0
+        carry = [state0]  # the one reference to the state between blocks (see _train_block)
+        del state0
         losses: list[Tensor] = []
         for block in self._blocks():
-            state = self._train_block(block, state, context, target, cache, losses)
+            self._train_block(block, carry, context, target, cache, losses)
         self._step += 1
         return [float(loss) for loss in losses]
 
     def _train_block(
         self,
         block: list[int],
-        state: Any,
+        carry: list[Any],
         context: Any,
         target: Any,
         cache: dict[Any, Any],
         losses: list[Tensor],
-    ) -> Any:
-        """Train the modules of ``block``; return the detached output of the last one.
+    ) -> None:
+        """Train the modules of ``block`` on the state in ``carry``; leave its output there.
 
         The forward passes run in a chain, then one backward call, then the updates. Nothing of
         the block's graphs outlives this call: its losses are kept detached, its outputs only as
         the detached next input, its gradients are set to None by the updates. So the next
         block's forward starts with no memory held for this block but that input (and each
-        module's optimizer state).
+        module's optimizer state). The input state travels in ``carry`` rather than as an
+        argument, so that no caller's variable keeps it alive once the forward has used it (only
+        the graph holds it, until the backward pass frees it).
         """
+        state = carry.pop()
         units: list[ModuleUnit] = []
         roots: list[Tensor] = []
         for m in block:
@@ -406,7 +410,7 @@ class GreedyTrainer:
         del roots  # the last references to the graphs (and whatever their nodes hold)
         for unit in units:
             unit.step()
-        return state
+        carry.append(state)
 
     # ------------------------------------------------------------------ inference
     def _modes(self) -> list[bool]:
