@@ -271,7 +271,7 @@ class DistributedGreedyTrainer(GreedyTrainer):
     def _abort(self) -> None:
         # Closing this rank's connections makes every peer blocked on it raise, so the whole job
         # stops instead of waiting for a message that will never come.
-        self._monitor.close()
+        self._monitor.close(left=False)
         with contextlib.suppress(Exception):
             if dist.is_initialized():
                 dist.destroy_process_group()

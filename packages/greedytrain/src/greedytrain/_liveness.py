@@ -105,12 +105,12 @@ class PeerMonitor:
     def _key(self, kind: str, rank: int | None = None) -> str:
         return f"{self.prefix}/{kind}" + ("" if rank is None else f"/{rank}")
 
-    def close(self) -> None:
-        """Stop the heartbeat and tell the other ranks that this one left on purpose."""
+    def close(self, left: bool = True) -> None:
+        """Stop the heartbeat; with ``left``, tell the other ranks it was on purpose."""
         if self._stop.is_set():
             return
         self._stop.set()
-        if self.store is not None:
+        if left and self.store is not None:
             with contextlib.suppress(Exception):
                 self.store.set(self._key("left", self.rank), "1")
 
@@ -165,7 +165,10 @@ class PeerMonitor:
         if not silent:
             return None
         peer, age = max(silent.items(), key=lambda item: item[1])
-        left = self.store.check([self._key("left", peer)])
+        try:
+            left = bool(self.store.check([self._key("left", peer)]))
+        except Exception:
+            left = False
         why = (
             "closed its trainer and left the job"
             if left
