@@ -173,11 +173,18 @@ def _entry(
 
 
 def run_ranks(
-    fn: Callable[..., None], world: int, args: tuple[Any, ...], workdir: Path, timeout: float = 180
+    fn: Callable[..., None],
+    world: int,
+    args: tuple[Any, ...],
+    workdir: Path,
+    timeout: float = 180,
+    wait_for: Sequence[int] | None = None,
 ) -> dict[int, str]:
     """Run ``fn(rank, world, *args)`` in ``world`` spawned gloo processes; always reaps them.
 
-    Returns {rank: traceback} for the ranks that failed (empty when all succeeded).
+    With ``wait_for``, only those ranks must finish within ``timeout``; the others are killed
+    once they have (a rank that stopped itself never finishes). Returns {rank: traceback} for the
+    ranks that failed (empty when all succeeded).
     """
     ctx = mp.get_context("spawn")
     port = free_port()
@@ -189,11 +196,12 @@ def run_ranks(
     for p in procs:
         p.start()
     deadline = time.monotonic() + timeout
+    awaited = range(world) if wait_for is None else wait_for
     try:
-        for p in procs:
-            p.join(max(0.0, deadline - time.monotonic()))
+        for r in awaited:
+            procs[r].join(max(0.0, deadline - time.monotonic()))
     finally:
-        hung = [r for r, p in enumerate(procs) if p.is_alive()]
+        hung = [r for r in awaited if procs[r].is_alive()]
         for p in procs:
             if p.is_alive():
                 p.kill()
@@ -328,6 +336,32 @@ def failing_worker(rank: int, world: int, out: str) -> None:
         Path(out, f"error{rank}.txt").write_text(str(error))
         return
     Path(out, f"error{rank}.txt").write_text("no error")
+
+
+def dead_rank_worker(rank: int, world: int, out: str, how: str, peer_timeout: float) -> None:
+    """Rank 1 kills (``how="SIGKILL"``) or stops (``"SIGSTOP"``) itself during step 1; rank 0
+    writes the error it got and when (``rank0.json``), rank 1 when it went (``rank1.json``)."""
+    import json
+    import signal
+
+    from greedytrain.distributed import DistributedGreedyTrainer, RankFailedError
+
+    def loss(prediction: Tensor, target: Tensor) -> Tensor:
+        if rank == 1 and trainer.step == 1:
+            Path(out, "rank1.json").write_text(json.dumps({"time": time.time()}))
+            os.kill(os.getpid(), getattr(signal, how))
+        return mse(prediction, target)
+
+    trainer = DistributedGreedyTrainer(make_stages(4), loss, modules=4, peer_timeout=peer_timeout)
+    try:
+        for step in range(3):
+            x0, context, target = make_batch(seed=step)
+            trainer.train_step(x0 if rank == 0 else None, context, target)
+    except RankFailedError as error:
+        report = {"error": str(error), "time": time.time()}
+        Path(out, f"rank{rank}.json").write_text(json.dumps(report))
+        return
+    Path(out, f"rank{rank}.json").write_text(json.dumps({"error": "no error"}))
 
 
 def mismatch_worker(rank: int, world: int, out: str) -> None:

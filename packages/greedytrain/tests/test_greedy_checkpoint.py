@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import copy
+import errno
 import os
+import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -128,3 +131,167 @@ def test_a_foreign_file_is_refused(tmp_path: Path) -> None:
         GreedyTrainer(make_stages(2), mse).load(tmp_path / "weights.pt")
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
         GreedyTrainer(make_stages(2), mse).load(tmp_path / "missing.pt")
+
+
+# ---------------------------------------------------------------------- files that cannot run code
+class _Payload:
+    """Unpickling this calls open(marker, "w"): a stand-in for a pickle that runs a command."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])
+def test_a_crafted_pickle_is_refused_and_does_not_run(tmp_path: Path, writer: str) -> None:
+    marker = tmp_path / "payload-ran"
+    path = tmp_path / "ckpt.pt"
+    data = {"format": checkpoint_module.FORMAT, "version": 2, "extra": _Payload(marker)}
+    if writer == "torch.save":
+        torch.save(data, path)
+    else:
+        with open(path, "wb") as handle:
+            pickle.dump(data, handle, protocol=4)
+    with pytest.raises(ValueError, match=r"refers to \S*open.*nothing in this one was run"):
+        GreedyTrainer(make_stages(2), mse).load(path)
+    assert not marker.exists()
+
+
+def test_every_saved_part_loads_without_the_full_unpickler(tmp_path: Path) -> None:
+    import numpy  # noqa: F401  (so that the NumPy RNG state is saved too)
+
+    trainer = GreedyTrainer(
+        make_stages(2, dtype=torch.float32),
+        mse,
+        modules=2,
+        scheduler_factory=lambda o: torch.optim.lr_scheduler.StepLR(o, 1, 0.5),
+        amp=True,
+        amp_dtype=torch.float16,
+    )
+    trainer.train_step(*make_batch(dtype=torch.float32))
+    trainer.save(tmp_path / "ckpt.pt", extra={"epoch": 3, "note": "plain", "seen": [1, 2]})
+    data = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert data["format"] == "memroll-greedytrain-checkpoint"
+    assert data["version"] == 2
+    assert set(data["rng"][0]) >= {"torch", "python", "numpy"}
+    assert all(unit["scaler"] is not None for unit in data["units"])  # fp16: one per module
+    assert all(unit["scheduler"] is not None for unit in data["units"])
+
+
+def test_a_file_of_another_format_version_is_refused_naming_it(tmp_path: Path) -> None:
+    trainer = GreedyTrainer(make_stages(2), mse)
+    data = trainer.state_dict()
+    data["version"] = 3
+    torch.save(data, tmp_path / "future.pt")
+    with pytest.raises(
+        ValueError, match=r"has checkpoint format version 3; this greedytrain reads version 2"
+    ):
+        trainer.load(tmp_path / "future.pt")
+
+
+def _version_1(trainer: GreedyTrainer) -> dict:
+    """What greedytrain 0.1 wrote: RNG states as a Python tuple and a NumPy array."""
+    import random
+
+    import numpy as np
+
+    data = trainer.state_dict()
+    data["version"] = 1
+    data["rng"] = [
+        {
+            "torch": torch.get_rng_state(),
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),  # noqa: NPY002
+        }
+    ]
+    return data
+
+
+def test_a_version_1_file_is_refused_naming_its_version(tmp_path: Path) -> None:
+    trainer = GreedyTrainer(make_stages(2), mse)
+    torch.save(_version_1(trainer), tmp_path / "old.pt")
+    with pytest.raises(
+        ValueError,
+        match=r"is a greedytrain checkpoint of format version 1; this greedytrain reads version 2",
+    ):
+        trainer.load(tmp_path / "old.pt")
+
+
+def test_a_version_1_state_dict_loaded_by_its_owner_still_resumes() -> None:
+    import random
+
+    trainer = GreedyTrainer(make_stages(2), mse)
+    old = _version_1(trainer)
+    expected = random.random()
+    random.random()
+    trainer.load_state_dict(old)
+    assert random.random() == expected
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 half a zip", os.urandom(512)])
+def test_an_empty_truncated_or_random_file_is_refused(tmp_path: Path, content: bytes) -> None:
+    (tmp_path / "ckpt.pt").write_bytes(content)
+    with pytest.raises(ValueError, match=r"ckpt\.pt.* (truncated or corrupt|is not a checkpoint)"):
+        GreedyTrainer(make_stages(2), mse).load(tmp_path / "ckpt.pt")
+
+
+def test_extra_that_needs_the_unpickler_is_refused_before_writing(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt.pt"
+    trainer = GreedyTrainer(make_stages(2), mse)
+    trainer.save(path, extra={"epoch": 1})
+    with pytest.raises(TypeError, match=r"the object\['extra'\]\['when'\] is a pathlib\.\w*Path"):
+        trainer.save(path, extra={"when": tmp_path})
+    assert trainer.load(path) == {"epoch": 1}
+    assert os.listdir(tmp_path) == ["ckpt.pt"]
+
+
+# ---------------------------------------------------------------------- a full disk
+def test_a_full_disk_while_writing_keeps_the_previous_file_and_says_how_much(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "ckpt.pt"
+    atomic_save({"version": "old"}, path)
+
+    def full_disk(obj: object, handle) -> None:
+        handle.write(b"x" * 4096)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", full_disk)
+    with pytest.raises(OSError, match=r"No space left on device while writing .*4096 bytes") as err:
+        GreedyTrainer(make_stages(2), mse).save(path)
+    monkeypatch.undo()
+    assert err.value.errno == errno.ENOSPC
+    assert torch.load(path) == {"version": "old"}
+    assert os.listdir(tmp_path) == ["ckpt.pt"]
+
+
+def test_a_full_disk_at_the_rename_keeps_the_previous_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "ckpt.pt"
+    atomic_save({"version": "old"}, path)
+
+    def no_space(src: str, dst: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(checkpoint_module.os, "replace", no_space)
+    with pytest.raises(OSError, match=r"while renaming .* \((\d+) bytes written") as err:
+        atomic_save({"version": "new", "weights": torch.ones(1000)}, path)
+    monkeypatch.undo()
+    assert err.value.errno == errno.ENOSPC
+    written = int(re.search(r"\((\d+) bytes written", str(err.value)).group(1))
+    assert written > 4000  # the whole file was written before the rename failed
+    assert torch.load(path) == {"version": "old"}
+    assert os.listdir(tmp_path) == ["ckpt.pt"]
+
+
+def test_atomic_save_checks_plainness_when_asked(tmp_path: Path) -> None:
+    import numpy as np
+
+    with pytest.raises(TypeError, match=r"the object\['a'\] is a numpy\.ndarray"):
+        atomic_save({"a": np.zeros(2)}, tmp_path / "plain.pt", weights_only=True)
+    assert not os.listdir(tmp_path)
+    atomic_save({"a": np.zeros(2)}, tmp_path / "any.pt")  # the 0.1 behaviour by default
+    assert os.listdir(tmp_path) == ["any.pt"]

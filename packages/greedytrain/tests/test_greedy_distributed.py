@@ -234,6 +234,8 @@ def test_needs_an_initialised_process_group() -> None:
     [
         ({"replicas": 2}, ValueError, r"replicas=2 does not divide the world size 1"),
         ({"replicas": 0}, ValueError, r"replicas must be an int >= 1, got 0"),
+        ({"replicas": 1.5}, TypeError, r"replicas must be an int >= 1, got 1\.5"),
+        ({"peer_timeout": 0}, ValueError, r"peer_timeout must be a finite number > 0, got 0"),
         (
             {"placement": "zigzag"},
             ValueError,

@@ -250,3 +250,13 @@ def test_evaluate_per_unknown() -> None:
     x0, context, target = make_batch()
     with pytest.raises(ValueError, match="per must be 'module' or 'stage', got 'layer'"):
         trainer.evaluate(x0, context, target, per="layer")
+
+
+def test_step_counter_set_to_a_bad_value() -> None:
+    trainer = GreedyTrainer(make_stages(2), mse)
+    trainer.step = 5  # e.g. to continue a count kept elsewhere
+    assert trainer.step == 5
+    with pytest.raises(ValueError, match=r"step must be an int >= 0, got -1"):
+        trainer.step = -1
+    with pytest.raises(TypeError, match=r"step must be an int >= 0, got True"):
+        trainer.step = True

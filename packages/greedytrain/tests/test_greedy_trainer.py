@@ -391,7 +391,7 @@ class _Scale(nn.Module):
 def test_nested_states_travel_in_pieces_and_come_back_whole() -> None:
     from collections import namedtuple
 
-    from greedytrain._comm import _unwire, _wire, flatten_tree, unflatten_tree
+    from greedytrain._comm import flatten_tree, unflatten_tree, unwire, wire
 
     Pair = namedtuple("Pair", ["eta", "s"])
     state = {
@@ -399,10 +399,10 @@ def test_nested_states_travel_in_pieces_and_come_back_whole() -> None:
         "list": [torch.arange(4), 7, "note"],
     }
     layout, tensors = flatten_tree(state)
-    wired = [_wire(t) for t in tensors]
+    wired = [wire(t) for t in tensors]
     assert not any(w.is_complex() for w in wired)  # complex tensors travel as real views
     slots = [layout["pair"].eta, layout["pair"].s, layout["list"][0]]
-    back = unflatten_tree(layout, [_unwire(w.clone(), slot) for w, slot in zip(wired, slots)])
+    back = unflatten_tree(layout, [unwire(w.clone(), slot) for w, slot in zip(wired, slots)])
     assert isinstance(back["pair"], Pair)
     assert back["list"][1:] == [7, "note"]
     for a, b in zip(flat_leaves(back), flat_leaves(state)):
@@ -413,3 +413,94 @@ def flat_leaves(tree):
     from greedytrain._tree import tree_leaves
 
     return tree_leaves(tree)
+
+
+# ---------------------------------------------------------------------- memory between modules
+class _KeepOnCtx(torch.autograd.Function):
+    """Identity whose ctx holds a tensor as a plain attribute (not save_for_backward), as solvers
+    that keep closures or states on ctx do: it lives as long as the graph's nodes."""
+
+    @staticmethod
+    def forward(ctx, x, held):
+        ctx.held = held
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+class _HoldingStage(nn.Module):
+    def __init__(self, log: list) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.ones((), dtype=torch.float64))
+        self.log = log
+        self.held: weakref.ref | None = None
+
+    def forward(self, x, context):
+        if self.log:  # what the previous module left behind when this one starts
+            previous = self.log[-1]
+            self.seen = (previous.held() is None, previous.w.grad is None)
+        self.log.append(self)
+        held = torch.ones(1000, dtype=torch.float64)
+        self.held = weakref.ref(held)
+        return _KeepOnCtx.apply(x * self.w, held)
+
+
+@pytest.mark.parametrize("devices", [None, ["cpu", "cpu"]])
+def test_nothing_of_a_module_graph_survives_into_the_next_block(devices) -> None:
+    """Before the next block's forward, the previous modules' graphs (with whatever their nodes
+    hold) are gone and their gradients are None; each optimizer holds state for its own module's
+    parameters only."""
+    log: list = []
+    stages = [_HoldingStage(log) for _ in range(4)]
+    trainer = GreedyTrainer(stages, mse, modules=4, devices=devices)
+    target = torch.zeros(3, dtype=torch.float64)
+    for _ in range(2):
+        log.clear()
+        trainer.train_step(torch.randn(3, dtype=torch.float64), None, target)
+        block = 1 if devices is None else 2
+        for stage in stages[block::block]:
+            assert stage.seen == (True, True)
+    for stage, optimizer in zip(stages, trainer.optimizers):
+        assert optimizer is not None
+        assert set(optimizer.state) == {stage.w}
+
+
+# ---------------------------------------------------------------------- mixed precision
+def test_amp_float16_on_cpu_uses_a_scaler_per_module() -> None:
+    trainer = GreedyTrainer(
+        make_stages(2, dtype=torch.float32),
+        mse,
+        modules=2,
+        amp=True,
+        amp_dtype=torch.float16,
+        loss_weights=[1.0, 1e35],  # module 1's scaled loss overflows: only its scaler backs off
+    )
+    scalers = trainer.scalers
+    assert all(isinstance(s, torch.amp.GradScaler) for s in scalers)
+    assert scalers[0] is not scalers[1]
+    before = [p.detach().clone() for p in trainer.runners.parameters()]
+    losses = trainer.train_step(*make_batch(dtype=torch.float32))
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert scalers[0].get_scale() == 2.0**16  # untouched by module 1's overflow
+    assert scalers[1].get_scale() == 2.0**15  # backed off, and its update skipped
+    after = list(trainer.runners.parameters())
+    n0 = len(list(trainer.runners[0].parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(before[:n0], after[:n0]))
+    assert all(torch.equal(a, b) for a, b in zip(before[n0:], after[n0:]))
+
+
+def test_amp_bfloat16_needs_no_scaler_and_spreads_over_devices() -> None:
+    """bf16 autocast on CPU, modules spread over two (CPU) devices: no scaler, and the block
+    schedule of P-GLEAM gives exactly the updates of GLEAM under the same autocast."""
+    stages = make_stages(4, dtype=torch.float32)
+    reference = copy.deepcopy(stages)
+    options = {"modules": 4, "amp": True, "amp_dtype": torch.bfloat16}
+    pgleam = GreedyTrainer(stages, mse, devices=["cpu", "cpu"], **options)
+    gleam = GreedyTrainer(reference, mse, **options)
+    assert pgleam.scalers == [None] * 4
+    assert [unit.device for unit in pgleam.units] == [torch.device("cpu")] * 4
+    for b in [make_batch(dtype=torch.float32, seed=s) for s in range(2)]:
+        assert pgleam.train_step(*b) == gleam.train_step(*b)
+    assert torch.equal(flat_parameters(stages), flat_parameters(reference))

@@ -56,7 +56,8 @@ def main() -> None:
     elapsed = time.perf_counter() - start
     print(
         f"CG: iterations {result.iterations.tolist()}, relative residual "
-        f"{[f'{r:.1e}' for r in result.residual.tolist()]}, converged {result.converged.tolist()}, "
+        f"{[f'{r:.1e}' for r in result.residuals.tolist()]}, "
+        f"converged {result.converged.tolist()}, "
         f"{elapsed:.2f} s"
     )
     for i in range(x_true.shape[0]):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from physops import Sense, SolveResult, cg, least_squares
+import physops
+from physops import ConvergenceError, ConvergenceWarning, Sense, SolveResult, cg, least_squares
 
 
 def spd(batch: int, n: int, dtype=torch.float64, shift: float = 1.0) -> torch.Tensor:
@@ -27,7 +28,7 @@ def test_cg_equals_direct_solve(dtype, device):
     assert res.x.dtype == dtype
     assert bool(res.converged.all())
     assert res.iterations.shape == (4,)
-    assert res.residual.shape == (4,)
+    assert res.residuals.shape == (4,)
     atol = 1e-3 if dtype in (torch.float32, torch.complex64) else 1e-9
     torch.testing.assert_close(res.x, torch.linalg.solve(a, b), atol=atol, rtol=atol)
 
@@ -78,7 +79,7 @@ def test_nonconvergence_is_reported():
     res = cg(matvec(spd(2, 30, shift=1e-3)), torch.randn(2, 30, dtype=torch.float64), max_iter=3)
     assert not bool(res.converged.any())
     assert bool((res.iterations == 3).all())
-    assert bool((res.residual > 1e-5).all())
+    assert bool((res.residuals > 1e-5).all())
 
 
 def test_on_fail_warn():
@@ -89,7 +90,7 @@ def test_on_fail_warn():
             matvec(spd(2, 30, shift=1e-3)),
             torch.randn(2, 30, dtype=torch.float64),
             max_iter=2,
-            on_fail="warn",
+            on_failure="warn",
         )
 
 
@@ -99,7 +100,7 @@ def test_on_fail_raise():
             matvec(spd(2, 30, shift=1e-3)),
             torch.randn(2, 30, dtype=torch.float64),
             max_iter=2,
-            on_fail="raise",
+            on_failure="raise",
         )
 
 
@@ -322,8 +323,111 @@ def test_unknown_backward():
         cg(lambda v: v, torch.zeros(1, 3), backward="adjoint")
 
 
-def test_unknown_on_fail():
+def test_unknown_on_failure():
     with pytest.raises(
-        ValueError, match=r"unknown on_fail 'stop'; valid names are ignore, warn, raise"
+        ValueError, match=r"unknown on_failure 'stop'; valid names are ignore, warn, raise"
     ):
-        cg(lambda v: v, torch.zeros(1, 3), on_fail="stop")
+        cg(lambda v: v, torch.zeros(1, 3), on_failure="stop")
+
+
+def test_max_iter_not_an_integer():
+    with pytest.raises(TypeError, match=r"cg: max_iter must be a non-negative integer, got True"):
+        cg(lambda v: v, torch.zeros(1, 3), max_iter=True)
+    with pytest.raises(TypeError, match=r"cg: max_iter must be a non-negative integer, got 2\.5"):
+        cg(lambda v: v, torch.zeros(1, 3), max_iter=2.5)  # type: ignore[arg-type]
+
+
+def test_tol_not_a_number():
+    with pytest.raises(TypeError, match=r"cg: tol must be a real number, got str"):
+        cg(lambda v: v, torch.zeros(1, 3), tol="1e-5")  # type: ignore[arg-type]
+
+
+def test_batch_dims_bool_is_refused():
+    with pytest.raises(TypeError, match=r"cg: batch_dims must be an integer, got True"):
+        cg(lambda v: v, torch.zeros(1, 3), batch_dims=True)
+
+
+# -- the solver convention shared with fixedpoint ------------------------------------------------
+def _hard_system():
+    return matvec(spd(2, 30, shift=1e-3)), torch.randn(2, 30, dtype=torch.float64)
+
+
+def test_result_fields_and_tuple_unpacking():
+    a = spd(3, 5)
+    b = torch.randn(3, 5, dtype=torch.float64)
+    res = cg(matvec(a), b, tol=1e-12)
+    assert SolveResult._fields == ("x", "iterations", "residuals", "converged")
+    x, iterations, residuals, converged = res
+    assert x is res.x
+    assert iterations is res.iterations
+    assert residuals is res.residuals
+    assert converged is res.converged
+
+
+def test_convergence_classes_are_exported_and_subclass_the_builtins():
+    assert issubclass(physops.ConvergenceWarning, RuntimeWarning)
+    assert issubclass(physops.ConvergenceError, RuntimeError)
+    assert {"ConvergenceWarning", "ConvergenceError"} <= set(physops.__all__)
+
+
+def test_on_failure_warn_warns_a_convergence_warning():
+    apply_a, b = _hard_system()
+    with pytest.warns(ConvergenceWarning, match=r"cg did not converge for 2 of 2 systems"):
+        res = cg(apply_a, b, max_iter=2, on_failure="warn")
+    assert not bool(res.converged.any())
+
+
+def test_on_failure_raise_carries_the_result():
+    apply_a, b = _hard_system()
+    with pytest.raises(ConvergenceError, match=r"raise max_iter, loosen tol") as caught:
+        cg(apply_a, b, max_iter=2, on_failure="raise")
+    result = caught.value.result
+    assert isinstance(result, SolveResult)
+    assert bool((result.iterations == 2).all())
+    assert not bool(result.converged.any())
+
+
+def test_on_failure_ignore_is_the_default_and_silent():
+    apply_a, b = _hard_system()
+    res = cg(apply_a, b, max_iter=2)  # warnings are errors in this suite
+    assert not bool(res.converged.any())
+
+
+def test_least_squares_takes_on_failure():
+    op = Sense(torch.randn(1, 2, 4, 4, dtype=torch.complex128))
+    y = torch.randn(1, 2, 4, 4, dtype=torch.complex128)
+    with pytest.raises(ConvergenceError, match=r"cg did not converge for 1 of 1 systems"):
+        least_squares(op, y, 1e-3, max_iter=1, tol=0.0, on_failure="raise")
+
+
+# -- deprecated aliases (physops 0.1 names; removed in 0.3) ---------------------------------------
+def test_deprecated_residual_alias():
+    res = cg(matvec(spd(2, 4)), torch.randn(2, 4, dtype=torch.float64))
+    with pytest.warns(DeprecationWarning, match=r"SolveResult\.residual is deprecated.*residuals"):
+        alias = res.residual
+    assert alias is res.residuals
+
+
+def test_deprecated_on_fail_alias_of_cg():
+    apply_a, b = _hard_system()
+    with (
+        pytest.warns(DeprecationWarning, match=r"cg\(on_fail=\.\.\.\) is deprecated"),
+        pytest.raises(ConvergenceError),
+    ):
+        cg(apply_a, b, max_iter=2, on_fail="raise")
+
+
+def test_deprecated_on_fail_alias_of_least_squares():
+    op = Sense(torch.randn(1, 2, 4, 4, dtype=torch.complex128))
+    y = torch.randn(1, 2, 4, 4, dtype=torch.complex128)
+    with pytest.warns(DeprecationWarning, match=r"least_squares\(on_fail=\.\.\.\) is deprecated"):
+        res = least_squares(op, y, 1.0, on_fail="ignore")
+    assert res.x.shape == (1, 4, 4)
+
+
+def test_on_fail_and_on_failure_disagreeing():
+    with (
+        pytest.warns(DeprecationWarning, match="on_fail"),
+        pytest.raises(ValueError, match=r"pass on_failure only"),
+    ):
+        cg(lambda v: v, torch.zeros(1, 3), on_failure="warn", on_fail="raise")

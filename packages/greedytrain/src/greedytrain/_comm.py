@@ -11,17 +11,19 @@ order they were sent (both gloo and NCCL keep per-pair order), so no tags are ne
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["Channel", "RankFailedError", "broadcast_tree", "flatten_tree", "unflatten_tree"]
+from ._tree import tree_leaves, tree_map
 
+__all__ = ["Channel", "Wait", "broadcast_tree", "flatten_tree", "unflatten_tree", "unwire", "wire"]
 
-class RankFailedError(RuntimeError):
-    """A rank of a distributed greedy-training job failed; the message names the rank."""
+# waits for an async torch.distributed request; the str says what it was for (error messages)
+Wait = Callable[[Any, str], None]
 
 
 class _TensorSlot(NamedTuple):
@@ -29,64 +31,35 @@ class _TensorSlot(NamedTuple):
     dtype: torch.dtype
 
 
+def _is_slot(node: Any) -> bool:
+    return isinstance(node, _TensorSlot)
+
+
+def _is_tensor(node: Any) -> bool:
+    return isinstance(node, Tensor)
+
+
 def flatten_tree(tree: Any) -> tuple[Any, list[Tensor]]:
     """Split ``tree`` into a picklable layout (tensors replaced by slots) and its tensors."""
-    tensors: list[Tensor] = []
-
-    def visit(node: Any) -> Any:
-        if isinstance(node, Tensor):
-            tensors.append(node)
-            return _TensorSlot(tuple(node.shape), node.dtype)
-        if isinstance(node, tuple):
-            items = [visit(item) for item in node]
-            return type(node)(*items) if hasattr(node, "_fields") else tuple(items)
-        if isinstance(node, list):
-            return [visit(item) for item in node]
-        if isinstance(node, dict):
-            return type(node)((key, visit(value)) for key, value in node.items())
-        return node
-
-    return visit(tree), tensors
+    tensors = tree_leaves(tree)
+    layout = tree_map(lambda t: _TensorSlot(tuple(t.shape), t.dtype), tree, _is_tensor)
+    return layout, tensors
 
 
 def unflatten_tree(layout: Any, tensors: list[Tensor]) -> Any:
     """Inverse of :func:`flatten_tree`."""
     queue = iter(tensors)
-
-    def visit(node: Any) -> Any:
-        if isinstance(node, _TensorSlot):
-            return next(queue)
-        if isinstance(node, tuple):
-            items = [visit(item) for item in node]
-            return type(node)(*items) if hasattr(node, "_fields") else tuple(items)
-        if isinstance(node, list):
-            return [visit(item) for item in node]
-        if isinstance(node, dict):
-            return type(node)((key, visit(value)) for key, value in node.items())
-        return node
-
-    return visit(layout)
+    return tree_map(lambda _: next(queue), layout, _is_slot)
 
 
 def _slots(layout: Any) -> list[_TensorSlot]:
     found: list[_TensorSlot] = []
-
-    def visit(node: Any) -> None:
-        if isinstance(node, _TensorSlot):
-            found.append(node)
-        elif isinstance(node, tuple | list):
-            for item in node:
-                visit(item)
-        elif isinstance(node, dict):
-            for value in node.values():
-                visit(value)
-
-    visit(layout)
+    tree_map(found.append, layout, _is_slot)
     return found
 
 
-def _wire(tensor: Tensor) -> Tensor:
-    """The contiguous real tensor that carries ``tensor`` (a real view for complex ones)."""
+def wire(tensor: Tensor) -> Tensor:
+    """Return the contiguous real tensor that carries ``tensor`` (a real view for complex ones)."""
     tensor = tensor.detach()
     if tensor.is_complex():
         tensor = torch.view_as_real(tensor.resolve_conj())
@@ -100,7 +73,8 @@ def _buffer(slot: _TensorSlot, device: torch.device) -> Tensor:
     return torch.empty(slot.shape, dtype=slot.dtype, device=device)
 
 
-def _unwire(buffer: Tensor, slot: _TensorSlot) -> Tensor:
+def unwire(buffer: Tensor, slot: Any) -> Tensor:
+    """Return the tensor ``buffer`` carries for ``slot`` (complex again where it was)."""
     return torch.view_as_complex(buffer) if slot.dtype.is_complex else buffer
 
 
@@ -116,66 +90,78 @@ def _encode(layout: Any, device: torch.device) -> Tensor:
 
 
 class Channel:
-    """Sends and receives nested states to and from peer ranks, caching layouts per peer."""
+    """Sends and receives nested states to and from peer ranks, caching layouts per peer.
 
-    def __init__(self, device: torch.device) -> None:
+    Parameters
+    ----------
+    device
+        Where received tensors are put.
+    wait
+        Waits for one async request (``wait(work, what)``); raises when a peer is gone.
+    group
+        The process group to communicate in (None: the default group).
+    """
+
+    def __init__(self, device: torch.device, wait: Wait, group: Any = None) -> None:
         self.device = device
+        self.wait = wait
+        self.group = group
         self._sent: dict[int, Any] = {}
         self._received: dict[int, Any] = {}
 
     def isend(self, tree: Any, dst: int) -> list[tuple[Any, Tensor]]:
-        """Start sending ``tree`` to global rank ``dst``; returns (work, tensor) pairs to keep
-        alive until the works complete."""
+        """Start sending ``tree`` to global rank ``dst``.
+
+        Returns (work, tensor) pairs to keep alive until the works complete.
+        """
         layout, tensors = flatten_tree(tree)
-        works: list[tuple[Any, Tensor]] = []
         same = self._sent.get(dst) == layout
         encoded = None if same else _encode(layout, self.device)
         header = torch.tensor([-1 if encoded is None else encoded.numel()], dtype=torch.int64)
         header = header.to(self.device)
-        payload = [header, *([encoded] if encoded is not None else []), *map(_wire, tensors)]
-        for tensor in payload:
-            works.append((dist.isend(tensor, dst), tensor))
+        payload = [header, *([encoded] if encoded is not None else []), *map(wire, tensors)]
         self._sent[dst] = layout
-        return works
+        return [(dist.isend(tensor, dst, group=self.group), tensor) for tensor in payload]
 
-    def recv(self, src: int) -> Any:
-        """Receive the next state sent by global rank ``src`` (blocking)."""
-        header = torch.empty(1, dtype=torch.int64, device=self.device)
-        dist.recv(header, src)
+    def _recv(self, buffer: Tensor, src: int, what: str) -> Tensor:
+        self.wait(dist.irecv(buffer, src, group=self.group), what)
+        return buffer
+
+    def recv(self, src: int, what: str) -> Any:
+        """Receive the next state sent by global rank ``src`` (waiting through ``wait``)."""
+        header = self._recv(torch.empty(1, dtype=torch.int64, device=self.device), src, what)
         length = int(header.item())
         if length >= 0:
-            raw = torch.empty(length, dtype=torch.uint8, device=self.device)
-            dist.recv(raw, src)
+            raw = self._recv(torch.empty(length, dtype=torch.uint8, device=self.device), src, what)
             self._received[src] = pickle.loads(raw.cpu().numpy().tobytes())
         layout = self._received[src]
-        tensors = []
-        for slot in _slots(layout):
-            buffer = _buffer(slot, self.device)
-            dist.recv(buffer, src)
-            tensors.append(_unwire(buffer, slot))
+        tensors = [
+            unwire(self._recv(_buffer(slot, self.device), src, what), slot)
+            for slot in _slots(layout)
+        ]
         return unflatten_tree(layout, tensors)
 
 
-def broadcast_tree(tree: Any, src: int, group: Any, device: torch.device, is_source: bool) -> Any:
+def broadcast_tree(
+    tree: Any, src: int, group: Any, device: torch.device, is_source: bool, wait: Wait
+) -> Any:
     """Broadcast ``tree`` from global rank ``src`` to every rank of ``group``."""
+    what = f"receiving the mini-batch broadcast by rank {src}"
+
+    def broadcast(tensor: Tensor) -> Tensor:
+        wait(dist.broadcast(tensor, src, group=group, async_op=True), what)
+        return tensor
+
     if is_source:
         layout, tensors = flatten_tree(tree)
         encoded = _encode(layout, device)
-        header = torch.tensor([encoded.numel()], dtype=torch.int64, device=device)
-    else:
-        header = torch.empty(1, dtype=torch.int64, device=device)
-    dist.broadcast(header, src, group=group)
-    if not is_source:
-        encoded = torch.empty(int(header.item()), dtype=torch.uint8, device=device)
-    dist.broadcast(encoded, src, group=group)
-    if is_source:
+        broadcast(torch.tensor([encoded.numel()], dtype=torch.int64, device=device))
+        broadcast(encoded)
         for tensor in tensors:
-            dist.broadcast(_wire(tensor.to(device)), src, group=group)
+            broadcast(wire(tensor.to(device)))
         return tree
+    header = broadcast(torch.empty(1, dtype=torch.int64, device=device))
+    encoded = broadcast(torch.empty(int(header.item()), dtype=torch.uint8, device=device))
     layout = pickle.loads(encoded.cpu().numpy().tobytes())
-    received = []
-    for slot in _slots(layout):
-        buffer = _buffer(slot, device)
-        dist.broadcast(buffer, src, group=group)
-        received.append(_unwire(buffer, slot))
+    received = [unwire(broadcast(_buffer(slot, device)), slot) for slot in _slots(layout)]
     return unflatten_tree(layout, received)

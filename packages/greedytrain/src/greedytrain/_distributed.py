@@ -12,18 +12,19 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ._checkpoint import atomic_save, get_rng_state, read_checkpoint, set_rng_state
-from ._comm import Channel, RankFailedError, broadcast_tree
+from ._checkpoint import atomic_save, checkpoint_header, get_rng_state, read_checkpoint
+from ._comm import Channel, broadcast_tree
+from ._liveness import PeerMonitor, RankFailedError, default_store
 from ._split import split_stages
-from ._trainer import GreedyTrainer, _as_stages
+from ._trainer import GreedyTrainer
 from ._tree import tree_detach, tree_map_tensors, tree_to
 from ._unit import LossFn, OptimizerFactory
+from ._validate import as_stages, callable_or_none, integer, known_name, number
 
 __all__ = ["DistributedGreedyTrainer", "RankFailedError"]
 
 PLACEMENTS = ("round_robin", "contiguous")
 DATA_MODES = ("per_rank", "broadcast")
-_FAILURE_KEY = "memroll-greedytrain/first-failure"
 
 
 def _not_distributed() -> NoReturn:
@@ -33,13 +34,12 @@ def _not_distributed() -> NoReturn:
     )
 
 
-def _default_store() -> Any:
-    # The store torch.distributed was initialised with (torchrun's, or the env:// TCPStore); used
-    # only to tell the other ranks which rank failed first. Private in torch, hence the guard.
-    try:
-        return dist.distributed_c10d._get_default_store()
-    except Exception:
-        return None
+def _owners(placement: str, modules: int, positions: int) -> list[int]:
+    """Return the pipeline position that trains each module."""
+    if placement == "round_robin":
+        return [m % positions for m in range(modules)]
+    per_position = split_stages(modules, positions, "balanced")
+    return [p for p, count in enumerate(per_position) for _ in range(count)]
 
 
 class DistributedGreedyTrainer(GreedyTrainer):
@@ -86,6 +86,9 @@ class DistributedGreedyTrainer(GreedyTrainer):
     sync_losses
         All-reduce the per-module losses so every rank returns all M of them (one small
         collective per step). False: modules of other ranks read NaN, and ranks need not wait.
+    peer_timeout
+        Seconds a rank may go without a heartbeat before the others declare it gone and stop
+        (see Notes). Keep it above the longest time a healthy process could hold Python's GIL.
     **kwargs
         ``split``, ``loss_weights``, ``scheduler_factory``, ``clip_grad_norm``, ``amp``,
         ``amp_dtype``, ``output_fn``, ``module_wrapper``, ``context_to``, ``check_shapes``, as in
@@ -94,12 +97,18 @@ class DistributedGreedyTrainer(GreedyTrainer):
     Notes
     -----
     A rank whose step raises records "rank r failed ..." in the job's store, destroys its process
-    group and raises :class:`RankFailedError`; the ranks talking to it then lose their connection
-    and raise :class:`RankFailedError` naming the rank that failed first, so the job stops instead
-    of hanging (torchrun also stops the remaining workers once one exits with an error). Resume
-    from the latest :meth:`save`. Checkpoints are written by rank 0 in the same format as
-    :class:`GreedyTrainer`'s, so a single process can load them for inference; every rank must see
-    the checkpoint path (a shared filesystem).
+    group and raises :class:`RankFailedError`; the ranks talking to it then raise
+    :class:`RankFailedError` naming the rank that failed first. A rank that dies without raising
+    (killed by SIGKILL or the OOM killer, a segfault) or hangs stops sending heartbeats: every rank
+    runs a heartbeat thread through the job's store and waits for each communication by polling
+    it while watching the others' heartbeats, so the ranks waiting for a dead one stop within
+    ``peer_timeout`` seconds with "rank r is gone ..." instead of waiting for the process
+    group's timeout (gloo does not notice a dead peer by itself). torchrun also stops the
+    remaining workers once one exits with an error. Resume from the latest :meth:`save`.
+
+    Checkpoints are written by rank 0 in the same format as :class:`GreedyTrainer`'s (tensors and
+    plain values, read without running code), so a single process can load them for inference;
+    every rank must see the checkpoint path (a shared filesystem).
     """
 
     def __init__(
@@ -115,6 +124,7 @@ class DistributedGreedyTrainer(GreedyTrainer):
         context_fn: Callable[[Any], Any] | None = None,
         device: torch.device | str | None = None,
         sync_losses: bool = True,
+        peer_timeout: float = 60.0,
         **kwargs: Any,
     ) -> None:
         if not (dist.is_available() and dist.is_initialized()):
@@ -130,67 +140,69 @@ class DistributedGreedyTrainer(GreedyTrainer):
             )
         self.world_size = dist.get_world_size()
         self.rank = dist.get_rank()
-        if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
-            raise ValueError(f"replicas must be an int >= 1, got {replicas!r}")
+        self.replicas = integer(replicas, "replicas", low=1)
         if self.world_size % replicas:
             raise ValueError(
                 f"replicas={replicas} does not divide the world size {self.world_size}: every "
                 "replica needs the same number of ranks (launch a multiple of replicas processes)"
             )
-        if placement not in PLACEMENTS:
-            raise ValueError(
-                f"unknown placement {placement!r}; valid names: {', '.join(map(repr, PLACEMENTS))}"
-            )
-        if data not in DATA_MODES:
-            raise ValueError(
-                f"unknown data mode {data!r}; valid names: {', '.join(map(repr, DATA_MODES))}"
-            )
-        if context_fn is not None and not callable(context_fn):
-            raise TypeError(f"context_fn must be callable (context -> context), got {context_fn!r}")
-        self.replicas = replicas
+        self.placement = known_name(placement, "placement", PLACEMENTS)
+        self.data = known_name(data, "data mode", DATA_MODES)
+        self.context_fn = callable_or_none(context_fn, "context_fn", "context -> context")
+        self.peer_timeout = number(peer_timeout, "peer_timeout", low=0, low_open=True)
         self.positions = self.world_size // replicas
         self.position = self.rank % self.positions
         self.replica = self.rank // self.positions
-        self.placement = placement
-        self.data = data
-        self.context_fn = context_fn
         self.sync_losses = sync_losses
         self.backend = str(dist.get_backend())
         self.device = self._resolve_device(device)
 
-        stage_list = _as_stages(stages)
-        n_stages = len(stage_list)
-        m_count = n_stages if modules is None else modules
-        sizes = split_stages(n_stages, m_count, kwargs.get("split", "even"))
+        stage_list = as_stages(stages)
+        m_count = len(stage_list) if modules is None else modules
+        sizes = split_stages(len(stage_list), m_count, kwargs.get("split", "even"))
         if self.positions > len(sizes):
             raise ValueError(
                 f"{self.world_size} ranks with replicas={replicas} make {self.positions} pipeline "
                 f"positions, but there are only {len(sizes)} modules: every position needs a "
                 f"module, so use modules >= {self.positions}, more replicas, or fewer processes"
             )
-        if placement == "round_robin":
-            self._owner = [m % self.positions for m in range(len(sizes))]
-        else:
-            per_position = split_stages(len(sizes), self.positions, "balanced")
-            self._owner = [p for p, count in enumerate(per_position) for _ in range(count)]
-
-        self._store = _default_store()
-        self._check_same_configuration(n_stages, sizes)
+        self._owner = _owners(placement, len(sizes), self.positions)
+        self._check_same_configuration(len(stage_list), sizes)
         super().__init__(stage_list, loss_fn, optimizer_factory, modules, None, **kwargs)
-        self._channel = Channel(self.device)
-        self._position_group: Any = None
-        self._replica_group: Any = None
+        self._local_units = {unit.index: unit for unit in self.units}
+        self._position_group, self._replica_group = self._make_groups()
+        self._monitor = PeerMonitor(
+            default_store(),
+            self.rank,
+            self.world_size,
+            self.peer_timeout,
+            interval=min(1.0, self.peer_timeout / 10),
+        )
+        self._channel = Channel(self.device, self._monitor.wait)
+
+    def _make_groups(self) -> tuple[Any, Any]:
+        """Create the position groups (gradient averaging) and replica groups (broadcast)."""
+        position_group: Any = None
+        replica_group: Any = None
         # new_group is collective: every rank creates every group, in the same order.
-        if replicas > 1:
+        if self.replicas > 1:
             for p in range(self.positions):
-                group = dist.new_group([q * self.positions + p for q in range(replicas)])
+                group = dist.new_group([q * self.positions + p for q in range(self.replicas)])
                 if p == self.position:
-                    self._position_group = group
-        if data == "broadcast" and self.positions > 1:
-            for q in range(replicas):
+                    position_group = group
+        if self.data == "broadcast" and self.positions > 1:
+            for q in range(self.replicas):
                 group = dist.new_group([q * self.positions + p for p in range(self.positions)])
                 if q == self.replica:
-                    self._replica_group = group
+                    replica_group = group
+        return position_group, replica_group
+
+    def close(self) -> None:
+        """Stop this rank's heartbeat; call it when this rank is done with the trainer.
+
+        Other ranks still waiting for this one then report that it left rather than died.
+        """
+        self._monitor.close()
 
     # ------------------------------------------------------------------ layout
     def _resolve_device(self, device: torch.device | str | None) -> torch.device:
@@ -210,7 +222,7 @@ class DistributedGreedyTrainer(GreedyTrainer):
         return self.device if self._owner[m] == self.position else None
 
     def owner_of(self, module: int) -> int:
-        """The global rank (in this rank's replica) that trains ``module``."""
+        """Return the global rank (in this rank's replica) that trains ``module``."""
         return self.replica * self.positions + self._owner[module]
 
     @property
@@ -234,7 +246,7 @@ class DistributedGreedyTrainer(GreedyTrainer):
         return (
             f"{type(self).__name__}(stages={self.num_stages}, modules={self.num_modules}, "
             f"module_sizes={self.module_sizes}, rank={self.rank}/{self.world_size}, "
-            f"replicas={self.replicas}, local_modules={self.local_modules}, step={self._step})"
+            f"replicas={self.replicas}, local_modules={self.local_modules}, step={self.step})"
         )
 
     # ------------------------------------------------------------------ failures
@@ -247,51 +259,25 @@ class DistributedGreedyTrainer(GreedyTrainer):
             self._abort()
             raise
         except Exception as error:
-            first = self._first_failure()
-            if first is not None and isinstance(error, RuntimeError):
-                message = f"rank {self.rank} stopped during {what}: {first}"
-            else:
-                message = (
-                    f"rank {self.rank} (pipeline position {self.position}, replica "
-                    f"{self.replica}, modules {self.local_modules}) failed during {what} at step "
-                    f"{self._step}: {type(error).__name__}: {error}"
-                )
-                self._record_failure(message)
+            message = (
+                f"rank {self.rank} (pipeline position {self.position}, replica "
+                f"{self.replica}, modules {self.local_modules}) failed during {what} at step "
+                f"{self.step}: {type(error).__name__}: {error}"
+            )
+            self._monitor.record_failure(message)
             self._abort()
             raise RankFailedError(message) from error
-
-    def _first_failure(self) -> str | None:
-        if self._store is None:
-            return None
-        try:
-            if self._store.check([_FAILURE_KEY]):
-                return bytes(self._store.get(_FAILURE_KEY)).decode()
-        except Exception:
-            return None
-        return None
-
-    def _record_failure(self, message: str) -> None:
-        if self._store is None:
-            return
-        with contextlib.suppress(Exception):
-            if not self._store.check([_FAILURE_KEY]):
-                self._store.set(_FAILURE_KEY, message)
 
     def _abort(self) -> None:
         # Closing this rank's connections makes every peer blocked on it raise, so the whole job
         # stops instead of waiting for a message that will never come.
+        self._monitor.close(left=False)
         with contextlib.suppress(Exception):
             if dist.is_initialized():
                 dist.destroy_process_group()
 
-    def _lost(self, peer: int, what: str, error: Exception) -> RankFailedError:
-        first = self._first_failure()
-        if first is not None:
-            return RankFailedError(f"rank {self.rank} stopped while {what}: {first}")
-        return RankFailedError(
-            f"rank {self.rank} lost contact with rank {peer} while {what} ({error}); rank {peer} "
-            "has probably failed: see its log"
-        )
+    def _wait(self, work: Any, what: str) -> None:
+        self._monitor.wait(work, what)
 
     # ------------------------------------------------------------------ training
     def _allreduce(self, params: list[nn.Parameter]) -> None:
@@ -302,10 +288,8 @@ class DistributedGreedyTrainer(GreedyTrainer):
             by_dtype.setdefault(w.dtype, []).append(i)
         for indices in by_dtype.values():
             flat = torch.cat([wires[i].reshape(-1) for i in indices])
-            try:
-                dist.all_reduce(flat, group=self._position_group)
-            except RuntimeError as error:
-                raise self._lost(-1, "averaging gradients over replicas", error) from error
+            work = dist.all_reduce(flat, group=self._position_group, async_op=True)
+            self._wait(work, "averaging gradients over replicas")
             flat /= self.replicas
             offset = 0
             for i in indices:
@@ -317,7 +301,7 @@ class DistributedGreedyTrainer(GreedyTrainer):
                 p.grad = g
 
     def train_step(self, state0: Any, context: Any, target: Any) -> list[float]:
-        """One P-GLEAM step of this rank (collective: every rank calls it for every mini-batch).
+        """Run one P-GLEAM step of this rank (collective: every rank calls it per mini-batch).
 
         Returns the M per-module losses (averaged over replicas), or NaN for modules of other
         ranks when ``sync_losses=False``.
@@ -325,147 +309,126 @@ class DistributedGreedyTrainer(GreedyTrainer):
         with self._guard("train_step"):
             return self._train_step(state0, context, target)
 
-    def _train_step(self, state0: Any, context: Any, target: Any) -> list[float]:
+    def _prepare_batch(self, context: Any, target: Any) -> tuple[Any, Any]:
+        """Receive the broadcast mini-batch (if so configured); build and place the context."""
         if self.data == "broadcast" and self.positions > 1:
-            source = self.replica * self.positions
-            try:
-                context, target = broadcast_tree(
-                    (context, target),
-                    source,
-                    self._replica_group,
-                    self.device,
-                    is_source=self.position == 0,
-                )
-            except RuntimeError as error:
-                raise self._lost(source, "receiving the broadcast mini-batch", error) from error
+            context, target = broadcast_tree(
+                (context, target),
+                self.replica * self.positions,
+                self._replica_group,
+                self.device,
+                self.position == 0,
+                self._wait,
+            )
         if self.context_fn is not None:
             context = self.context_fn(context)
-        context = self.context_to(context, self.device)
-        target = self.context_to(target, self.device)
+        return self.context_to(context, self.device), self.context_to(target, self.device)
+
+    def _module_input(self, m: int, state0: Any, local: Any) -> Any:
+        """Return module ``m``'s input: ``state0``, this rank's last output, or a peer's."""
+        if m == 0:
+            if state0 is None:
+                raise ValueError(f"rank {self.rank} trains module 0 and needs state0, got None")
+            inp = state0
+        elif self._owner[m - 1] == self.position:
+            inp = local
+        else:
+            src = self.owner_of(m - 1)
+            inp = self._channel.recv(src, f"receiving the input of module {m} from rank {src}")
+        return tree_detach(tree_to(inp, self.device))
+
+    def _train_step(self, state0: Any, context: Any, target: Any) -> list[float]:
+        context, target = self._prepare_batch(context, target)
         losses = torch.full((self.num_modules,), math.nan, dtype=torch.float64)
         sends: list[tuple[Any, Tensor]] = []
         local: Any = None
         for m in self.local_modules:
-            if m == 0:
-                if state0 is None:
-                    raise ValueError(f"rank {self.rank} trains module 0 and needs state0, got None")
-                inp = state0
-            elif self._owner[m - 1] == self.position:
-                inp = local
-            else:
-                src = self.owner_of(m - 1)
-                try:
-                    inp = self._channel.recv(src)
-                except RuntimeError as error:
-                    raise self._lost(src, f"receiving the input of module {m}", error) from error
-            unit = self._units_by_index[m]
-            inp = tree_detach(tree_to(inp, self.device))
+            unit = self._local_units[m]
+            inp = self._module_input(m, state0, local)
             out, loss = unit.forward(inp, context, target, self.output_fn, self.device)
-            del inp
-            out = tree_detach(out)
-            if m + 1 < self.num_modules:
-                if self._owner[m + 1] == self.position:
-                    local = out
-                else:
-                    dst = self.owner_of(m + 1)
-                    try:
-                        sends += self._channel.isend(out, dst)
-                    except RuntimeError as error:
-                        raise self._lost(dst, f"sending the output of module {m}", error) from error
-            del out
+            local = tree_detach(out)
+            del inp, out
+            if m + 1 < self.num_modules and self._owner[m + 1] != self.position:
+                sends += self._channel.isend(local, self.owner_of(m + 1))
+            losses[m] = float(loss.detach())
             if unit.trainable:
                 torch.autograd.backward(unit.backward_root(loss))
+            del loss  # the last reference to the module's graph
             unit.step(self._allreduce if self.replicas > 1 else None)
-            losses[m] = float(loss.detach())
-            del loss
         for work, _ in sends:
-            try:
-                work.wait()
-            except RuntimeError as error:
-                raise self._lost(-1, "sending module outputs", error) from error
+            self._wait(work, "sending module outputs")
         del sends
         if self.sync_losses:
-            mine = torch.where(torch.isnan(losses), 0.0, losses)
-            wire = mine.to(self.device)
-            try:
-                dist.all_reduce(wire)
-            except RuntimeError as error:
-                raise self._lost(-1, "collecting the losses", error) from error
-            losses = wire.cpu() / self.replicas
-        self._step += 1
+            losses = self._reduce_losses(losses)
+        self.step += 1
         return [float(v) for v in losses]
+
+    def _reduce_losses(self, losses: Tensor) -> Tensor:
+        """Sum every rank's losses (others' modules count 0) and average over replicas."""
+        wire = torch.where(torch.isnan(losses), 0.0, losses).to(self.device)
+        self._wait(dist.all_reduce(wire, async_op=True), "collecting the losses")
+        return wire.cpu() / self.replicas
 
     # ------------------------------------------------------------------ inference
     def predict(self, state0: Any, context: Any, n_stages: int | None = None) -> Any:
         """Not available across ranks: save a checkpoint, load it into a :class:`GreedyTrainer`."""
         _not_distributed()
 
-    def evaluate(
-        self,
-        state0: Any,
-        context: Any,
-        target: Any,
-        metric: Callable[[Any, Any], Any] | None = None,
-        per: str = "module",
-    ) -> list[float]:
+    def evaluate(self, *args: Any, **kwargs: Any) -> list[float]:
         """Not available across ranks: see :meth:`predict`."""
         _not_distributed()
 
     # ------------------------------------------------------------------ checkpoints
+    def _barrier(self, what: str) -> None:
+        """Wait until every rank arrived (watching for dead ones), before object collectives."""
+        self._wait(dist.all_reduce(torch.zeros(1, device=self.device), async_op=True), what)
+
     def state_dict(self, extra: Any = None) -> dict[str, Any]:
-        """Collective: the whole job's state, complete on rank 0 (None on other ranks)."""
+        """Gather the whole job's state (collective): complete on rank 0, None on the others."""
         with self._guard("state_dict"):
             local = {}
             if self.replica == 0:
                 cpu = torch.device("cpu")
                 local = {
                     m: tree_map_tensors(lambda t: t.to(cpu), u.state_dict())
-                    for m, u in self._units_by_index.items()
+                    for m, u in self._local_units.items()
                 }
-            mine = (local, get_rng_state())
+            self._barrier("gathering the checkpoint")
             gathered: list[Any] | None = [None] * self.world_size if self.rank == 0 else None
-            dist.gather_object(mine, gathered, dst=0)
+            dist.gather_object((local, get_rng_state()), gathered, dst=0)
             if gathered is None:
                 return None  # type: ignore[return-value]
             units: dict[int, Any] = {}
             for part, _ in gathered:
                 units.update(part)
-            data = self._header()
+            data = checkpoint_header(self.module_sizes, self.step)
             data["units"] = [units[m] for m in range(self.num_modules)]
             data["rng"] = [rng for _, rng in gathered]
             data["extra"] = extra
             return data
 
     def save(self, path: str | os.PathLike[str], extra: Any = None) -> None:
-        """Collective: rank 0 writes the job's checkpoint atomically; every rank returns after."""
+        """Write the job's checkpoint from rank 0 atomically (collective; all ranks wait for it)."""
         data = self.state_dict(extra)
         with self._guard("save"):
             ok = torch.zeros(1, device=self.device)
+            failure: Exception | None = None
             if self.rank == 0:
                 try:
-                    atomic_save(data, path)
+                    atomic_save(data, path, weights_only=True)
                     ok += 1
-                except Exception:
-                    dist.broadcast(ok, 0)
-                    raise
-            dist.broadcast(ok, 0)
+                except Exception as error:  # tell the others before raising it here
+                    failure = error
+            self._wait(dist.broadcast(ok, 0, async_op=True), "waiting for rank 0 to save")
+            if failure is not None:
+                raise failure
             if not ok.item():
                 raise RankFailedError(f"rank 0 could not write the checkpoint {str(path)!r}")
 
-    def load_state_dict(self, data: dict[str, Any], restore_rng: bool = True) -> Any:
-        """Restore this rank's modules, the step and this rank's RNG state from the job's state.
-
-        A checkpoint written by a different number of processes restores its first RNG state on
-        every rank."""
-        self._check_compatible(data, "the state dict")
-        for m, unit in self._units_by_index.items():
-            unit.load_state_dict(data["units"][m])
-        self._step = int(data["step"])
-        if restore_rng:
-            states = data["rng"]
-            set_rng_state(states[self.rank] if len(states) == self.world_size else states[0])
-        return data.get("extra")
+    def _own_rng_state(self, states: list[Any]) -> Any:
+        # a checkpoint written by a different number of processes restores its first state
+        return states[self.rank] if len(states) == self.world_size else states[0]
 
     def load(self, path: str | os.PathLike[str], restore_rng: bool = True) -> Any:
-        """Every rank reads the checkpoint (it must see ``path``) and takes its own part."""
+        """Read the checkpoint on every rank (each must see ``path``) and take this rank's part."""
         return self.load_state_dict(read_checkpoint(path), restore_rng=restore_rng)

@@ -8,6 +8,7 @@ from typing import Any
 from torch import nn
 
 from ._tree import describe_layout, tree_layout
+from ._validate import integer, known_name
 
 __all__ = ["StageSequence", "split_stages"]
 
@@ -15,7 +16,7 @@ SPLITS = ("even", "balanced")
 
 
 def split_stages(num_stages: int, modules: int, split: str | Sequence[int] = "even") -> list[int]:
-    """The number of stages in each of ``modules`` contiguous modules.
+    """Return the number of stages in each of ``modules`` contiguous modules.
 
     Parameters
     ----------
@@ -34,15 +35,18 @@ def split_stages(num_stages: int, modules: int, split: str | Sequence[int] = "ev
         M module sizes, summing to N. Module m holds stages ``sum(sizes[:m])`` to
         ``sum(sizes[:m+1]) - 1``.
     """
-    if isinstance(modules, bool) or not isinstance(modules, int):
-        raise TypeError(f"modules must be an int (the number M of modules), got {modules!r}")
     if num_stages < 1:
         raise ValueError(
             "the stage list is empty: pass the N >= 1 stages of the unrolled network, "
             "each an nn.Module called as stage(state, context) -> state"
         )
-    if modules < 1:
-        raise ValueError(f"modules must be >= 1 (1 = end-to-end training), got {modules}")
+    modules = integer(
+        modules,
+        "modules",
+        low=1,
+        expected=">= 1 (1 = end-to-end training)",
+        type_expected="an int (the number M of modules)",
+    )
     if modules > num_stages:
         raise ValueError(
             f"modules={modules} is more than the {num_stages} stages: every module needs at least "
@@ -57,13 +61,9 @@ def split_stages(num_stages: int, modules: int, split: str | Sequence[int] = "ev
                     f"{split_stages(num_stages, modules, 'balanced')}) or give the sizes as a list"
                 )
             return [num_stages // modules] * modules
-        if split == "balanced":
-            base, extra = divmod(num_stages, modules)
-            return [base + (1 if m < extra else 0) for m in range(modules)]
-        raise ValueError(
-            f"unknown split {split!r}; valid names: {', '.join(map(repr, SPLITS))}, "
-            "or a list of module sizes"
-        )
+        known_name(split, "split", SPLITS, extra=", or a list of module sizes")
+        base, extra = divmod(num_stages, modules)
+        return [base + (1 if m < extra else 0) for m in range(modules)]
     sizes = list(split)
     if any(isinstance(s, bool) or not isinstance(s, int) for s in sizes):
         raise TypeError(f"split sizes must be ints, got {sizes!r}")

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ._checkpoint import FORMAT, VERSION, atomic_save, get_rng_state, read_checkpoint, set_rng_state
+from ._checkpoint import (
+    VERSION,
+    atomic_save,
+    check_version,
+    checkpoint_header,
+    get_rng_state,
+    read_checkpoint,
+    set_rng_state,
+)
 from ._split import StageSequence, split_stages
 from ._tree import tree_detach, tree_leaves, tree_to
 from ._unit import (
@@ -23,6 +31,7 @@ from ._unit import (
     disjoint_parameters,
     per_module,
 )
+from ._validate import as_devices, as_stages, callable_or_none, integer
 
 __all__ = ["GreedyTrainer"]
 
@@ -34,52 +43,6 @@ def _identity(state: Any) -> Any:
     return state
 
 
-def _as_stages(stages: Any) -> list[nn.Module]:
-    if isinstance(stages, nn.Module) and not isinstance(stages, nn.ModuleList | nn.Sequential):
-        raise TypeError(
-            f"stages must be a list of nn.Module stages, got a single {type(stages).__name__}: "
-            "pass [stage_0, ..., stage_{N-1}] (an nn.ModuleList or nn.Sequential also works)"
-        )
-    if not isinstance(stages, Iterable) or isinstance(stages, str | bytes | Tensor):
-        raise TypeError(f"stages must be a list of nn.Module stages, got {type(stages).__name__}")
-    listed = list(stages)
-    for i, stage in enumerate(listed):
-        if not isinstance(stage, nn.Module):
-            raise TypeError(
-                f"stage {i} is a {type(stage).__name__}, not an nn.Module; every stage must be an "
-                "nn.Module called as stage(state, context) -> state"
-            )
-    return listed
-
-
-def _as_devices(devices: Any) -> list[torch.device] | None:
-    if devices is None:
-        return None
-    if isinstance(devices, str | torch.device | int):
-        devices = [devices]
-    parsed: list[torch.device] = []
-    for d in devices:
-        try:
-            device = torch.device(d)
-        except (RuntimeError, TypeError) as error:
-            raise ValueError(f"devices holds {d!r}, which is not a torch device: {error}") from None
-        if device.type == "cuda":
-            if not torch.cuda.is_available():
-                raise ValueError(
-                    f"devices holds {d!r} but CUDA is not available; use devices=None or 'cpu'"
-                )
-            index = device.index if device.index is not None else torch.cuda.current_device()
-            if index >= torch.cuda.device_count():
-                raise ValueError(
-                    f"devices holds {d!r} but only {torch.cuda.device_count()} CUDA device(s) exist"
-                )
-            device = torch.device("cuda", index)
-        parsed.append(device)
-    if not parsed:
-        raise ValueError("devices is empty: pass None (stay where the stages are) or >= 1 device")
-    return parsed
-
-
 def _first_device(module: nn.Module) -> torch.device | None:
     for tensor in [*module.parameters(), *module.buffers()]:
         return tensor.device
@@ -89,6 +52,47 @@ def _first_device(module: nn.Module) -> torch.device | None:
 def _state_device(state: Any) -> torch.device:
     leaves = tree_leaves(state)
     return leaves[0].device if leaves else torch.device("cpu")
+
+
+def _module_settings(
+    m_count: int,
+    loss_fn: Any,
+    optimizer_factory: Any,
+    scheduler_factory: Any,
+    loss_weights: Any,
+    clip_grad_norm: Any,
+) -> list[dict[str, Any]]:
+    """Return each module's loss, factories, weight and clipping, checked."""
+    losses = per_module(loss_fn, m_count, "loss_fn")
+    factories = per_module(optimizer_factory, m_count, "optimizer_factory")
+    schedulers = per_module(scheduler_factory, m_count, "scheduler_factory")
+    weights = per_module(loss_weights, m_count, "loss_weights")
+    clips = per_module(clip_grad_norm, m_count, "clip_grad_norm")
+    settings = []
+    for m in range(m_count):
+        if not callable(losses[m]):
+            raise TypeError(
+                f"loss_fn for module {m} must be callable as loss_fn(prediction, target) -> "
+                f"scalar tensor, got {losses[m]!r}"
+            )
+        callable_or_none(
+            factories[m],
+            f"optimizer_factory for module {m}",
+            "factory(params) -> torch.optim.Optimizer, or None for Adam",
+        )
+        callable_or_none(
+            schedulers[m], f"scheduler_factory for module {m}", "factory(optimizer) -> LR scheduler"
+        )
+        settings.append(
+            {
+                "loss_fn": losses[m],
+                "optimizer_factory": factories[m],
+                "scheduler_factory": schedulers[m],
+                "weight": check_weight(weights[m], m),
+                "clip_grad_norm": check_clip(clips[m], m),
+            }
+        )
+    return settings
 
 
 class GreedyTrainer:
@@ -197,7 +201,7 @@ class GreedyTrainer:
         context_to: ContextTo | None = None,
         check_shapes: bool = True,
     ) -> None:
-        stage_list = _as_stages(stages)
+        stage_list = as_stages(stages)
         n = len(stage_list)
         m_count = n if modules is None else modules
         self.module_sizes: list[int] = split_stages(n, m_count, split)
@@ -206,98 +210,69 @@ class GreedyTrainer:
             range(s, s + size) for s, size in zip(starts, self.module_sizes)
         ]
         self.stages: tuple[nn.Module, ...] = tuple(stage_list)
-        self.devices = _as_devices(devices)
+        self.devices = as_devices(devices)
         self.amp = bool(amp)
         if amp_dtype is not None and amp_dtype not in (torch.float16, torch.bfloat16):
             raise ValueError(f"amp_dtype must be torch.float16 or torch.bfloat16, got {amp_dtype}")
+        self.amp_dtype = amp_dtype
+        callable_or_none(output_fn, "output_fn", "state -> prediction")
         self.output_fn: Callable[[Any], Any] = output_fn if output_fn is not None else _identity
-        if not callable(self.output_fn):
-            raise TypeError(f"output_fn must be callable (state -> prediction), got {output_fn!r}")
+        callable_or_none(context_to, "context_to", "context_to(obj, device) -> obj")
         self.context_to: ContextTo = context_to if context_to is not None else tree_to
         self.check_shapes = check_shapes
-
-        losses = per_module(loss_fn, m_count, "loss_fn")
-        for m, fn in enumerate(losses):
-            if not callable(fn):
-                raise TypeError(
-                    f"loss_fn for module {m} must be callable as loss_fn(prediction, target) -> "
-                    f"scalar tensor, got {fn!r}"
-                )
-        factories = per_module(optimizer_factory, m_count, "optimizer_factory")
-        for m, factory in enumerate(factories):
-            if factory is not None and not callable(factory):
-                raise TypeError(
-                    f"optimizer_factory for module {m} must be callable as factory(params) -> "
-                    f"torch.optim.Optimizer (or None for Adam), got {factory!r}"
-                )
-        schedulers = per_module(scheduler_factory, m_count, "scheduler_factory")
-        for m, sched in enumerate(schedulers):
-            if sched is not None and not callable(sched):
-                raise TypeError(
-                    f"scheduler_factory for module {m} must be callable as factory(optimizer) -> "
-                    f"LR scheduler, got {sched!r}"
-                )
-        weights = [
-            check_weight(w, m)
-            for m, w in enumerate(per_module(loss_weights, m_count, "loss_weights"))
-        ]
-        clips = [
-            check_clip(c, m)
-            for m, c in enumerate(per_module(clip_grad_norm, m_count, "clip_grad_norm"))
-        ]
-        if module_wrapper is not None and not callable(module_wrapper):
-            raise TypeError(
-                f"module_wrapper must be callable (stages -> nn.Module), got {module_wrapper!r}"
-            )
-
-        runners: list[nn.Module] = []
-        for m, r in enumerate(self.module_ranges):
-            module_stages = list(stage_list[r.start : r.stop])
-            if module_wrapper is None:
-                runner: Any = StageSequence(
-                    module_stages, offset=r.start, check_shapes=check_shapes
-                )
-            else:
-                runner = module_wrapper(module_stages)
-                if not isinstance(runner, nn.Module):
-                    raise TypeError(
-                        f"module_wrapper returned a {type(runner).__name__} for module {m}; "
-                        "it must "
-                        "return an nn.Module called as runner(state, context) -> state"
-                    )
-            runners.append(runner)
-        self.runners = nn.ModuleList(runners)
+        settings = _module_settings(
+            m_count, loss_fn, optimizer_factory, scheduler_factory, loss_weights, clip_grad_norm
+        )
+        callable_or_none(module_wrapper, "module_wrapper", "stages -> nn.Module")
+        self.runners = nn.ModuleList(self._build_runners(module_wrapper))
         disjoint_parameters(self.runners)
-
-        self.units: list[ModuleUnit] = []
-        for m in sorted(self._owned_modules()):
-            device = self._device_of(m)
-            if device is not None:
-                self.runners[m].to(device)
-            r = self.module_ranges[m]
-            self.units.append(
-                ModuleUnit(
-                    index=m,
-                    first=r.start,
-                    last=r.stop - 1,
-                    runner=self.runners[m],
-                    device=device,
-                    loss_fn=losses[m],
-                    weight=weights[m],
-                    optimizer_factory=factories[m],
-                    scheduler_factory=schedulers[m],
-                    clip_grad_norm=clips[m],
-                    amp=self.amp,
-                    amp_dtype=amp_dtype,
-                    check_layout=check_shapes and module_wrapper is not None,
-                )
-            )
+        wrapped = check_shapes and module_wrapper is not None
+        self.units: list[ModuleUnit] = [
+            self._build_unit(m, settings[m], wrapped) for m in sorted(self._owned_modules())
+        ]
         self._units_by_index = {unit.index: unit for unit in self.units}
         self._step = 0
 
+    def _build_runners(self, module_wrapper: ModuleWrapper | None) -> list[nn.Module]:
+        """Return one runner per module: its stages in a StageSequence, or the wrapper's."""
+        runners: list[nn.Module] = []
+        for m, r in enumerate(self.module_ranges):
+            module_stages = list(self.stages[r.start : r.stop])
+            if module_wrapper is None:
+                runners.append(
+                    StageSequence(module_stages, offset=r.start, check_shapes=self.check_shapes)
+                )
+                continue
+            runner = module_wrapper(module_stages)
+            if not isinstance(runner, nn.Module):
+                raise TypeError(
+                    f"module_wrapper returned a {type(runner).__name__} for module {m}; it must "
+                    "return an nn.Module called as runner(state, context) -> state"
+                )
+            runners.append(runner)
+        return runners
+
+    def _build_unit(self, m: int, settings: dict[str, Any], check_layout: bool) -> ModuleUnit:
+        """Move module ``m`` to its device and give it its optimizer, scheduler and scaler."""
+        device = self._device_of(m)
+        if device is not None:
+            self.runners[m].to(device)
+        r = self.module_ranges[m]
+        return ModuleUnit(
+            index=m,
+            first=r.start,
+            last=r.stop - 1,
+            runner=self.runners[m],
+            device=device,
+            amp=self.amp,
+            amp_dtype=self.amp_dtype,
+            check_layout=check_layout,
+            **settings,
+        )
+
     # ------------------------------------------------------------------ layout
     def _owned_modules(self) -> set[int]:
-        """The modules this process trains (all of them here; a subset in distributed)."""
+        """Return the modules this process trains (all here; a subset in distributed)."""
         return set(range(len(self.module_sizes)))
 
     def _device_of(self, m: int) -> torch.device | None:
@@ -317,30 +292,33 @@ class GreedyTrainer:
 
     @property
     def step(self) -> int:
-        """How many ``train_step`` calls have been made (restored by :meth:`load`)."""
+        """How many ``train_step`` calls have been made (restored by :meth:`load`; settable)."""
         return self._step
+
+    @step.setter
+    def step(self, value: int) -> None:
+        self._step = integer(value, "step", low=0)
+
+    def _per_module(self, attribute: str) -> list[Any]:
+        return [
+            getattr(self._units_by_index[m], attribute) if m in self._units_by_index else None
+            for m in range(self.num_modules)
+        ]
 
     @property
     def optimizers(self) -> list[torch.optim.Optimizer | None]:
-        return [
-            self._units_by_index[m].optimizer if m in self._units_by_index else None
-            for m in range(self.num_modules)
-        ]
+        """Per module: its optimizer (None without trainable parameters or on another rank)."""
+        return self._per_module("optimizer")
 
     @property
     def scalers(self) -> list[torch.amp.GradScaler | None]:
         """Per module: its AMP ``GradScaler`` (float16 autocast only), else None."""
-        return [
-            self._units_by_index[m].scaler if m in self._units_by_index else None
-            for m in range(self.num_modules)
-        ]
+        return self._per_module("scaler")
 
     @property
     def schedulers(self) -> list[Any]:
-        return [
-            self._units_by_index[m].scheduler if m in self._units_by_index else None
-            for m in range(self.num_modules)
-        ]
+        """Per module: its LR scheduler, or None."""
+        return self._per_module("scheduler")
 
     def __repr__(self) -> str:
         placement = "" if self.devices is None else f", devices={[str(d) for d in self.devices]}"
@@ -385,43 +363,69 @@ class GreedyTrainer:
             ``losses[m]`` is ``loss_fn_m(output_fn(x^{(m)}), target)`` before its update.
         """
         cache: dict[Any, Any] = {}
-        state = state0
+        carry = [state0]  # the one reference to the state between blocks (see _train_block)
+        del state0
         losses: list[Tensor] = []
         for block in self._blocks():
-            pending: list[tuple[ModuleUnit, Tensor]] = []
-            for m in block:
-                unit = self._units_by_index[m]
-                inp, ctx, tgt, device = self._place(unit, state, context, target, cache)
-                out, loss = unit.forward(inp, ctx, tgt, self.output_fn, device)
-                state = tree_detach(out)
-                del out, inp
-                pending.append((unit, loss))
-            roots = [unit.backward_root(loss) for unit, loss in pending if unit.trainable]
-            if roots:
-                # Disjoint graphs: one call computes every module's gradients; on CUDA the
-                # engine's per-device threads run them concurrently.
-                torch.autograd.backward(roots)
-            del roots
-            for unit, loss in pending:
-                unit.step()
-                losses.append(loss.detach())
-            del pending
+            self._train_block(block, carry, context, target, cache, losses)
         self._step += 1
         return [float(loss) for loss in losses]
+
+    def _train_block(
+        self,
+        block: list[int],
+        carry: list[Any],
+        context: Any,
+        target: Any,
+        cache: dict[Any, Any],
+        losses: list[Tensor],
+    ) -> None:
+        """Train the modules of ``block`` on the state in ``carry``; leave its output there.
+
+        The forward passes run in a chain, then one backward call, then the updates. Nothing of
+        the block's graphs outlives this call: its losses are kept detached, its outputs only as
+        the detached next input, its gradients are set to None by the updates. So the next
+        block's forward starts with no memory held for this block but that input (and each
+        module's optimizer state). The input state travels in ``carry`` rather than as an
+        argument, so that no caller's variable keeps it alive once the forward has used it (only
+        the graph holds it, until the backward pass frees it).
+        """
+        state = carry.pop()
+        units: list[ModuleUnit] = []
+        roots: list[Tensor] = []
+        for m in block:
+            unit = self._units_by_index[m]
+            inp, ctx, tgt, device = self._place(unit, state, context, target, cache)
+            out, loss = unit.forward(inp, ctx, tgt, self.output_fn, device)
+            state = tree_detach(out)
+            losses.append(loss.detach())
+            units.append(unit)
+            if unit.trainable:
+                roots.append(unit.backward_root(loss))
+            del out, inp, loss
+        if roots:
+            # Disjoint graphs: one call computes every module's gradients; on CUDA the engine's
+            # per-device threads run them concurrently.
+            torch.autograd.backward(roots)
+        del roots  # the last references to the graphs (and whatever their nodes hold)
+        for unit in units:
+            unit.step()
+        carry.append(state)
 
     # ------------------------------------------------------------------ inference
     def _modes(self) -> list[bool]:
         return [runner.training for runner in self.runners]
 
     def _run_stages(self, state0: Any, context: Any, n_stages: int | None, each: str) -> list[Any]:
-        """States after each module (``each="module"``) or stage, up to ``n_stages`` stages."""
-        n = self.num_stages if n_stages is None else n_stages
-        if isinstance(n, bool) or not isinstance(n, int):
-            raise TypeError(f"n_stages must be an int or None, got {n_stages!r}")
-        if not 1 <= n <= self.num_stages:
-            raise ValueError(
-                f"n_stages must be between 1 and the {self.num_stages} stages, got {n_stages}"
-            )
+        """Return the states after each module (``each="module"``) or stage, up to ``n_stages``."""
+        n = integer(
+            self.num_stages if n_stages is None else n_stages,
+            "n_stages",
+            low=1,
+            high=self.num_stages,
+            expected=f"between 1 and the {self.num_stages} stages",
+            type_expected="an int or None",
+        )
         if each not in ("module", "stage"):
             raise ValueError(f"per must be 'module' or 'stage', got {each!r}")
         cache: dict[Any, Any] = {}
@@ -434,35 +438,51 @@ class GreedyTrainer:
                 for m, r in enumerate(self.module_ranges):
                     if r.start >= n:
                         break
-                    unit = self._units_by_index.get(m)
-                    device = self._device_of(m) if unit is None else unit.device
-                    if self.devices is not None and device is not None:
-                        if device not in cache:
-                            cache[device] = self.context_to(context, device)
-                        ctx = cache[device]
-                        state = tree_to(state, device)
-                    else:
-                        ctx = context
-                    autocast = (
-                        unit.autocast(device or _state_device(state))
-                        if unit is not None
-                        else contextlib.nullcontext()
+                    state = self._infer_module(
+                        m,
+                        range(r.start, min(r.stop, n)),
+                        state,
+                        context,
+                        cache,
+                        states if each == "stage" else None,
                     )
-                    with autocast:
-                        if each == "module" and r.stop <= n:
-                            state = self.runners[m](state, ctx)
-                            states.append(state)
-                        else:
-                            for i in range(r.start, min(r.stop, n)):
-                                state = self.stages[i](state, ctx)
-                                if each == "stage":
-                                    states.append(state)
-                            if each == "module":
-                                states.append(state)
+                    if each == "module":
+                        states.append(state)
         finally:
             for runner, mode in zip(self.runners, modes):
                 runner.train(mode)
         return states
+
+    def _infer_module(
+        self,
+        m: int,
+        stages: range,
+        state: Any,
+        context: Any,
+        cache: dict[Any, Any],
+        per_stage: list[Any] | None,
+    ) -> Any:
+        """Run ``stages`` of module ``m`` (all of them through its runner) on its device."""
+        unit = self._units_by_index.get(m)
+        device = self._device_of(m) if unit is None else unit.device
+        if self.devices is not None and device is not None:
+            if device not in cache:
+                cache[device] = self.context_to(context, device)
+            context = cache[device]
+            state = tree_to(state, device)
+        autocast = (
+            unit.autocast(device or _state_device(state))
+            if unit is not None
+            else contextlib.nullcontext()
+        )
+        with autocast:
+            if per_stage is None and stages == self.module_ranges[m]:
+                return self.runners[m](state, context)
+            for i in stages:
+                state = self.stages[i](state, context)
+                if per_stage is not None:
+                    per_stage.append(state)
+        return state
 
     def predict(self, state0: Any, context: Any, n_stages: int | None = None) -> Any:
         """Inference with early exit: ``output_fn`` of the state after the first ``n_stages``.
@@ -510,24 +530,26 @@ class GreedyTrainer:
         return values
 
     # ------------------------------------------------------------------ checkpoints
-    def _header(self) -> dict[str, Any]:
-        return {
-            "format": FORMAT,
-            "version": VERSION,
-            "module_sizes": list(self.module_sizes),
-            "step": self._step,
-        }
-
     def state_dict(self, extra: Any = None) -> dict[str, Any]:
-        """Everything a bit-identical resume needs: modules, optimizers, schedulers, AMP scalers,
-        the step counter and the RNG states (torch, CUDA, Python, NumPy), plus ``extra``."""
-        data = self._header()
+        """Return everything a bit-identical resume needs, as tensors and plain values.
+
+        Modules, optimizers, schedulers, AMP scalers, the step counter, the RNG states (torch,
+        CUDA, Python, NumPy) and the format version, plus ``extra``; it loads with
+        ``torch.load(weights_only=True)`` as long as ``extra`` holds tensors and plain values.
+        """
+        data = checkpoint_header(self.module_sizes, self._step)
         data["units"] = [self._units_by_index[m].state_dict() for m in range(self.num_modules)]
         data["rng"] = [get_rng_state()]
         data["extra"] = extra
         return data
 
     def _check_compatible(self, data: dict[str, Any], where: str) -> None:
+        if not isinstance(data, dict) or "module_sizes" not in data:
+            raise ValueError(
+                f"{where} is not a greedytrain state dict (see GreedyTrainer.state_dict)"
+            )
+        # version 1 dicts (greedytrain 0.1, loaded by the user) differ only in their RNG states
+        check_version(data, where, accept=(1, VERSION))
         if list(data["module_sizes"]) != list(self.module_sizes):
             raise ValueError(
                 f"{where} holds {len(data['module_sizes'])} modules of sizes "
@@ -535,24 +557,37 @@ class GreedyTrainer:
                 f"{self.module_sizes}: build the trainer with the same stages, modules and split"
             )
 
+    def _own_rng_state(self, states: list[Any]) -> Any:
+        """Return the RNG state this process restores from a checkpoint's list of them."""
+        return states[0]
+
     def load_state_dict(self, data: dict[str, Any], restore_rng: bool = True) -> Any:
-        """Restore :meth:`state_dict`'s output; returns its ``extra``."""
+        """Restore what :meth:`state_dict` returned (this process's modules); return ``extra``."""
         self._check_compatible(data, "the state dict")
         for m, unit in self._units_by_index.items():
             unit.load_state_dict(data["units"][m])
         self._step = int(data["step"])
         if restore_rng:
-            set_rng_state(data["rng"][0])
+            set_rng_state(self._own_rng_state(data["rng"]))
         return data.get("extra")
 
     def save(self, path: str | os.PathLike[str], extra: Any = None) -> None:
-        """Write a checkpoint atomically (temporary file, then rename): a crash while saving
-        leaves the previous checkpoint intact. ``extra`` (any picklable object, e.g. the epoch and
-        data-loader position) is stored with it and returned by :meth:`load`."""
-        atomic_save(self.state_dict(extra), path)
+        """Write a checkpoint atomically that loads without running code.
+
+        The file goes to a temporary file, is fsynced, then renamed onto ``path``: a crash or a
+        full disk while saving leaves the previous checkpoint intact. ``extra`` (tensors and
+        plain values, e.g. the epoch and data-loader position) is stored with it and returned
+        by :meth:`load`; anything else is refused with a ``TypeError`` naming it.
+        """
+        atomic_save(self.state_dict(extra), path, weights_only=True)
 
     def load(self, path: str | os.PathLike[str], restore_rng: bool = True) -> Any:
-        """Resume from a checkpoint written by :meth:`save` (or by the distributed trainer);
-        returns the ``extra`` saved with it. Continuing training gives bit-identical results to
-        a run that was never interrupted (same hardware, threads and data order)."""
+        """Resume from a checkpoint written by :meth:`save` (or by the distributed trainer).
+
+        Returns the ``extra`` saved with it. The file is read with
+        ``torch.load(weights_only=True)``: a file that would need Python's full unpickler is
+        refused (``ValueError`` saying what it refers to) and nothing in it runs; a file of another
+        format version is refused naming it. Continuing training gives bit-identical results to a
+        run that was never interrupted (same hardware, threads and data order).
+        """
         return self.load_state_dict(read_checkpoint(path), restore_rng=restore_rng)

@@ -14,27 +14,48 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["tree_detach", "tree_layout", "tree_leaves", "tree_map_tensors", "tree_to"]
+__all__ = [
+    "describe_layout",
+    "tree_detach",
+    "tree_layout",
+    "tree_leaves",
+    "tree_map",
+    "tree_map_tensors",
+    "tree_to",
+]
 
 
-def tree_map_tensors(fn: Callable[[Tensor], Any], tree: Any) -> Any:
-    """Apply ``fn`` to every tensor of ``tree``; other leaves are returned unchanged."""
-    if isinstance(tree, Tensor):
+def _is_tensor(node: Any) -> bool:
+    return isinstance(node, Tensor)
+
+
+def tree_map(fn: Callable[[Any], Any], tree: Any, is_leaf: Callable[[Any], bool]) -> Any:
+    """Apply ``fn`` to every node of ``tree`` for which ``is_leaf`` holds (checked first).
+
+    Tuples (named tuples kept), lists and dicts are rebuilt around the mapped nodes; any other
+    node is returned unchanged.
+    """
+    if is_leaf(tree):
         return fn(tree)
     if isinstance(tree, tuple):
-        mapped = [tree_map_tensors(fn, item) for item in tree]
+        mapped = [tree_map(fn, item, is_leaf) for item in tree]
         if hasattr(tree, "_fields"):  # a named tuple
             return type(tree)(*mapped)
         return tuple(mapped)
     if isinstance(tree, list):
-        return [tree_map_tensors(fn, item) for item in tree]
+        return [tree_map(fn, item, is_leaf) for item in tree]
     if isinstance(tree, dict):
-        return type(tree)((key, tree_map_tensors(fn, value)) for key, value in tree.items())
+        return type(tree)((key, tree_map(fn, value, is_leaf)) for key, value in tree.items())
     return tree
 
 
+def tree_map_tensors(fn: Callable[[Tensor], Any], tree: Any) -> Any:
+    """Apply ``fn`` to every tensor of ``tree``; other leaves are returned unchanged."""
+    return tree_map(fn, tree, _is_tensor)
+
+
 def tree_leaves(tree: Any) -> list[Tensor]:
-    """The tensors of ``tree`` in a fixed (depth-first, insertion) order."""
+    """Return the tensors of ``tree`` in a fixed (depth-first, insertion) order."""
     leaves: list[Tensor] = []
 
     def visit(tensor: Tensor) -> Tensor:
@@ -54,13 +75,14 @@ def tree_to(tree: Any, device: torch.device) -> Any:
     """``tree`` with every tensor moved to ``device`` (tensors already there are not copied).
 
     Copies to a CUDA device are asynchronous (ordered on the streams); copies to the CPU are not,
-    since a non-blocking device-to-host copy could be read before it lands."""
+    since a non-blocking device-to-host copy could be read before it lands.
+    """
     non_blocking = device.type == "cuda"
     return tree_map_tensors(lambda tensor: tensor.to(device, non_blocking=non_blocking), tree)
 
 
 def tree_layout(tree: Any) -> Any:
-    """A comparable description of ``tree``: its nesting with each tensor's shape.
+    """Describe ``tree`` comparably: its nesting with each tensor's shape.
 
     Two states with equal layouts have the same nesting and the same tensor shapes; dtypes are not
     compared (autocast may legitimately change them) and other leaves are described by type only.
@@ -75,7 +97,7 @@ def tree_layout(tree: Any) -> Any:
 
 
 def describe_layout(tree: Any) -> str:
-    """A short human-readable form of :func:`tree_layout` for error messages."""
+    """Describe ``tree`` briefly (a readable :func:`tree_layout`), for error messages."""
     if isinstance(tree, Tensor):
         return f"tensor{tuple(tree.shape)}"
     if isinstance(tree, tuple | list):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -11,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ._split import check_same_layout
+from ._validate import number
 
 __all__ = ["LossFn", "ModuleUnit", "OptimizerFactory", "SchedulerFactory", "per_module"]
 
@@ -122,7 +122,10 @@ class ModuleUnit:
         output_fn: Callable[[Any], Any],
         device: torch.device,
     ) -> tuple[Any, Tensor]:
-        """The module's output state and unweighted loss ``loss_fn(output_fn(out), target)``."""
+        """Run the module; return its output state and unweighted loss.
+
+        The loss is ``loss_fn(output_fn(out), target)``, computed under autocast with ``amp``.
+        """
         if self.optimizer is not None:
             self.optimizer.zero_grad(set_to_none=True)
         grad_mode = torch.enable_grad() if self.trainable else torch.no_grad()
@@ -145,7 +148,7 @@ class ModuleUnit:
         return out, loss
 
     def backward_root(self, loss: Tensor) -> Tensor:
-        """The tensor to backpropagate for ``loss``: weighted and, with float16 AMP, scaled."""
+        """Return the tensor to backpropagate for ``loss``: weighted, and scaled under fp16 AMP."""
         root = loss.reshape(()) * self.weight if self.weight != 1.0 else loss.reshape(())
         if self.scaler is not None:
             root = self.scaler.scale(root)
@@ -188,25 +191,23 @@ class ModuleUnit:
             self.scaler.load_state_dict(state["scaler"])
 
 
-def check_weight(weight: Any, index: int) -> float:
-    if isinstance(weight, bool) or not isinstance(weight, int | float):
-        raise TypeError(f"loss_weights[{index}] must be a number, got {weight!r}")
-    if not math.isfinite(weight) or weight < 0:
-        raise ValueError(f"loss_weights[{index}] must be finite and >= 0, got {weight!r}")
-    return float(weight)
+def check_weight(weight: object, index: int) -> float:
+    """Return module ``index``'s loss weight, a finite number >= 0."""
+    return number(weight, f"loss_weights[{index}]", low=0, expected="finite and >= 0")
 
 
-def check_clip(clip: Any, index: int) -> float | None:
+def check_clip(clip: object, index: int) -> float | None:
+    """Return module ``index``'s gradient-norm bound (a finite number > 0), or None."""
     if clip is None:
         return None
-    if isinstance(clip, bool) or not isinstance(clip, int | float):
-        raise TypeError(f"clip_grad_norm for module {index} must be a number or None, got {clip!r}")
-    if not clip > 0 or not math.isfinite(clip):
-        raise ValueError(
-            f"clip_grad_norm for module {index} must be a finite number > 0 (the largest gradient "
-            f"norm), or None for no clipping; got {clip!r}"
-        )
-    return float(clip)
+    return number(
+        clip,
+        f"clip_grad_norm for module {index}",
+        low=0,
+        low_open=True,
+        expected="a finite number > 0 (the largest gradient norm), or None for no clipping",
+        type_expected="a number or None",
+    )
 
 
 def disjoint_parameters(runners: Iterable[nn.Module]) -> None:

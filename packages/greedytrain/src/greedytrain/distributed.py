@@ -5,7 +5,7 @@ Launch one process per device with torchrun (``torchrun --nproc-per-node=2 train
 the trainer with the same arguments on every rank and call ``train_step`` for every mini-batch.
 """
 
-from ._comm import RankFailedError
 from ._distributed import DistributedGreedyTrainer
+from ._liveness import RankFailedError
 
 __all__ = ["DistributedGreedyTrainer", "RankFailedError"]

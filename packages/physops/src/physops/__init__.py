@@ -4,7 +4,7 @@ MRI, deblurring, CT and Fourier ptychography as linear operators, with CG and co
 """
 
 from physops._blur import Blur, gaussian_kernel
-from physops._cg import SolveResult, cg, least_squares
+from physops._cg import ConvergenceError, ConvergenceWarning, SolveResult, cg, least_squares
 from physops._checks import check_adjoint, check_gradients
 from physops._convert import (
     channels_to_complex,
@@ -24,6 +24,8 @@ __version__ = "0.2.0"
 __all__ = [
     "FFT",
     "Blur",
+    "ConvergenceError",
+    "ConvergenceWarning",
     "FourierSampling",
     "Identity",
     "LinearOperator",

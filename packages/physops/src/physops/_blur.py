@@ -17,13 +17,12 @@ boundary rule, which makes it the exact adjoint of the forward model for either 
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from physops._linop import LinearOperator, operand, register_operand
+from physops._validate import finite_number, inexact_tensor, known_name, positive_int
 
 __all__ = ["Blur", "gaussian_kernel"]
 
@@ -58,17 +57,15 @@ def gaussian_kernel(
     Tensor
         ``(size, size)`` kernel summing to one.
     """
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"gaussian_kernel: size must be a positive integer, got {size!r}.")
-    if isinstance(variance, bool) or not isinstance(variance, (int, float)):
-        raise TypeError(
-            f"gaussian_kernel: variance must be a real number, got {type(variance).__name__}."
-        )
-    if not variance > 0 or not math.isfinite(variance):
-        raise ValueError(
-            f"gaussian_kernel: variance must be positive and finite, got {variance!r}: it is the "
-            "squared width sigma**2 in pixels (LUSER uses variance=5)."
-        )
+    size = positive_int(size, "size", "gaussian_kernel")
+    variance = finite_number(
+        variance,
+        "variance",
+        "gaussian_kernel",
+        low=0,
+        low_open=True,
+        hint=": it is the squared width sigma**2 in pixels (LUSER uses variance=5)",
+    )
     coords = torch.arange(size, dtype=torch.float64, device=device) - (size - 1) / 2
     profile = torch.exp(-(coords**2) / (2 * variance))
     kernel = profile[:, None] * profile[None, :]
@@ -99,22 +96,13 @@ class Blur(LinearOperator):
     """
 
     def __init__(self, kernel: Tensor, *, boundary: str = "circular") -> None:
-        if not isinstance(kernel, Tensor):
-            raise TypeError(f"Blur expects kernel as a torch.Tensor, got {type(kernel).__name__}.")
-        if not (kernel.is_floating_point() or kernel.is_complex()):
-            raise TypeError(
-                f"Blur expects a floating or complex kernel, got dtype {kernel.dtype}: convert it "
-                "with kernel.float()."
-            )
+        kernel = inexact_tensor(kernel, "Blur", "kernel", hint=": convert it with kernel.float()")
         if kernel.ndim != 2:
             raise ValueError(
                 f"Blur expects a 2D kernel of shape (K_h, K_w), got shape {tuple(kernel.shape)}: "
                 "one kernel is applied to every channel; squeeze any batch or channel axes."
             )
-        if boundary not in _BOUNDARIES:
-            raise ValueError(
-                f"Blur: unknown boundary {boundary!r}; valid names are {', '.join(_BOUNDARIES)}."
-            )
+        known_name(boundary, "boundary", "Blur", _BOUNDARIES)
         super().__init__()
         self.boundary = boundary
         self.kernel_size = (int(kernel.shape[0]), int(kernel.shape[1]))
@@ -129,13 +117,9 @@ class Blur(LinearOperator):
 
     def _convolve(self, x: Tensor, adjoint: bool) -> Tensor:
         who = "Blur.adjoint" if adjoint else "Blur"
-        if not isinstance(x, Tensor):
-            raise TypeError(f"{who} expects a torch.Tensor, got {type(x).__name__}.")
-        if not (x.is_floating_point() or x.is_complex()):
-            raise TypeError(
-                f"{who} expects a real floating or complex image, got dtype {x.dtype}: convert "
-                "it with x.float()."
-            )
+        x = inexact_tensor(
+            x, who, "image", kinds="real floating or complex", hint=": convert it with x.float()"
+        )
         if x.ndim < 2:
             raise ValueError(
                 f"{who} expects an image of shape (*batch, H, W), got shape {tuple(x.shape)}."

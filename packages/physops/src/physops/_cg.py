@@ -36,7 +36,6 @@ differentiates the iterations themselves, at memory cost growing with the iterat
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -46,15 +45,18 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from physops._linop import LinearOperator, ensure_operator
+from physops._validate import finite_number, integer, known_name, nonnegative_int
 
-__all__ = ["SolveResult", "cg", "least_squares"]
+__all__ = ["ConvergenceError", "ConvergenceWarning", "SolveResult", "cg", "least_squares"]
 
 _BACKWARDS = ("implicit", "unrolled")
-_ON_FAIL = ("ignore", "warn", "raise")
+_POLICIES = ("ignore", "warn", "raise")
 
 
 class SolveResult(NamedTuple):
-    """What :func:`cg` returns (a named tuple: ``x, iterations, residual, converged = ...``).
+    r"""What :func:`cg` returns (a named tuple: ``x, iterations, residuals, converged = ...``).
+
+    The field names are those of every memroll solver (``fixedpoint`` too).
 
     Attributes
     ----------
@@ -62,17 +64,48 @@ class SolveResult(NamedTuple):
         The solution, shape and dtype of ``b``; differentiable (see :func:`cg`).
     iterations
         ``(*batch,)`` int64: CG iterations each system ran (0 when the start was already good).
-    residual
-        ``(*batch,)`` real: relative residual :math:`\\|b - A x\\| / \\|b\\|` of each system (the
+    residuals
+        ``(*batch,)`` real: relative residual :math:`\|b - A x\| / \|b\|` of each system (the
         absolute residual where :math:`b = 0`), from CG's recursion.
     converged
-        ``(*batch,)`` bool: whether ``residual <= tol``.
+        ``(*batch,)`` bool: whether ``residuals <= tol``.
     """
 
     x: Tensor
     iterations: Tensor
-    residual: Tensor
+    residuals: Tensor
     converged: Tensor
+
+    @property
+    def residual(self) -> Tensor:
+        """Deprecated alias of :attr:`residuals` (removed in physops 0.3)."""
+        warnings.warn(
+            "physops.SolveResult.residual is deprecated and will be removed in physops 0.3: use "
+            "SolveResult.residuals (the field name every memroll solver shares).",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.residuals
+
+
+class ConvergenceWarning(RuntimeWarning):
+    """Warned by :func:`cg` with ``on_failure="warn"`` when a system did not converge."""
+
+
+class ConvergenceError(RuntimeError):
+    """Raised by :func:`cg` with ``on_failure="raise"`` when a system did not converge.
+
+    Parameters
+    ----------
+    message
+        What failed and how to fix it.
+    result
+        The :class:`SolveResult` reached, kept as ``error.result`` for inspection.
+    """
+
+    def __init__(self, message: str, result: SolveResult) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 class _Settings(NamedTuple):
@@ -169,6 +202,66 @@ class _InverseOfA(torch.autograd.Function):
         return solution.x, None, None
 
 
+def _policy(on_failure: str, on_fail: str | None, who: str) -> str:
+    """Return the failure policy, honouring the deprecated ``on_fail`` alias (physops 0.1)."""
+    if on_fail is not None:
+        warnings.warn(
+            f"{who}(on_fail=...) is deprecated and will be removed in physops 0.3: use "
+            "on_failure=... (the argument name every memroll solver shares).",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        if on_failure not in ("ignore", on_fail):
+            raise ValueError(
+                f"{who}: got on_failure={on_failure!r} and the deprecated on_fail={on_fail!r}; "
+                "pass on_failure only."
+            )
+        on_failure = on_fail
+    return known_name(on_failure, "on_failure", who, _POLICIES)
+
+
+def _checked_inputs(
+    apply_A: object, b: object, x0: object, batch_dims: object
+) -> tuple[Tensor, Tensor | None, int]:
+    if not callable(apply_A):
+        raise TypeError(f"cg: apply_A must be callable (v -> A v), got {type(apply_A).__name__}.")
+    if not isinstance(b, Tensor):
+        raise TypeError(f"cg: b must be a torch.Tensor, got {type(b).__name__}.")
+    if not (b.is_floating_point() or b.is_complex()):
+        raise TypeError(f"cg: b must be floating or complex, got dtype {b.dtype}.")
+    if x0 is not None:
+        if not isinstance(x0, Tensor):
+            raise TypeError(f"cg: x0 must be a torch.Tensor or None, got {type(x0).__name__}.")
+        if x0.shape != b.shape or x0.dtype != b.dtype:
+            raise ValueError(
+                f"cg: x0 must have the shape and dtype of b ({tuple(b.shape)}, {b.dtype}), got "
+                f"({tuple(x0.shape)}, {x0.dtype})."
+            )
+    dims = integer(batch_dims, "batch_dims", "cg")
+    if not 0 <= dims < b.ndim:
+        raise ValueError(
+            f"cg: batch_dims must satisfy 0 <= batch_dims < b.ndim = {b.ndim}, got {dims}: "
+            "at least one dimension must remain for the inner products."
+        )
+    return b, x0, dims
+
+
+def _report(result: SolveResult, policy: str, max_iter: int, tol: float) -> None:
+    """Apply the failure policy to a finished solve (``"ignore"``, ``"warn"`` or ``"raise"``)."""
+    if policy == "ignore" or bool(result.converged.all()):
+        return
+    failed = int((~result.converged).sum())
+    message = (
+        f"cg did not converge for {failed} of {result.converged.numel()} systems within "
+        f"max_iter={max_iter} (largest relative residual {float(result.residuals.max()):.3g}, "
+        f"tol={tol}): raise max_iter, loosen tol, or check that A is Hermitian positive "
+        "definite."
+    )
+    if policy == "raise":
+        raise ConvergenceError(message, result)
+    warnings.warn(message, ConvergenceWarning, stacklevel=3)
+
+
 def cg(
     apply_A: Callable[[Tensor], Tensor],
     b: Tensor,
@@ -178,7 +271,8 @@ def cg(
     tol: float = 1e-5,
     batch_dims: int = 1,
     backward: str = "implicit",
-    on_fail: str = "ignore",
+    on_failure: str = "ignore",
+    on_fail: str | None = None,
 ) -> SolveResult:
     r"""Solve :math:`A x = b` for Hermitian positive-definite :math:`A` by conjugate gradient.
 
@@ -208,14 +302,23 @@ def cg(
         module notes); memory does not grow with the iterations, gradients reach ``b`` and every
         tensor ``apply_A`` uses (first-order only: it cannot be differentiated twice).
         ``"unrolled"``: plain autograd through the iterations.
-    on_fail
+    on_failure
         What to do when a sample did not converge: ``"ignore"`` (default: the result says so in
-        ``converged``; unrolled networks run a fixed budget on purpose), ``"warn"`` or ``"raise"``.
+        ``converged``; unrolled networks run a fixed budget on purpose), ``"warn"``
+        (:class:`ConvergenceWarning`) or ``"raise"`` (:class:`ConvergenceError`, with the result
+        as ``error.result``).
+    on_fail
+        Deprecated alias of ``on_failure`` (physops 0.1); warns ``DeprecationWarning``.
 
     Returns
     -------
     SolveResult
-        ``(x, iterations, residual, converged)``.
+        ``(x, iterations, residuals, converged)``.
+
+    Raises
+    ------
+    ConvergenceError
+        With ``on_failure="raise"``, when a system did not reach ``tol`` within ``max_iter``.
 
     Examples
     --------
@@ -227,46 +330,19 @@ def cg(
     >>> torch.allclose(res.x, torch.linalg.solve(spd, b)), bool(res.converged.all())
     (True, True)
     """
-    if not callable(apply_A):
-        raise TypeError(f"cg: apply_A must be callable (v -> A v), got {type(apply_A).__name__}.")
-    if not isinstance(b, Tensor):
-        raise TypeError(f"cg: b must be a torch.Tensor, got {type(b).__name__}.")
-    if not (b.is_floating_point() or b.is_complex()):
-        raise TypeError(f"cg: b must be floating or complex, got dtype {b.dtype}.")
-    if x0 is not None:
-        if not isinstance(x0, Tensor):
-            raise TypeError(f"cg: x0 must be a torch.Tensor or None, got {type(x0).__name__}.")
-        if x0.shape != b.shape or x0.dtype != b.dtype:
-            raise ValueError(
-                f"cg: x0 must have the shape and dtype of b ({tuple(b.shape)}, {b.dtype}), got "
-                f"({tuple(x0.shape)}, {x0.dtype})."
-            )
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0:
-        raise ValueError(f"cg: max_iter must be a non-negative integer, got {max_iter!r}.")
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol < math.inf:
-        raise ValueError(f"cg: tol must be a finite number >= 0, got {tol!r}.")
-    if isinstance(batch_dims, bool) or not isinstance(batch_dims, int):
-        raise TypeError(f"cg: batch_dims must be an int, got {type(batch_dims).__name__}.")
-    if not 0 <= batch_dims < b.ndim:
-        raise ValueError(
-            f"cg: batch_dims must satisfy 0 <= batch_dims < b.ndim = {b.ndim}, got {batch_dims}: "
-            "at least one dimension must remain for the inner products."
-        )
-    if backward not in _BACKWARDS:
-        raise ValueError(
-            f"cg: unknown backward {backward!r}; valid names are {', '.join(_BACKWARDS)}."
-        )
-    if on_fail not in _ON_FAIL:
-        raise ValueError(f"cg: unknown on_fail {on_fail!r}; valid names are {', '.join(_ON_FAIL)}.")
-    settings = _Settings(max_iter, float(tol), batch_dims)
+    policy = _policy(on_failure, on_fail, "cg")
+    b, x0, batch_dims = _checked_inputs(apply_A, b, x0, batch_dims)
+    max_iter = nonnegative_int(max_iter, "max_iter", "cg")
+    tol = finite_number(tol, "tol", "cg", low=0)
+    known_name(backward, "backward", "cg", _BACKWARDS)
+    settings = _Settings(max_iter, tol, batch_dims)
+    start = None if x0 is None else x0.detach()
 
     if backward == "unrolled" or not torch.is_grad_enabled():
-        result = _cg_iterations(apply_A, b, None if x0 is None else x0.detach(), settings)
+        result = _cg_iterations(apply_A, b, start, settings)
     else:
         with torch.no_grad():
-            solved = _cg_iterations(
-                apply_A, b.detach(), None if x0 is None else x0.detach(), settings
-            )
+            solved = _cg_iterations(apply_A, b.detach(), start, settings)
         x_star = solved.x
         residual = b - apply_A(x_star)  # ~0 in value; carries the graph to b and apply_A's tensors
         x = (
@@ -275,18 +351,7 @@ def cg(
             else x_star
         )
         result = solved._replace(x=x)
-
-    if on_fail != "ignore" and not bool(result.converged.all()):
-        failed = int((~result.converged).sum())
-        message = (
-            f"cg did not converge for {failed} of {result.converged.numel()} systems within "
-            f"max_iter={max_iter} (largest relative residual {float(result.residual.max()):.3g}, "
-            f"tol={tol}): raise max_iter, loosen tol, or check that A is Hermitian positive "
-            "definite."
-        )
-        if on_fail == "raise":
-            raise RuntimeError(message)
-        warnings.warn(message, RuntimeWarning, stacklevel=2)
+    _report(result, policy, max_iter, tol)
     return result
 
 
@@ -300,7 +365,8 @@ def least_squares(
     max_iter: int = 10,
     tol: float = 1e-6,
     backward: str = "implicit",
-    on_fail: str = "ignore",
+    on_failure: str = "ignore",
+    on_fail: str | None = None,
 ) -> SolveResult:
     r"""MoDL's data consistency: the regularised least-squares solution by :func:`cg`.
 
@@ -320,37 +386,23 @@ def least_squares(
         broadcastable against the image, e.g. ``(batch, 1, 1)``.
     z
         The prior image (MoDL: the denoiser's output), default zeros.
-    x0, max_iter, tol, backward, on_fail
+    x0, max_iter, tol, backward, on_failure
         As in :func:`cg` (MoDL uses ``max_iter=10``). Inner products are per sample (first dim).
+    on_fail
+        Deprecated alias of ``on_failure``.
 
     Returns
     -------
     SolveResult
         As :func:`cg`; gradients reach ``y``, ``mu``, ``z`` and the operator's learnable tensors.
     """
+    policy = _policy(on_failure, on_fail, "least_squares")
     op = ensure_operator(op, "least_squares: op")
-    if isinstance(mu, bool) or not isinstance(mu, (int, float, Tensor)):
-        raise TypeError(
-            f"least_squares: mu must be a positive number or a real tensor, got "
-            f"{type(mu).__name__}."
-        )
-    if isinstance(mu, Tensor):
-        if mu.is_complex() or not mu.is_floating_point():
-            raise TypeError(f"least_squares: mu must be a real floating tensor, got {mu.dtype}.")
-        bad = bool((mu.detach() <= 0).any()) or not bool(torch.isfinite(mu.detach()).all())
-        shown = f"a tensor with minimum {float(mu.detach().min()):.3g}"
-    else:
-        bad = not 0 < mu < math.inf
-        shown = repr(mu)
-    if bad:
-        raise ValueError(
-            f"least_squares: mu must be positive and finite, got {shown}: (A^H A + mu I) is only "
-            "positive definite for mu > 0. Keep a learnable mu positive, e.g. "
-            "mu = torch.nn.functional.softplus(raw_mu)."
-        )
+    weight = _checked_mu(mu)
     rhs = op.adjoint(y)
     # A per-sample float64 mu must not promote a complex64 image to complex128.
-    weight = mu.to(rhs.real.dtype) if isinstance(mu, Tensor) else mu
+    if isinstance(weight, Tensor):
+        weight = weight.to(rhs.real.dtype)
     rhs = rhs + weight * z if z is not None else rhs
     return cg(
         lambda v: op.normal(v) + weight * v,
@@ -360,5 +412,29 @@ def least_squares(
         tol=tol,
         batch_dims=1,
         backward=backward,
-        on_fail=on_fail,
+        on_failure=policy,
     )
+
+
+def _checked_mu(mu: object) -> float | Tensor:
+    """``mu`` if it is a positive finite number or a real tensor of such values."""
+    if isinstance(mu, bool) or not isinstance(mu, (int, float, Tensor)):
+        raise TypeError(
+            f"least_squares: mu must be a positive number or a real tensor, got "
+            f"{type(mu).__name__}."
+        )
+    fix = (
+        ": (A^H A + mu I) is only positive definite for mu > 0. Keep a learnable mu positive, "
+        "e.g. mu = torch.nn.functional.softplus(raw_mu)"
+    )
+    if not isinstance(mu, Tensor):
+        return finite_number(mu, "mu", "least_squares", low=0, low_open=True, hint=fix)
+    if mu.is_complex() or not mu.is_floating_point():
+        raise TypeError(f"least_squares: mu must be a real floating tensor, got {mu.dtype}.")
+    values = mu.detach()
+    if bool((values <= 0).any()) or not bool(torch.isfinite(values).all()):
+        raise ValueError(
+            f"least_squares: mu must be positive and finite, got a tensor with minimum "
+            f"{float(values.min()):.3g}{fix}."
+        )
+    return mu

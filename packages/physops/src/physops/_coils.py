@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from physops._fft import ifftc
+from physops._validate import finite_number, positive_int, tensor
 
 __all__ = [
     "birdcage_maps",
@@ -47,8 +48,7 @@ def _check_finite(x: Tensor, who: str, what: str) -> None:
 
 
 def _check_kspace(kspace: object, who: str, ndim: int = 2) -> Tensor:
-    if not isinstance(kspace, Tensor):
-        raise TypeError(f"{who} expects kspace as a torch.Tensor, got {type(kspace).__name__}.")
+    kspace = tensor(kspace, who, "kspace")
     if not kspace.is_complex():
         raise TypeError(
             f"{who} expects complex k-space (complex64 or complex128), got {kspace.dtype} of "
@@ -65,11 +65,8 @@ def _check_kspace(kspace: object, who: str, ndim: int = 2) -> Tensor:
 
 
 def _check_calib(calibration: int, kernel_size: int, image: tuple[int, ...], who: str) -> None:
-    if calibration < 1 or kernel_size < 1:
-        raise ValueError(
-            f"{who} expects positive calibration and kernel sizes, got calibration={calibration}, "
-            f"kernel_size={kernel_size}."
-        )
+    positive_int(calibration, "calibration", who)
+    positive_int(kernel_size, "kernel_size", who)
     if any(calibration > n for n in image):
         raise ValueError(
             f"{who}: calibration region {calibration} is larger than the k-space image "
@@ -96,7 +93,7 @@ def birdcage_maps(
     dtype: torch.dtype = torch.complex64,
     device: torch.device | str | None = None,
 ) -> Tensor:
-    r"""Simulated sensitivities of coils on a cylinder around the object (a birdcage-like array).
+    r"""Simulate the sensitivities of coils on a cylinder around the object (a birdcage-like array).
 
     Coil :math:`c` sits at angle :math:`\theta_c = 2\pi c / C_r` on a circle of relative radius
     ``radius`` (the image spans :math:`[-1, 1]` in each in-plane axis), in one of ``rings`` rings
@@ -133,15 +130,16 @@ def birdcage_maps(
     shape = tuple(int(s) for s in shape)
     if len(shape) not in (2, 3) or min(shape) < 1:
         raise ValueError(f"{who} supports image shapes (H, W) or (D, H, W), got {shape}.")
-    if num_coils < 1 or rings < 1 or num_coils % rings:
+    num_coils = positive_int(num_coils, "num_coils", who)
+    rings = positive_int(rings, "rings", who)
+    if num_coils % rings:
         raise ValueError(
             f"{who} expects num_coils >= 1 divisible by rings, got num_coils={num_coils}, "
             f"rings={rings}."
         )
     if len(shape) == 2 and rings != 1:
         raise ValueError(f"{who}: rings={rings} needs a 3D shape (D, H, W), got {shape}.")
-    if radius <= 0:
-        raise ValueError(f"{who} expects radius > 0, got {radius}.")
+    radius = finite_number(radius, "radius", who, low=0, low_open=True)
     if not dtype.is_complex:
         raise TypeError(f"{who} returns complex maps: dtype must be complex, got {dtype}.")
     per_ring = num_coils // rings
@@ -192,8 +190,7 @@ def rss(x: Tensor, dim: int = -3) -> Tensor:
     Tensor
         Real, the coil axis removed.
     """
-    if not isinstance(x, Tensor):
-        raise TypeError(f"rss expects a torch.Tensor, got {type(x).__name__}.")
+    x = tensor(x, "rss")
     return torch.sqrt((x.abs() ** 2).sum(dim))
 
 
@@ -304,8 +301,9 @@ def espirit_maps(
     kspace = _check_kspace(kspace, who)
     *batch, coils, rows, cols = kspace.shape
     _check_calib(calibration, kernel_size, (rows, cols), who)
-    if not 0.0 <= crop <= 1.0:
-        raise ValueError(f"{who} expects crop in [0, 1], got {crop}.")
+    threshold = finite_number(threshold, "threshold", who, low=0)
+    crop = finite_number(crop, "crop", who, low=0, high=1)
+    kernel_chunk = positive_int(kernel_chunk, "kernel_chunk", who)
     k = kernel_size
     flat = kspace.reshape(-1, coils, rows, cols)
     calib = _center_crop(flat, (calibration, calibration))
@@ -361,6 +359,16 @@ def _per_sample(kspace: Tensor, estimate: Any) -> Tensor:
     return maps.to(dtype=kspace.dtype, device=kspace.device).reshape(kspace.shape).contiguous()
 
 
+def _run_sigpy_app(kspace: Tensor, who: str, app: str, **options: Any) -> Tensor:
+    """Run ``sigpy.mri.app.<app>(sample, **options)`` on every sample of ``kspace``."""
+    sigpy = _sigpy(who)
+
+    def estimate(sample: np.ndarray) -> np.ndarray:
+        return np.asarray(getattr(sigpy.mri.app, app)(sample, show_pbar=False, **options).run())
+
+    return _per_sample(kspace, estimate)
+
+
 def espirit_maps_sigpy(
     kspace: Tensor,
     *,
@@ -379,21 +387,16 @@ def espirit_maps_sigpy(
     who = "espirit_maps_sigpy"
     kspace = _check_kspace(kspace, who)
     _check_calib(calibration, kernel_size, tuple(kspace.shape[-2:]), who)
-    sigpy = _sigpy(who)
-
-    def estimate(sample: np.ndarray) -> np.ndarray:
-        app = sigpy.mri.app.EspiritCalib(
-            sample,
-            calib_width=calibration,
-            thresh=threshold,
-            kernel_width=kernel_size,
-            crop=crop,
-            max_iter=max_iter,
-            show_pbar=False,
-        )
-        return np.asarray(app.run())
-
-    return _per_sample(kspace, estimate)
+    return _run_sigpy_app(
+        kspace,
+        who,
+        "EspiritCalib",
+        calib_width=calibration,
+        thresh=finite_number(threshold, "threshold", who, low=0),
+        kernel_width=kernel_size,
+        crop=finite_number(crop, "crop", who, low=0, high=1),
+        max_iter=positive_int(max_iter, "max_iter", who),
+    )
 
 
 def jsense_maps_sigpy(
@@ -413,19 +416,12 @@ def jsense_maps_sigpy(
     who = "jsense_maps_sigpy"
     kspace = _check_kspace(kspace, who)
     _check_calib(calibration, 1, tuple(kspace.shape[-2:]), who)
-    if kernel_size < 1:
-        raise ValueError(f"{who} expects kernel_size >= 1, got {kernel_size}.")
-    sigpy = _sigpy(who)
-
-    def estimate(sample: np.ndarray) -> np.ndarray:
-        app = sigpy.mri.app.JsenseRecon(
-            sample,
-            mps_ker_width=kernel_size,
-            ksp_calib_width=calibration,
-            max_iter=max_iter,
-            max_inner_iter=max_inner_iter,
-            show_pbar=False,
-        )
-        return np.asarray(app.run())
-
-    return _per_sample(kspace, estimate)
+    return _run_sigpy_app(
+        kspace,
+        who,
+        "JsenseRecon",
+        mps_ker_width=positive_int(kernel_size, "kernel_size", who),
+        ksp_calib_width=calibration,
+        max_iter=positive_int(max_iter, "max_iter", who),
+        max_inner_iter=positive_int(max_inner_iter, "max_inner_iter", who),
+    )

@@ -19,18 +19,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from physops._validate import tensor
+
 __all__ = [
     "channels_to_complex",
     "complex_to_channels",
     "complex_to_last_dim",
     "last_dim_to_complex",
 ]
-
-
-def _tensor(x: object, who: str) -> Tensor:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{who} expects a torch.Tensor, got {type(x).__name__}.")
-    return x
 
 
 def _require_complex(x: Tensor, who: str, expected: str) -> None:
@@ -55,7 +51,7 @@ def complex_to_channels(x: Tensor) -> Tensor:
     For ``s = (H, W)`` this is the ``(B, 2, H, W)`` input of a 2D CNN; for 2D+time
     ``(B, T, H, W)`` becomes ``(B, 2, T, H, W)`` (a 3D CNN's input). Returns a view.
     """
-    x = _tensor(x, "complex_to_channels")
+    x = tensor(x, "complex_to_channels")
     _require_complex(x, "complex_to_channels", " of shape (B, *image_shape)")
     if x.ndim < 1:
         raise ValueError("complex_to_channels expects a batch dimension, got a 0-dim tensor.")
@@ -64,7 +60,7 @@ def complex_to_channels(x: Tensor) -> Tensor:
 
 def channels_to_complex(x: Tensor) -> Tensor:
     """Real ``(B, 2, *s)`` -> complex ``(B, *s)``: inverse of :func:`complex_to_channels`."""
-    x = _tensor(x, "channels_to_complex")
+    x = tensor(x, "channels_to_complex")
     _require_real(x, "channels_to_complex", " of shape (B, 2, *image_shape)")
     if x.ndim < 2 or x.shape[1] != 2:
         raise ValueError(
@@ -77,14 +73,14 @@ def channels_to_complex(x: Tensor) -> Tensor:
 
 def complex_to_last_dim(x: Tensor) -> Tensor:
     """Complex ``(*s)`` -> real ``(*s, 2)`` (fastMRI's layout). Returns a view."""
-    x = _tensor(x, "complex_to_last_dim")
+    x = tensor(x, "complex_to_last_dim")
     _require_complex(x, "complex_to_last_dim", "")
     return torch.view_as_real(x.resolve_conj())
 
 
 def last_dim_to_complex(x: Tensor) -> Tensor:
     """Real ``(*s, 2)`` -> complex ``(*s)``: inverse of :func:`complex_to_last_dim`."""
-    x = _tensor(x, "last_dim_to_complex")
+    x = tensor(x, "last_dim_to_complex")
     _require_real(x, "last_dim_to_complex", " of shape (..., 2)")
     if x.ndim < 1 or x.shape[-1] != 2:
         raise ValueError(

@@ -34,9 +34,10 @@ generalisation across subjects. Both time frames of a slice go to the same split
 
 from __future__ import annotations
 
+import importlib.resources
 import math
-import os
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,7 @@ from torch.utils.data import Dataset
 from physops._coils import birdcage_maps, espirit_maps
 from physops._fft import fftc
 from physops._masks import equispaced_mask_1d, poisson_disc_mask, random_mask_1d
+from physops._validate import finite_number, integer, one_of, positive_int
 
 __all__ = [
     "RealAnatomyDataset",
@@ -61,36 +63,64 @@ _KINDS = ("multicoil", "singlecoil", "image")
 _MASKS = ("poisson", "random", "equispaced")
 
 
+SOURCE = ("tests", "data", "example4d.nii.gz")  # inside the installed nibabel package
+
+
 def _check_split(split: str, who: str) -> range:
-    if split not in SPLITS:
-        raise ValueError(f"{who}: split must be one of {list(SPLITS)}, got {split!r}.")
-    return SPLITS[split]
+    return SPLITS[one_of(split, "split", who, SPLITS)]
 
 
 def _check_size(image_size: int, who: str) -> int:
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or not image_size >= 16:
-        raise ValueError(
-            f"{who}: image_size must be an int >= 16 (the source is 128 px across; 64 to 160 "
-            f"suit CPU demos), got {image_size!r}."
+    return integer(
+        image_size,
+        "image_size",
+        who,
+        low=16,
+        hint=" (the source is 128 px across; 64 to 160 suit CPU demos)",
+        template="{who}: {name} must be {expected}{hint}, got {value!r}.",
+    )
+
+
+def _nibabel() -> Any:
+    """Import nibabel, or raise an ``ImportError`` that names what is really missing."""
+    try:
+        import nibabel
+    except ImportError as err:
+        missing = getattr(err, "name", None)
+        if missing == "nibabel" or (missing is None and "nibabel" in str(err)):
+            raise ImportError(
+                "the real-anatomy data need nibabel, which is not installed: pip install nibabel "
+                f"(a dependency of memroll-physops) ({err})"
+            ) from err
+        raise ImportError(
+            f"the real-anatomy data need nibabel, which is installed but failed to import: {err} "
+            f"(install or repair {missing or 'the module it names'})"
+        ) from err
+    return nibabel
+
+
+def _anatomy_file() -> Path:
+    """Locate the brain volume inside the installed nibabel (without importing nibabel.testing).
+
+    ``nibabel.testing`` imports pytest, so going through it would make the quickstart depend on
+    a test framework; the file is package data, found with :mod:`importlib.resources`.
+    """
+    nibabel = _nibabel()
+    resource = importlib.resources.files(nibabel).joinpath(*SOURCE)
+    path = Path(str(resource))
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} is missing: this nibabel {getattr(nibabel, '__version__', '')} build ships "
+            f"without its test data, where the real-anatomy volume lives; reinstall nibabel from "
+            f"PyPI (pip install --force-reinstall nibabel)."
         )
-    return image_size
+    return path
 
 
 @lru_cache(maxsize=1)
 def _source_volume() -> np.ndarray:
-    """The raw brain volume as float32 ``(frames, z, rows, cols)``, rows anterior to posterior."""
-    try:
-        import nibabel
-        from nibabel.testing import data_path
-    except ImportError as err:  # pragma: no cover - nibabel is a core dependency
-        raise ImportError("the real-anatomy data need nibabel: pip install nibabel") from err
-    path = os.path.join(str(data_path), "example4d.nii.gz")
-    if not os.path.isfile(path):  # pragma: no cover - depends on the nibabel wheel
-        raise FileNotFoundError(
-            f"{path} is missing: this nibabel build ships without its test data; reinstall "
-            f"nibabel from PyPI (pip install --force-reinstall nibabel)."
-        )
-    image: Any = nibabel.load(path)
+    """Load the raw brain volume as float32 ``(frames, z, rows, cols)``, rows front to back."""
+    image: Any = _nibabel().load(_anatomy_file())
     data = np.asarray(image.dataobj, dtype=np.float32)  # (x, y, z, t)
     # (t, z, y, x) with y flipped so that rows run anterior (top) to posterior
     return np.ascontiguousarray(data.transpose(3, 2, 1, 0)[:, :, ::-1, :])
@@ -153,11 +183,14 @@ def real_anatomy_volumes(split: str = "train", *, image_size: int = 64, depth: i
     who = "real_anatomy_volumes"
     z = _check_split(split, who)
     size = _check_size(image_size, who)
-    if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= len(z):
-        raise ValueError(
-            f"{who}: depth must be an int in [1, {len(z)}] for split {split!r} (it holds "
-            f"{len(z)} slices), got {depth!r}."
-        )
+    depth = integer(
+        depth,
+        "depth",
+        who,
+        low=1,
+        high=len(z),
+        expected=f"an int in [1, {len(z)}] for split {split!r} (it holds {len(z)} slices)",
+    )
     volume = torch.from_numpy(_source_volume())
     volume = volume / volume.max()
     frames, _, rows, cols = volume.shape
@@ -174,8 +207,9 @@ def smooth_phase(
     cutoff: int = 3,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """A smooth random phase map: random low frequencies (``|k| <= cutoff``), scaled to
-    ``[-max_phase, max_phase]``.
+    """Draw a smooth random phase map of random low frequencies, in ``[-max_phase, max_phase]``.
+
+    The frequencies kept are those with ``|k| <= cutoff`` around the centre of the spectrum.
 
     Returns
     -------
@@ -330,34 +364,32 @@ class RealAnatomyDataset(Dataset):
         seed: int = 0,
     ) -> None:
         who = "RealAnatomyDataset"
-        if kind not in _KINDS:
-            raise ValueError(f"{who}: kind must be one of {list(_KINDS)}, got {kind!r}.")
-        if mask not in _MASKS:
-            raise ValueError(f"{who}: mask must be one of {list(_MASKS)}, got {mask!r}.")
-        if ndim not in (2, 3):
-            raise ValueError(f"{who}: ndim must be 2 (slices) or 3 (slabs), got {ndim!r}.")
+        one_of(kind, "kind", who, _KINDS)
+        one_of(mask, "mask", who, _MASKS)
+        one_of(maps, "maps", who, ("true", "espirit"))
+        integer(ndim, "ndim", who, low=2, high=3, expected="2 (slices) or 3 (slabs)")
         if ndim == 3 and mask != "poisson":
             raise ValueError(
                 f"{who}: ndim=3 samples the two phase-encode axes with a 2D mask: use "
                 f"mask='poisson', got {mask!r}."
             )
-        if maps not in ("true", "espirit"):
-            raise ValueError(f"{who}: maps must be 'true' or 'espirit', got {maps!r}.")
         if maps == "espirit" and ndim == 3:
             raise ValueError(f"{who}: maps='espirit' supports ndim=2 only.")
-        if num_coils < 1:
-            raise ValueError(f"{who}: num_coils must be >= 1, got {num_coils}.")
-        if acceleration < 1:
-            raise ValueError(
-                f"{who}: acceleration must be >= 1 (1 = fully sampled), got {acceleration}."
-            )
+        num_coils = positive_int(num_coils, "num_coils", who)
+        acceleration = finite_number(
+            acceleration, "acceleration", who, low=1, expected=">= 1 (1 = fully sampled)"
+        )
+        center_fraction = finite_number(center_fraction, "center_fraction", who, low=0, high=1)
+        snr_db = float(snr_db) if snr_db == math.inf else finite_number(snr_db, "snr_db", who)
+        integer(seed, "seed", who)
+        self.image_size = _check_size(image_size, who)
+        calibration = positive_int(calibration, "calibration", who)
         if calibration > image_size:
             raise ValueError(
                 f"{who}: calibration region {calibration} is larger than the image "
                 f"{image_size}: pass calibration <= image_size."
             )
         self.split, self.kind, self.ndim = split, kind, ndim
-        self.image_size = _check_size(image_size, who)
         if ndim == 2:
             self.images = real_anatomy_images(split, image_size=image_size)
         else:

@@ -261,7 +261,7 @@ class FastMRISliceDataset(Dataset):
         return info
 
     def file_attrs(self, index: int) -> dict[str, Any]:
-        """The string and number attributes of the file that holds item ``index``."""
+        """Return the string and number attributes of the file that holds item ``index``."""
         return dict(self._meta[self._index[index][0]]["attrs"])
 
     def __len__(self) -> int:

@@ -20,6 +20,8 @@ import functools
 import torch
 from torch import Tensor
 
+from physops._validate import integer, tensor
+
 __all__ = ["fftc", "ifftc"]
 
 
@@ -62,12 +64,8 @@ def _boards(
 
 
 def _dims(x: object, ndim: int, name: str) -> tuple[int, ...]:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} expects a torch.Tensor, got {type(x).__name__}.")
-    if isinstance(ndim, bool) or ndim not in (2, 3):
-        raise ValueError(
-            f"{name} transforms the last 2 or 3 dimensions: ndim must be 2 or 3, got {ndim!r}."
-        )
+    x = tensor(x, name)
+    integer(ndim, "ndim", name, low=2, high=3, template=_NDIM)
     if x.ndim < ndim:
         raise ValueError(
             f"{name} with ndim={ndim} needs a tensor with at least {ndim} dimensions, got shape "
@@ -79,6 +77,20 @@ def _dims(x: object, ndim: int, name: str) -> tuple[int, ...]:
             "it with x.to(torch.complex64)."
         )
     return tuple(range(-ndim, 0))
+
+
+_NDIM = "{who} transforms the last 2 or 3 dimensions: {name} must be 2 or 3, got {value!r}."
+
+
+def _centred(x: Tensor, ndim: int, name: str, inverse: bool) -> Tensor:
+    dims = _dims(x, ndim, name)
+    transform = torch.fft.ifftn if inverse else torch.fft.fftn
+    boards = centring(x, ndim)
+    if boards is not None:
+        return boards[1] * transform(boards[0] * x, dim=dims, norm="ortho")
+    x = torch.fft.ifftshift(x, dim=dims)
+    x = transform(x, dim=dims, norm="ortho")
+    return torch.fft.fftshift(x, dim=dims)
 
 
 def fftc(x: Tensor, ndim: int = 2) -> Tensor:
@@ -97,18 +109,13 @@ def fftc(x: Tensor, ndim: int = 2) -> Tensor:
     Tensor
         k-space of the same shape, complex of the input's precision.
     """
-    dims = _dims(x, ndim, "fftc")
-    boards = centring(x, ndim)
-    if boards is not None:
-        return boards[1] * torch.fft.fftn(boards[0] * x, dim=dims, norm="ortho")
-    x = torch.fft.ifftshift(x, dim=dims)
-    x = torch.fft.fftn(x, dim=dims, norm="ortho")
-    return torch.fft.fftshift(x, dim=dims)
+    return _centred(x, ndim, "fftc", inverse=False)
 
 
 def ifftc(k: Tensor, ndim: int = 2) -> Tensor:
-    """Centred orthonormal inverse FFT over the last ``ndim`` dimensions (inverse and adjoint of
-    :func:`fftc`).
+    """Centred orthonormal inverse FFT over the last ``ndim`` dimensions.
+
+    The inverse and the adjoint of :func:`fftc`.
 
     Parameters
     ----------
@@ -122,10 +129,4 @@ def ifftc(k: Tensor, ndim: int = 2) -> Tensor:
     Tensor
         The image, complex, same shape and precision.
     """
-    dims = _dims(k, ndim, "ifftc")
-    boards = centring(k, ndim)
-    if boards is not None:
-        return boards[1] * torch.fft.ifftn(boards[0] * k, dim=dims, norm="ortho")
-    k = torch.fft.ifftshift(k, dim=dims)
-    k = torch.fft.ifftn(k, dim=dims, norm="ortho")
-    return torch.fft.fftshift(k, dim=dims)
+    return _centred(k, ndim, "ifftc", inverse=True)

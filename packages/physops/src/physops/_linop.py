@@ -366,7 +366,7 @@ def register_operand(module: nn.Module, name: str, tensor: Tensor) -> None:
 
 
 def operand(module: nn.Module, name: str, like: Tensor) -> Tensor:
-    """A tensor stored with :func:`register_operand`, cast to the precision of ``like``.
+    """Return a tensor stored with :func:`register_operand`, cast to the precision of ``like``.
 
     Complex operands come back complex and real ones real, in the precision (single or double) of
     ``like``; booleans and integers (masks) come back as real floats of that precision. Raises a
@@ -396,5 +396,5 @@ def ensure_operator(op: object, name: str = "op") -> LinearOperator:
 
 
 def real_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The real dtype of the same precision: complex64 -> float32, complex128 -> float64."""
+    """Return the real dtype of the same precision: complex64 -> float32, complex128 -> float64."""
     return dtype.to_real()

@@ -16,11 +16,13 @@ axis (``W``, k-space columns); rows (``H``) are the fully sampled readout.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
 import torch
+
+from physops._validate import finite_number, nonnegative_int, positive_int
 
 __all__ = [
     "MaskResult",
@@ -78,36 +80,42 @@ def _check_shape(shape: Sequence[int], ndims: tuple[int, ...], func: str) -> tup
 
 
 def _check_acceleration(acceleration: float, func: str) -> float:
-    if isinstance(acceleration, bool) or not isinstance(acceleration, (int, float, np.number)):
-        raise TypeError(f"{func} expects a real acceleration, got {type(acceleration).__name__}.")
-    acceleration = float(acceleration)
-    if not math.isfinite(acceleration) or acceleration < 1.0:
-        raise ValueError(
-            f"{func} expects an acceleration >= 1 (the ratio of k-space size to samples), got "
-            f"{acceleration}: R = 1 is fully sampled, R = 4 keeps a quarter of k-space."
-        )
-    return acceleration
+    return finite_number(
+        acceleration,
+        "acceleration",
+        func,
+        low=1.0,
+        type_template="{who} expects a real {name}, got {value}.",
+        template=(
+            "{who} expects an acceleration >= 1 (the ratio of k-space size to samples), got "
+            "{value!r}: R = 1 is fully sampled, R = 4 keeps a quarter of k-space."
+        ),
+    )
 
 
 def _check_fraction(center_fraction: float, func: str) -> float:
-    center_fraction = float(center_fraction)
-    if not (0.0 <= center_fraction <= 1.0) or not math.isfinite(center_fraction):
-        raise ValueError(
-            f"{func} expects center_fraction in [0, 1] (the share of columns fully sampled at the "
-            f"centre), got {center_fraction}."
-        )
-    return center_fraction
+    return finite_number(
+        center_fraction,
+        "center_fraction",
+        func,
+        low=0.0,
+        high=1.0,
+        hint=" (the share of columns fully sampled at the centre)",
+    )
 
 
 def _check_batch(batch_size: int | None, func: str) -> None:
-    if batch_size is not None and (
-        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
-    ):
-        raise ValueError(f"{func} expects batch_size None or a positive int, got {batch_size!r}.")
+    if batch_size is not None:
+        positive_int(
+            batch_size,
+            "batch_size",
+            func,
+            template="{who} expects {name} None or a positive int, got {value!r}.",
+        )
 
 
 def _rng(seed: int | None, index: int | None) -> np.random.Generator:
-    """A numpy Generator for mask ``index`` of a batch; ``seed=None`` draws from torch's RNG."""
+    """Return a numpy Generator for mask ``index`` (``seed=None``: seeded from torch's RNG)."""
     if seed is None:
         # follow torch's global seed so torch.manual_seed makes masks reproducible too
         seed = int(torch.randint(0, 2**62, (1,)).item())
@@ -180,6 +188,39 @@ def _check_lists(
     return fractions, accels
 
 
+ColumnRule = Callable[[np.random.Generator, int, int, float], np.ndarray]
+
+
+def _mask_1d(
+    func: str,
+    shape: Sequence[int],
+    center_fractions: float | Sequence[float],
+    accelerations: float | Sequence[float],
+    seed: int | None,
+    batch_size: int | None,
+    columns: ColumnRule,
+) -> MaskResult:
+    """Masks whose sampled columns ``columns(rng, num_cols, num_low, accel)`` picks, plus a centre.
+
+    Shared by the fastMRI 1D masks: checks the arguments, draws one ``(fraction, acceleration)``
+    pair per mask, fully samples the ``round(W * fraction)`` central columns and broadcasts the
+    columns over the rows.
+    """
+    shape = _check_shape(shape, (2,), func)
+    fractions, accels = _check_lists(center_fractions, accelerations, func)
+    _check_batch(batch_size, func)
+    num_cols = shape[-1]
+
+    def one(rng: np.random.Generator) -> tuple[np.ndarray, int]:
+        fraction, accel = _choose(rng, fractions, accels)
+        num_low = round(num_cols * fraction)
+        cols = columns(rng, num_cols, num_low, accel)
+        cols[_center_columns(num_cols, num_low)] = True
+        return np.broadcast_to(cols, shape), num_low
+
+    return _result(*_batched(one, batch_size, seed), batch_size)
+
+
 def random_mask_1d(
     shape: Sequence[int],
     center_fractions: float | Sequence[float],
@@ -188,7 +229,7 @@ def random_mask_1d(
     seed: int | None = None,
     batch_size: int | None = None,
 ) -> MaskResult:
-    """fastMRI's random 1D Cartesian mask (``RandomMaskFunc``): random columns plus a full centre.
+    """Make fastMRI's random 1D Cartesian mask (``RandomMaskFunc``): random columns, full centre.
 
     For ``W = shape[-1]`` columns, a pair ``(f, R)`` is drawn from the given lists (uniformly, one
     draw per mask), ``n_low = round(W f)`` central columns are fully sampled, and every other
@@ -211,21 +252,14 @@ def random_mask_1d(
     MaskResult
         ``(mask, num_low_frequencies)``.
     """
-    func = "random_mask_1d"
-    shape = _check_shape(shape, (2,), func)
-    fractions, accels = _check_lists(center_fractions, accelerations, func)
-    _check_batch(batch_size, func)
-    num_cols = shape[-1]
 
-    def one(rng: np.random.Generator) -> tuple[np.ndarray, int]:
-        fraction, accel = _choose(rng, fractions, accels)
-        num_low = round(num_cols * fraction)
+    def columns(rng: np.random.Generator, num_cols: int, num_low: int, accel: float) -> np.ndarray:
         prob = (num_cols / accel - num_low) / max(num_cols - num_low, 1)
-        cols = rng.uniform(size=num_cols) < prob
-        cols[_center_columns(num_cols, num_low)] = True
-        return np.broadcast_to(cols, shape), num_low
+        return rng.uniform(size=num_cols) < prob
 
-    return _result(*_batched(one, batch_size, seed), batch_size)
+    return _mask_1d(
+        "random_mask_1d", shape, center_fractions, accelerations, seed, batch_size, columns
+    )
 
 
 def equispaced_mask_1d(
@@ -237,7 +271,7 @@ def equispaced_mask_1d(
     seed: int | None = None,
     batch_size: int | None = None,
 ) -> MaskResult:
-    """fastMRI's equispaced 1D Cartesian mask: every ``R``-th column plus a full centre.
+    """Make fastMRI's equispaced 1D Cartesian mask: every ``R``-th column plus a full centre.
 
     With ``match_acceleration=True`` (fastMRI's ``EquispacedMaskFractionFunc``) the spacing is
     widened to ``R' = R (n_low - W) / (n_low R - W)`` so that centre plus equispaced columns keep
@@ -247,15 +281,8 @@ def equispaced_mask_1d(
 
     Parameters and return value as in :func:`random_mask_1d`.
     """
-    func = "equispaced_mask_1d"
-    shape = _check_shape(shape, (2,), func)
-    fractions, accels = _check_lists(center_fractions, accelerations, func)
-    _check_batch(batch_size, func)
-    num_cols = shape[-1]
 
-    def one(rng: np.random.Generator) -> tuple[np.ndarray, int]:
-        fraction, accel = _choose(rng, fractions, accels)
-        num_low = round(num_cols * fraction)
+    def columns(rng: np.random.Generator, num_cols: int, num_low: int, accel: float) -> np.ndarray:
         cols = np.zeros(num_cols, dtype=bool)
         if match_acceleration:
             denominator = num_low * accel - num_cols
@@ -268,10 +295,11 @@ def equispaced_mask_1d(
             step_int = max(round(accel), 1)
             offset = int(rng.integers(0, step_int))
             cols[offset::step_int] = True
-        cols[_center_columns(num_cols, num_low)] = True
-        return np.broadcast_to(cols, shape), num_low
+        return cols
 
-    return _result(*_batched(one, batch_size, seed), batch_size)
+    return _mask_1d(
+        "equispaced_mask_1d", shape, center_fractions, accelerations, seed, batch_size, columns
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -354,15 +382,15 @@ def _calibration_box(shape: tuple[int, ...], calibration: tuple[int, ...]) -> tu
 def _check_calibration(
     calibration: int | Sequence[int], shape: tuple[int, ...], func: str
 ) -> tuple[int, ...]:
-    if isinstance(calibration, (int, np.integer)) and not isinstance(calibration, bool):
-        calib = (int(calibration),) * len(shape)
-    else:
-        calib = tuple(int(c) for c in calibration)  # type: ignore[union-attr]
-    if len(calib) != len(shape) or any(c < 0 for c in calib):
-        raise ValueError(
-            f"{func} expects calibration as a non-negative int or {len(shape)} ints, got "
-            f"{calibration!r}."
-        )
+    expected = f"a non-negative int or {len(shape)} of them"
+    values = [calibration] if not isinstance(calibration, Sequence) else list(calibration)
+    if len(values) not in (1, len(shape)):
+        raise ValueError(f"{func}: calibration must be {expected}, got {calibration!r}.")
+    calib = tuple(
+        nonnegative_int(c, "calibration", func, expected=expected, hint=f" (in {calibration!r})")
+        for c in values
+    )
+    calib = calib * len(shape) if len(calib) == 1 else calib
     if any(c > n for c, n in zip(calib, shape)):
         raise ValueError(
             f"{func}: calibration region {calib} is larger than the k-space grid {shape}: pass a "
@@ -450,7 +478,7 @@ def poisson_disc_mask(
     seed: int | None = None,
     batch_size: int | None = None,
 ) -> torch.Tensor:
-    """A 2D variable-density Poisson-disc mask with a fully sampled calibration region.
+    """Make a 2D variable-density Poisson-disc mask with a fully sampled calibration region.
 
     For 3D Cartesian imaging (two phase-encode axes, as GLEAM's knee data at R = 4, 12, 16) or
     2D imaging with a 2D pattern. Samples keep a minimum distance that grows with the distance from
@@ -493,10 +521,13 @@ def poisson_disc_mask(
     accel = _check_acceleration(acceleration, func)
     calib = _check_calibration(calibration, shape2, func)
     _check_batch(batch_size, func)
-    scale = _as_list(density_scale)
+    scale = [
+        finite_number(v, "density_scale", func, low=0, low_open=True)
+        for v in (density_scale if isinstance(density_scale, Sequence) else [density_scale])
+    ]
     if len(scale) == 1:
         scale = scale * 2
-    if len(scale) != 2 or min(scale) <= 0:
+    if len(scale) != 2:
         raise ValueError(f"{func} expects density_scale > 0 (one or two values), got {scale}.")
 
     def one(rng: np.random.Generator) -> tuple[np.ndarray, int]:
@@ -523,7 +554,7 @@ def kt_mask(
     seed: int | None = None,
     batch_size: int | None = None,
 ) -> torch.Tensor:
-    """A k-t variable-density mask for 2D+time (cine) data: a different line pattern per frame.
+    """Make a k-t variable-density mask for 2D+time (cine) data: a different line pattern per frame.
 
     Undersamples the phase-encode axis (the last axis, ``W``) of every frame; the readout axis
     ``H`` is fully sampled. The pattern is a variable-density Poisson disc in the ``(t, k_y)``
@@ -553,16 +584,14 @@ def kt_mask(
     shape3 = _check_shape(shape, (3,), func)
     accel = _check_acceleration(acceleration, func)
     frames, rows, cols = shape3
-    if isinstance(center_lines, bool) or not isinstance(center_lines, int) or center_lines < 0:
-        raise ValueError(f"{func} expects center_lines a non-negative int, got {center_lines!r}.")
+    center_lines = nonnegative_int(center_lines, "center_lines", func)
     if center_lines > cols:
         raise ValueError(
             f"{func}: calibration of {center_lines} center lines is larger than the {cols} "
             f"phase-encode lines of shape {shape3}: pass center_lines <= {cols}."
         )
     _check_batch(batch_size, func)
-    if density_scale <= 0:
-        raise ValueError(f"{func} expects density_scale > 0, got {density_scale}.")
+    density_scale = finite_number(density_scale, "density_scale", func, low=0, low_open=True)
 
     def one(rng: np.random.Generator) -> tuple[np.ndarray, int]:
         # time is not a k-space axis: a huge density_scale makes rho independent of t

@@ -26,22 +26,23 @@ from torch import Tensor
 
 from physops._fft import centring, fftc, ifftc
 from physops._linop import LinearOperator, operand, register_operand
+from physops._validate import integer, tensor
 
 __all__ = ["FFT", "FourierSampling", "Sense"]
 
 
+_NDIM = (
+    "{who}: {name} is the number of trailing dimensions the Fourier transform runs over and must "
+    "be 2 or 3, got {value!r}. For 2D+time images (T, H, W) use ndim=2."
+)
+
+
 def _check_ndim(ndim: object, who: str) -> int:
-    if isinstance(ndim, bool) or ndim not in (2, 3):
-        raise ValueError(
-            f"{who}: ndim is the number of trailing dimensions the Fourier transform runs over and "
-            f"must be 2 or 3, got {ndim!r}. For 2D+time images (T, H, W) use ndim=2."
-        )
-    return int(ndim)
+    return integer(ndim, "ndim", who, low=2, high=3, template=_NDIM)
 
 
 def _check_complex(x: object, who: str, what: str) -> Tensor:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{who} expects {what} as a torch.Tensor, got {type(x).__name__}.")
+    x = tensor(x, who, what)
     if not x.is_complex():
         raise TypeError(
             f"{who} expects a complex {what} (torch.complex64 or torch.complex128), got a "
@@ -53,8 +54,7 @@ def _check_complex(x: object, who: str, what: str) -> Tensor:
 
 
 def _check_mask(mask: object, who: str) -> Tensor:
-    if not isinstance(mask, Tensor):
-        raise TypeError(f"{who} expects mask as a torch.Tensor, got {type(mask).__name__}.")
+    mask = tensor(mask, who, "mask")
     if mask.is_complex():
         raise TypeError(
             f"{who} expects a real mask (bool, integer or floating), got {mask.dtype}: a sampling "
@@ -142,7 +142,7 @@ class FourierSampling(LinearOperator):
         register_operand(self, "mask", mask)
 
     def sampling_mask(self) -> Tensor:
-        """The sampling mask :math:`M` as given (broadcasting against the image)."""
+        """Return the sampling mask :math:`M` as given (broadcasting against the image)."""
         return cast(Tensor, self.mask)
 
     def _mask(self, x: Tensor, who: str) -> Tensor:
@@ -193,8 +193,9 @@ class FourierSampling(LinearOperator):
 
 
 class Sense(LinearOperator):
-    r"""Multi-coil Cartesian MRI (SENSE): :math:`y_c = M \odot F (S_c \odot x)` for coils
-    :math:`c = 1 \dots C`.
+    r"""Multi-coil Cartesian MRI (SENSE): :math:`y_c = M \odot F (S_c \odot x)`.
+
+    One term per coil :math:`c = 1 \dots C`:
 
     .. math::
 
@@ -252,8 +253,7 @@ class Sense(LinearOperator):
     def __init__(
         self, maps: Tensor, mask: Tensor | None = None, *, ndim: int | None = None
     ) -> None:
-        if not isinstance(maps, Tensor):
-            raise TypeError(f"Sense expects maps as a torch.Tensor, got {type(maps).__name__}.")
+        maps = tensor(maps, "Sense", "maps")
         if not (maps.is_complex() or maps.is_floating_point()):
             raise TypeError(
                 f"Sense expects complex coil maps, got dtype {maps.dtype}: convert them with "
@@ -309,21 +309,25 @@ class Sense(LinearOperator):
 
     # -- public accessors --------------------------------------------------------------------
     def coil_maps(self) -> Tensor:
-        """The coil sensitivity maps :math:`S`, ``(B or 1, C, *image_shape)``, as complex tensor
-        (the buffer stores complex maps as their real view; see :func:`register_operand`)."""
+        """Return the coil sensitivity maps :math:`S`, ``(B or 1, C, *image_shape)``, complex.
+
+        The buffer stores complex maps as their real view (see :func:`register_operand`).
+        """
         maps = cast(Tensor, self.maps)
         if "maps" in self.__dict__.get("_complex_operands", ()):
             return torch.view_as_complex(maps)
         return maps
 
     def sampling_mask(self) -> Tensor | None:
-        """The sampling mask :math:`M` as given (broadcasting against ``(B, *image_shape)``), or
-        ``None`` for a fully sampled operator."""
+        """Return the sampling mask :math:`M` as given, or ``None`` when fully sampled.
+
+        The mask broadcasts against ``(B, *image_shape)``.
+        """
         return cast(Tensor, self.mask) if self.has_mask else None
 
     # -- helpers -----------------------------------------------------------------------------
     def _conj(self, maps: Tensor) -> Tensor:
-        """:math:`\\overline{S}`, materialised once per maps tensor and cached (not registered).
+        r""":math:`\overline{S}`, materialised once per maps tensor and cached (not registered).
 
         Multiplying by a lazily conjugated tensor takes torch's slow path (about 2.5x slower on
         CPU), and materialising it on every call would make autograd save a fresh coil-sized copy
@@ -345,7 +349,7 @@ class Sense(LinearOperator):
         return conj
 
     def _mask(self, like: Tensor) -> Tensor:
-        """The mask as ``(Bm, 1, *image)``: padded to one batch dim, with a coil axis."""
+        """Return the mask as ``(Bm, 1, *image)``: padded to one batch dim, with a coil axis."""
         mask = operand(self, "mask", like)
         mask = mask.reshape((1,) * (self.image_ndim + 1 - mask.ndim) + tuple(mask.shape))
         return mask.unsqueeze(1)

@@ -1,14 +1,16 @@
-r"""Power iteration for the largest eigenvalue of :math:`A^H A` (the Lipschitz constant of the
-data-term gradient, for step sizes :math:`\alpha < 1/L`)."""
+r"""Power iteration for the largest eigenvalue of :math:`A^H A`.
+
+That eigenvalue is the Lipschitz constant of the data-term gradient, for step sizes
+:math:`\alpha < 1/L`.
+"""
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import Tensor
 
 from physops._linop import LinearOperator, ensure_operator
+from physops._validate import finite_number, integer, positive_int
 
 __all__ = ["power_iteration"]
 
@@ -59,17 +61,16 @@ def power_iteration(
             f"power_iteration: x_like must be a floating or complex tensor, got {got}: pass a "
             "tensor shaped like the operator's input, e.g. physics.adjoint(y)."
         )
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-        raise ValueError(
-            f"power_iteration: iterations must be a positive integer, got {iterations!r}."
-        )
-    if not 0 <= tol < math.inf:
-        raise ValueError(f"power_iteration: tol must be a finite number >= 0, got {tol!r}.")
-    if batch_dims not in (0, 1) or batch_dims >= x_like.ndim:
-        raise ValueError(
-            f"power_iteration: batch_dims must be 0 or 1 (and < x_like.ndim = {x_like.ndim}), got "
-            f"{batch_dims!r}."
-        )
+    iterations = positive_int(iterations, "iterations", "power_iteration")
+    tol = finite_number(tol, "tol", "power_iteration", low=0)
+    batch_dims = integer(
+        batch_dims,
+        "batch_dims",
+        "power_iteration",
+        low=0,
+        high=min(1, x_like.ndim - 1),
+        expected=f"0 or 1 (and < x_like.ndim = {x_like.ndim})",
+    )
     dims = tuple(range(batch_dims, x_like.ndim))
     generator = torch.Generator().manual_seed(seed)
     v = torch.randn(x_like.shape, dtype=x_like.dtype, generator=generator).to(x_like.device)

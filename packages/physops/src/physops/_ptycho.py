@@ -44,6 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from physops._fft import fftc, ifftc
+from physops._validate import finite_number, integer, positive_int
 
 __all__ = ["FourierPtychography", "led_grid", "ptychography_object"]
 
@@ -75,12 +76,11 @@ def led_grid(
     Tensor
         ``(L, 2)`` illumination NAs ``(NA_y, NA_x)``, sorted by ``|NA|`` (bright field first).
     """
-    if isinstance(num_side, bool) or not isinstance(num_side, int) or num_side < 1:
-        raise ValueError(f"led_grid expects num_side a positive int, got {num_side!r}.")
-    if spacing <= 0 or distance <= 0:
-        raise ValueError(
-            f"led_grid expects positive spacing and distance, got {spacing}, {distance}."
-        )
+    num_side = positive_int(num_side, "num_side", "led_grid")
+    spacing = finite_number(spacing, "spacing", "led_grid", low=0, low_open=True)
+    distance = finite_number(distance, "distance", "led_grid", low=0, low_open=True)
+    if max_na is not None:
+        max_na = finite_number(max_na, "max_na", "led_grid", low=0)
     half = (num_side - 1) / 2
     coords = (torch.arange(num_side, dtype=torch.float64) - half) * spacing
     v, u = torch.meshgrid(coords, coords, indexing="ij")
@@ -101,7 +101,7 @@ def ptychography_object(
     max_phase: float = math.pi / 2,
     min_amplitude: float = 0.2,
 ) -> Tensor:
-    r"""A complex object from two real images: :math:`x = a\, e^{i \phi}`.
+    r"""Build a complex object from two real images: :math:`x = a\, e^{i \phi}`.
 
     ``amplitude`` is rescaled to :math:`[a_{\min}, 1]` (``min_amplitude``: thin samples absorb
     little) and ``phase`` to :math:`[0, \phi_{\max}]`, each from its own min and max per sample.
@@ -127,6 +127,11 @@ def ptychography_object(
             f"ptychography_object expects amplitude and phase of the same shape (*batch, N, N), "
             f"got {tuple(amplitude.shape)} and {tuple(phase.shape)}."
         )
+
+    max_phase = finite_number(max_phase, "max_phase", "ptychography_object")
+    min_amplitude = finite_number(
+        min_amplitude, "min_amplitude", "ptychography_object", low=0, high=1
+    )
 
     def unit(t: Tensor) -> Tensor:
         low = t.amin(dim=(-2, -1), keepdim=True)
@@ -192,10 +197,8 @@ class FourierPtychography(nn.Module):
     ) -> None:
         super().__init__()
         who = "FourierPtychography"
-        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 4:
-            raise ValueError(f"{who} expects image_size an int >= 4, got {image_size!r}.")
-        if isinstance(downsample, bool) or not isinstance(downsample, int) or downsample < 1:
-            raise ValueError(f"{who} expects downsample a positive int, got {downsample!r}.")
+        image_size = integer(image_size, "image_size", who, low=4)
+        downsample = positive_int(downsample, "downsample", who)
         if image_size % downsample:
             raise ValueError(
                 f"{who}: image_size {image_size} is not a multiple of downsample {downsample}."
@@ -214,11 +217,10 @@ class FourierPtychography(nn.Module):
                 f"{who} expects illumination_na as an (L, 2) tensor of (NA_y, NA_x), got "
                 f"{shape}: build one with physops.led_grid()."
             )
-        if na <= 0 or wavelength <= 0 or pixel_size <= 0:
-            raise ValueError(
-                f"{who} expects positive na, wavelength and pixel_size, got {na}, {wavelength}, "
-                f"{pixel_size}."
-            )
+        na, wavelength, pixel_size = (
+            finite_number(value, name, who, low=0, low_open=True)
+            for name, value in (("na", na), ("wavelength", wavelength), ("pixel_size", pixel_size))
+        )
         n_hr, n_lr = image_size, image_size // downsample
         scale = n_hr * pixel_size / wavelength  # NA -> frequency pixels
         shifts = torch.round(illumination_na.detach().double().cpu() * scale).long()  # (L, 2)
@@ -325,7 +327,7 @@ class FourierPtychography(nn.Module):
         return self.fields(x).abs().square()
 
     def forward(self, x: Tensor) -> Tensor:
-        """Multiplexed measurements :math:`y_i = \\sum_\\ell w_{i\\ell} I_\\ell`."""
+        r"""Compute the multiplexed measurements :math:`y_i = \sum_\ell w_{i\ell} I_\ell`."""
         intensities = self.intensities(x)
         weights = self.design.to(device=x.device, dtype=intensities.dtype)
         return torch.einsum("ml,...lhw->...mhw", weights, intensities)
@@ -343,7 +345,7 @@ class FourierPtychography(nn.Module):
         return 0.5 * (pred - y).square().sum(dim=(-3, -2, -1))
 
     def gradient(self, x: Tensor, y: Tensor) -> Tensor:
-        r"""The data-term gradient :math:`\nabla D(x)` (module docstring), differentiable.
+        r"""Compute the data-term gradient :math:`\nabla D(x)` (module docstring), differentiable.
 
         Equals ``torch.autograd.grad(self.data_loss(x, y).sum(), x)``, computed in closed form
         (one spectrum gather and one scatter), so an unrolled network can take the step
@@ -364,6 +366,7 @@ class FourierPtychography(nn.Module):
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """Noisy measurements of ``x``: ``forward(x)`` plus Gaussian noise (no gradient)."""
+        noise_std = finite_number(noise_std, "noise_std", "FourierPtychography.simulate", low=0)
         with torch.no_grad():
             y = self(x)
             if noise_std > 0:

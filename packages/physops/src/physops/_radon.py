@@ -50,6 +50,7 @@ import torch
 from torch import Tensor
 
 from physops._linop import LinearOperator
+from physops._validate import integer, known_name, positive_int
 
 __all__ = ["Radon", "fbp", "uniform_angles"]
 
@@ -80,11 +81,11 @@ def uniform_angles(
     Tensor
         Radians, shape ``(keep or num_angles,)``.
     """
-    if isinstance(num_angles, bool) or not isinstance(num_angles, int) or num_angles < 1:
-        raise ValueError(f"uniform_angles expects num_angles >= 1, got {num_angles!r}.")
+    num_angles = positive_int(num_angles, "num_angles", "uniform_angles")
     angles = torch.arange(num_angles, dtype=torch.float64) * (math.pi / num_angles)
     if keep is not None:
-        if not 1 <= keep <= num_angles or num_angles % keep:
+        keep = positive_int(keep, "keep", "uniform_angles")
+        if keep > num_angles or num_angles % keep:
             raise ValueError(
                 f"uniform_angles: keep={keep} must divide num_angles={num_angles} (e.g. 200 of "
                 f"1000) so that the kept angles are uniformly spaced."
@@ -214,30 +215,20 @@ def _backproject(y: Tensor, angles: Tensor, geometry: _Geometry) -> Tensor:
     return out
 
 
-class _ProjectFn(torch.autograd.Function):
+class _RadonFn(torch.autograd.Function):
+    """``R x`` (``adjoint=False``) or ``R^H y``; the backward of each is the other."""
+
     @staticmethod
-    def forward(ctx: Any, x: Tensor, angles: Tensor, geometry: _Geometry) -> Tensor:
+    def forward(ctx: Any, x: Tensor, angles: Tensor, geometry: _Geometry, adjoint: bool) -> Tensor:
         ctx.geometry = geometry
+        ctx.adjoint = adjoint
         ctx.save_for_backward(angles)
-        return _project(x, angles, geometry)
+        return (_backproject if adjoint else _project)(x, angles, geometry)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None, None]:
         (angles,) = ctx.saved_tensors
-        return _BackprojectFn.apply(grad, angles, ctx.geometry), None, None
-
-
-class _BackprojectFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, y: Tensor, angles: Tensor, geometry: _Geometry) -> Tensor:
-        ctx.geometry = geometry
-        ctx.save_for_backward(angles)
-        return _backproject(y, angles, geometry)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None]:
-        (angles,) = ctx.saved_tensors
-        return _ProjectFn.apply(grad, angles, ctx.geometry), None, None
+        return _RadonFn.apply(grad, angles, ctx.geometry, not ctx.adjoint), None, None, None
 
 
 def _check_input(x: object, trailing: tuple[int, ...], who: str, what: str) -> Tensor:
@@ -285,8 +276,7 @@ class Radon(LinearOperator):
     def __init__(
         self, image_size: int, angles: Tensor | Sequence[float], *, circle: bool = True
     ) -> None:
-        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 2:
-            raise ValueError(f"Radon expects image_size an int >= 2, got {image_size!r}.")
+        image_size = integer(image_size, "image_size", "Radon", low=2)
         values = _check_angles(angles)
         detectors = image_size if circle else math.ceil(image_size * math.sqrt(2))
         super().__init__(in_shape=(image_size, image_size), out_shape=(values.numel(), detectors))
@@ -313,14 +303,14 @@ class Radon(LinearOperator):
         n = self.image_size
         x = _check_input(x, (n, n), "Radon", "x")
         batch = x.shape[:-2]
-        out = _ProjectFn.apply(x.reshape(-1, n, n), self._angles(x), self._geometry)
+        out = _RadonFn.apply(x.reshape(-1, n, n), self._angles(x), self._geometry, False)
         return out.reshape(*batch, self.num_angles, self.num_detectors)
 
     def adjoint(self, y: Tensor) -> Tensor:
         y = _check_input(y, (self.num_angles, self.num_detectors), "Radon.adjoint", "y")
         batch = y.shape[:-2]
         flat = y.reshape(-1, self.num_angles, self.num_detectors)
-        out = _BackprojectFn.apply(flat, self._angles(y), self._geometry)
+        out = _RadonFn.apply(flat, self._angles(y), self._geometry, True)
         return out.reshape(*batch, self.image_size, self.image_size)
 
     def extra_repr(self) -> str:
@@ -342,7 +332,9 @@ def _ramp(detectors: int, dtype: torch.dtype, device: torch.device) -> tuple[Ten
 
 
 def fbp(op: Radon, y: Tensor, *, filter: str = "ramp") -> Tensor:
-    r"""Filtered back-projection :math:`x \approx \frac{\pi}{2A} R^H (h * y)` for initialisation.
+    r"""Reconstruct by filtered back-projection, :math:`x \approx \frac{\pi}{2A} R^H (h * y)`.
+
+    Meant for initialisation.
 
     Each projection is filtered along the detector axis with the ramp (Ram-Lak) filter, zero
     padded to avoid wrap-around; ``filter="hann"`` multiplies it by a Hann window (less noise,
@@ -365,8 +357,7 @@ def fbp(op: Radon, y: Tensor, *, filter: str = "ramp") -> Tensor:
     """
     if not isinstance(op, Radon):
         raise TypeError(f"fbp expects a physops.Radon operator, got {type(op).__name__}.")
-    if filter not in ("ramp", "hann"):
-        raise ValueError(f"fbp: filter must be 'ramp' or 'hann', got {filter!r}.")
+    known_name(filter, "filter", "fbp", ("ramp", "hann"))
     y = _check_input(y, (op.num_angles, op.num_detectors), "fbp", "y")
     real = y.real.dtype if y.is_complex() else y.dtype
     response, size = _ramp(op.num_detectors, real, y.device)
