@@ -63,13 +63,8 @@ from physops._data_anatomy import (
     smooth_phase,
 )
 from physops._data_fastmri import FastMRISliceDataset
-from physops._masks import (
-    MaskResult,
-    equispaced_mask_1d,
-    kt_mask,
-    poisson_disc_mask,
-    random_mask_1d,
-)
+from physops._masks import MaskResult, equispaced_mask_1d, random_mask_1d
+from physops._masks_2d import kt_mask, poisson_disc_mask
 from physops._ptycho import FourierPtychography, led_grid, ptychography_object
 from physops._radon import Radon, fbp, uniform_angles
 

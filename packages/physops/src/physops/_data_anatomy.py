@@ -47,7 +47,8 @@ from torch.utils.data import Dataset
 
 from physops._coils import birdcage_maps, espirit_maps
 from physops._fft import fftc
-from physops._masks import equispaced_mask_1d, poisson_disc_mask, random_mask_1d
+from physops._masks import equispaced_mask_1d, random_mask_1d
+from physops._masks_2d import poisson_disc_mask
 from physops._validate import finite_number, integer, one_of, positive_int
 
 __all__ = [
