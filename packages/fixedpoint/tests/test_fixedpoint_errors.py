@@ -103,7 +103,7 @@ def test_register_a_custom_solver_and_use_it_by_name():
             max_iter=200,
             steps=2,
         )
-        torch.testing.assert_close(result.z, torch.full((1, 2), 2.0, dtype=torch.float64))
+        torch.testing.assert_close(result.x, torch.full((1, 2), 2.0, dtype=torch.float64))
         with pytest.raises(ValueError, match="already registered; pass overwrite=True"):
             fixedpoint.register_solver("halving", halving)
         fixedpoint.register_solver("halving", halving, overwrite=True)
