@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fixedpoint_helpers import contraction
-from torch import nn
+from fixedpoint_helpers import Block, contraction
 
 import fixedpoint
 
@@ -23,22 +22,6 @@ def unrolled(f, z0, steps=400):
 
 def rel_error(a, b):
     return float((a - b).norm() / b.norm())
-
-
-class Block(nn.Module):
-    """A small contraction f(z, x) = tanh(W2 tanh(W1 z) * 0.5 + U x) with learnable weights."""
-
-    def __init__(self, n: int) -> None:
-        super().__init__()
-        self.W1 = nn.Linear(n, n, dtype=F64)
-        self.W2 = nn.Linear(n, n, bias=False, dtype=F64)
-        self.U = nn.Linear(n, n, bias=False, dtype=F64)
-        with torch.no_grad():
-            for lin in (self.W1, self.W2):
-                lin.weight.mul_(0.9 / torch.linalg.matrix_norm(lin.weight, ord=2))
-
-    def forward(self, z, x):
-        return torch.tanh(0.5 * self.W2(torch.tanh(self.W1(z))) + self.U(x))
 
 
 @pytest.mark.parametrize("method", ["anderson", "banach"])

@@ -164,9 +164,9 @@ class _DifferentiableAndersonStep(_Mixing):
 
     def __call__(self, k: int, x: Tensor, fx: Tensor, g: Tensor) -> Tensor:
         y = fx if self.beta == 1.0 else torch.add(x, g, alpha=self.beta)
-        keep = self.m - 1
-        self.G = [*self.G[len(self.G) - keep :], g] if keep else [g]
-        self.Y = [*self.Y[len(self.Y) - keep :], y] if keep else [y]
+        keep = self.m - 1  # the history: the last m - 1 entries and the new one
+        self.G = [*self.G[-keep:], g] if keep else [g]
+        self.Y = [*self.Y[-keep:], y] if keep else [y]
         n = len(self.G)
         if n == 1:
             return y

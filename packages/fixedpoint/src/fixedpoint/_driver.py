@@ -194,7 +194,7 @@ def _loop(
             x_next = step(k, x, fx, g)
             stopped_at.masked_fill_(stop, k)
             x = torch.where(stop.unsqueeze(1), fx, x)
-            active &= ~stop
+            active = active & ~stop  # out of place: where() saved the old mask
             x = torch.where(active.unsqueeze(1), x_next, x)
             continue
         if not known:
@@ -207,7 +207,7 @@ def _loop(
             stopped_at.masked_fill_(stop, k)
             # frozen samples keep their solution f(x) from now on
             x = torch.where(stop.unsqueeze(1), fx, x)
-            active &= ~stop
+            active = active & ~stop  # out of place: where() saved the old mask
             n_active -= n_stop
         x = x_next if n_active == batch else torch.where(active.unsqueeze(1), x_next, x)
     if every > 1 and batch:  # the last sample may have stopped before the last evaluation

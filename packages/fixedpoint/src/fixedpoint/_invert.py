@@ -11,6 +11,7 @@ from torch import Tensor
 from ._result import FixedPointResult, OnFailure, StopMode
 from ._solve import check_options, get_solver, solve
 from ._state import State, StateSpec, check_state, components, describe, rebuild
+from ._validate import boolean
 
 
 # the overloads only tell type checkers what return_result selects; the implementation below
@@ -105,6 +106,7 @@ def invert_step(
     True
     """
     parts = check_state(y, "y")
+    boolean("return_result", return_result)
     _check_lipschitz(lipschitz, parts[0].shape[0])
     check_options(method, get_solver(method), options)
     spec = StateSpec(y, complex_view=True)

@@ -62,7 +62,7 @@ def register_solver(name: str, solver: Solver, *, overwrite: bool = False) -> No
         raise TypeError(f"a solver name must be a non-empty string, got {name!r}.")
     if not callable(solver):
         raise TypeError(f"solver must be callable, got {type(solver).__name__}.")
-    if name in _SOLVERS and not overwrite:
+    if name in _SOLVERS and not boolean("overwrite", overwrite):
         raise ValueError(
             f"a solver named {name!r} is already registered; pass overwrite=True to replace it."
         )
