@@ -15,6 +15,9 @@ Sections of the report (Markdown, written to ``--out`` and printed):
    process's ``VmHWM`` after ``clear_refs`` (with ``MALLOC_MMAP_THRESHOLD_=65536``), on CUDA
    ``torch.cuda.max_memory_allocated``; both reported above the memory held before the step.
 3. Gradient bias: the Jacobian-free and phantom gradients against the implicit gradient.
+4. Host synchronisation: Anderson's time per iteration with ``check_every`` = 1, 4 and 16 (the
+   host learns whether every sample stopped every ``check_every`` iterations) on the n = 256
+   maps, as ratios to ``check_every=1`` in the same run (the measurement behind the default).
 
 Usage: ``python run.py [--out DIR] [--quick] [--device cpu|cuda] [--threads N]``.
 """
@@ -315,6 +318,48 @@ def bench_bias(cfg: dict, device: str) -> list[dict]:
     return rows
 
 
+# -- 4. host synchronisation ----------------------------------------------------------------------
+CHECK_EVERY = (1, 4, 16)
+
+
+def bench_check_every(cfg: dict, device: str) -> list[dict]:
+    """Anderson's time per iteration for each ``check_every``, round-robin, medians."""
+    maps = {k: v for k, v in _maps(cfg, device).items() if k != "conv"}
+    rows = []
+    for name, (f, z0) in maps.items():
+        runs = {
+            every: (
+                lambda f=f, z0=z0, every=every: fixedpoint.solve(
+                    f, z0, tol=1e-6, max_iter=cfg["max_iter"], check_every=every
+                )
+            )
+            for every in CHECK_EVERY
+        }
+        iters = {every: int(run().iterations.max()) for every, run in runs.items()}
+        times: dict[int, list[float]] = {every: [] for every in runs}
+        for _ in range(3 * cfg["repeats"]):
+            for every, run in runs.items():
+                _sync(device)
+                start = time.perf_counter()
+                run()
+                _sync(device)
+                times[every].append(time.perf_counter() - start)
+        base = statistics.median(times[1]) / iters[1]
+        for every in CHECK_EVERY:
+            per_iter = statistics.median(times[every]) / iters[every]
+            rows.append(
+                {
+                    "map": name,
+                    "check_every": every,
+                    "iterations": iters[every],
+                    "us_per_iter": 1e6 * per_iter,
+                    "ratio": per_iter / base,
+                }
+            )
+            print(json.dumps(rows[-1]), file=sys.stderr)
+    return rows
+
+
 # -- report -------------------------------------------------------------------------------------
 def _fmt_solves(rows: list[dict]) -> str:
     lines = [
@@ -399,6 +444,19 @@ def _fmt_bias(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _fmt_check_every(rows: list[dict]) -> str:
+    lines = [
+        "| map | check_every | iterations | per iteration (us) | vs check_every=1 |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['map']} | {r['check_every']} | {r['iterations']} | {r['us_per_iter']:.0f} | "
+            f"{r['ratio']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="bench-results/fixedpoint")
@@ -417,6 +475,7 @@ def main(argv: list[str] | None = None) -> None:
     solves = bench_solves(cfg, args.device)
     memory = bench_memory(cfg_name, args.device, args.threads)
     bias = bench_bias(cfg, args.device)
+    sync = bench_check_every(cfg, args.device)
     c = cfg["conv"]
     header = [
         f"# fixedpoint benchmark ({cfg_name})",
@@ -449,13 +508,17 @@ def main(argv: list[str] | None = None) -> None:
             "",
             _fmt_bias(bias),
             "",
+            "## Host synchronisation (Anderson, tol 1e-6, time per iteration)",
+            "",
+            _fmt_check_every(sync),
+            "",
         ]
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text(report)
     (out / "results.json").write_text(
-        json.dumps({"solves": solves, "memory": memory, "bias": bias}, indent=1)
+        json.dumps({"solves": solves, "memory": memory, "bias": bias, "sync": sync}, indent=1)
     )
     print(report)
 
