@@ -19,7 +19,12 @@ Sections of the report (Markdown, written to ``--out`` and printed):
    host learns whether every sample stopped every ``check_every`` iterations) on the n = 256
    maps, as ratios to ``check_every=1`` in the same run (the measurement behind the default).
 
-Usage: ``python run.py [--out DIR] [--quick] [--device cpu|cuda] [--threads N]``.
+Times on CPU are CPU time of the measuring process (``time.process_time``: on a shared machine the
+other jobs' share of the cores does not count, their load on caches and memory still does); on
+CUDA they are wall time between synchronisations.
+
+Usage: ``python run.py [--out DIR] [--quick] [--device cpu|cuda] [--threads N]
+[--sections solves,memory,bias,sync]``.
 """
 
 from __future__ import annotations
@@ -85,16 +90,22 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def _clock(device: str) -> Callable[[], float]:
+    """The timer of this device: CPU time of the process on CPU, wall time on CUDA."""
+    return time.perf_counter if device.startswith("cuda") else time.process_time
+
+
 def _timed(fn: Callable[[], Any], repeats: int, device: str) -> tuple[float, Any]:
     """Median wall time (s) of ``repeats`` calls after one warm-up call, and the last output."""
     out = fn()
     times = []
+    clock = _clock(device)
     for _ in range(repeats):
         _sync(device)
-        start = time.perf_counter()
+        start = clock()
         out = fn()
         _sync(device)
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return statistics.median(times), out
 
 
@@ -138,6 +149,7 @@ def bench_solves(cfg: dict, device: str) -> list[dict]:
         if not name.endswith("(real view)")
     ]
     max_iter = cfg["max_iter"]
+    clock = _clock(device)
     rows = []
     for group in groups:
         for tol in TOLS:
@@ -154,10 +166,10 @@ def bench_solves(cfg: dict, device: str) -> list[dict]:
             for _ in range(cfg["repeats"]):
                 for key, run in runs.items():
                     _sync(device)
-                    start = time.perf_counter()
+                    start = clock()
                     run()
                     _sync(device)
-                    times[key].append(time.perf_counter() - start)
+                    times[key].append(clock() - start)
             for (name, solver), (iters, converged) in outcome.items():
                 seconds = statistics.median(times[name, solver])
                 rows.append(
@@ -320,11 +332,13 @@ def bench_bias(cfg: dict, device: str) -> list[dict]:
 
 # -- 4. host synchronisation ----------------------------------------------------------------------
 CHECK_EVERY = (1, 4, 16)
+SECTIONS = ("solves", "memory", "bias", "sync")
 
 
 def bench_check_every(cfg: dict, device: str) -> list[dict]:
     """Anderson's time per iteration for each ``check_every``, round-robin, medians."""
     maps = {k: v for k, v in _maps(cfg, device).items() if k != "conv"}
+    clock = _clock(device)
     rows = []
     for name, (f, z0) in maps.items():
         runs = {
@@ -340,10 +354,10 @@ def bench_check_every(cfg: dict, device: str) -> list[dict]:
         for _ in range(3 * cfg["repeats"]):
             for every, run in runs.items():
                 _sync(device)
-                start = time.perf_counter()
+                start = clock()
                 run()
                 _sync(device)
-                times[every].append(time.perf_counter() - start)
+                times[every].append(clock() - start)
         base = statistics.median(times[1]) / iters[1]
         for every in CHECK_EVERY:
             per_iter = statistics.median(times[every]) / iters[every]
@@ -463,6 +477,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny configuration (smoke test)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads on CPU")
+    parser.add_argument(
+        "--sections",
+        default=",".join(SECTIONS),
+        help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -472,54 +491,46 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     cfg_name = "quick" if args.quick else "full"
     cfg = CONFIGS[cfg_name]
-    solves = bench_solves(cfg, args.device)
-    memory = bench_memory(cfg_name, args.device, args.threads)
-    bias = bench_bias(cfg, args.device)
-    sync = bench_check_every(cfg, args.device)
+    sections = args.sections.split(",")
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        parser.error(f"unknown sections {unknown}; choose from {', '.join(SECTIONS)}")
+    results: dict[str, list[dict]] = {}
+    body = []
+    if "solves" in sections:
+        results["solves"] = bench_solves(cfg, args.device)
+        body += ["## Targets", "", _summary(results["solves"]), ""]
+        body += ["## Solves", "", _fmt_solves(results["solves"]), ""]
+    if "memory" in sections:
+        results["memory"] = bench_memory(cfg_name, args.device, args.threads)
+        body += ["## Training memory and time (conv map, forward + backward)", ""]
+        body += [_fmt_memory(results["memory"], args.device), ""]
+    if "bias" in sections:
+        results["bias"] = bench_bias(cfg, args.device)
+        body += ["## Gradient bias (conv map, weight gradient)", "", _fmt_bias(results["bias"]), ""]
+    if "sync" in sections:
+        results["sync"] = bench_check_every(cfg, args.device)
+        body += ["## Host synchronisation (Anderson, tol 1e-6, time per iteration)", ""]
+        body += [_fmt_check_every(results["sync"]), ""]
     c = cfg["conv"]
+    timer = "wall time" if args.device.startswith("cuda") else "CPU time of the process"
     header = [
         f"# fixedpoint benchmark ({cfg_name})",
         "",
         f"Device: {args.device}; torch {torch.__version__}; "
         f"torchdeq {TORCHDEQ_VERSION}; "
-        f"intra-op threads: {args.threads}. Conv map: {c['batch']}x{c['channels']}x{c['size']}x"
-        f"{c['size']} float32; complex maps: n = {cfg['n']}, batch {cfg['batch']}, complex64. "
+        f"intra-op threads: {args.threads}; times: {timer}. Conv map: {c['batch']}x"
+        f"{c['channels']}x{c['size']}x{c['size']} float32; complex maps: n = {cfg['n']}, "
+        f"batch {cfg['batch']}, complex64. "
         "Defaults of both libraries (fixedpoint: Anderson m=5, Broyden m=10; torchdeq: Anderson "
         "m=6, lam=1e-4, Broyden keeping max_iter terms); "
         "relative residual ||f(x) - x|| / ||f(x)|| per sample.",
     ]
-    report = "\n".join(
-        [
-            *header,
-            "",
-            "## Targets",
-            "",
-            _summary(solves),
-            "",
-            "## Solves",
-            "",
-            _fmt_solves(solves),
-            "",
-            "## Training memory and time (conv map, forward + backward)",
-            "",
-            _fmt_memory(memory, args.device),
-            "",
-            "## Gradient bias (conv map, weight gradient)",
-            "",
-            _fmt_bias(bias),
-            "",
-            "## Host synchronisation (Anderson, tol 1e-6, time per iteration)",
-            "",
-            _fmt_check_every(sync),
-            "",
-        ]
-    )
+    report = "\n".join([*header, "", *body])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text(report)
-    (out / "results.json").write_text(
-        json.dumps({"solves": solves, "memory": memory, "bias": bias, "sync": sync}, indent=1)
-    )
+    (out / "results.json").write_text(json.dumps(results, indent=1))
     print(report)
 
 
