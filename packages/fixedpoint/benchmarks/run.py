@@ -10,9 +10,10 @@ Sections of the report (Markdown, written to ``--out`` and printed):
    are evaluations of ``f`` (the most any sample needed); times are medians of repeated solves.
 2. Training memory and time: one forward + backward step of an implicit layer on the conv map
    (weights learnable) with 10 and with 100 forward and backward iterations, against plain
-   backprop through the same number of unrolled Picard iterations and torchdeq's DEQ with
-   implicit differentiation. Every configuration runs in a fresh process; on CPU the peak is the
-   process's ``VmHWM`` after ``clear_refs`` (with ``MALLOC_MMAP_THRESHOLD_=65536``), on CUDA
+   backprop through the same number of unrolled Picard iterations, backprop through Anderson's
+   iterations (``backward="unrolled"``) and torchdeq's DEQ with implicit differentiation.
+   Every configuration runs in a fresh process; on CPU the peak is the process's ``VmHWM``
+   after ``clear_refs`` (with ``MALLOC_MMAP_THRESHOLD_=65536``), on CUDA
    ``torch.cuda.max_memory_allocated``; both reported above the memory held before the step.
 3. Gradient bias: the Jacobian-free and phantom gradients against the implicit gradient.
 4. Host synchronisation: Anderson's time per iteration with ``check_every`` = 1, 4 and 16 (the
@@ -223,11 +224,12 @@ def worker(spec: dict) -> dict:
                 ift=True,
             )
             z = deq(f, z0)[0][-1]
-        else:
+        else:  # "anderson" or "banach", or "anderson unrolled": backprop through the solver
             z = fixedpoint.implicit(
                 f,
                 z0,
-                method=method,
+                method=method.split()[0],
+                backward="unrolled" if method.endswith("unrolled") else "implicit",
                 tol=0.0,
                 max_iter=iters,
                 backward_tol=0.0,
@@ -255,7 +257,8 @@ def bench_memory(cfg_name: str, device: str, threads: int) -> list[dict]:
     """Run every configuration in a fresh process of its own (the quick smoke test runs them all
     in one process: its figures only show that the code runs)."""
     cfg = CONFIGS[cfg_name]
-    methods = ["backprop", "anderson", "banach"] + (["torchdeq"] if torchdeq else [])
+    methods = ["backprop", "anderson", "banach", "anderson unrolled"]
+    methods += ["torchdeq"] if torchdeq else []
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     specs = [
         {
