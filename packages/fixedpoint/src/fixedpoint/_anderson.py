@@ -152,28 +152,46 @@ class _AndersonStep(_Mixing):
 
 
 class _DifferentiableAndersonStep(_Mixing):
-    """The same update out of place, so that autograd records it (coefficients included)."""
+    """The same update out of place, so that autograd records it (coefficients included).
+
+    Built for the memory of backprop: the history is a list of the loop's own tensors (no stacked
+    copies), the Gram matrix grows by one row of batched inner products per iteration (each saves
+    references to residuals that exist anyway), and the mixing is a chain of multiply-adds (which
+    save the coefficients and references to the images). An iteration adds about two states to
+    the graph besides ``f``'s own, instead of the ``2m`` a stacked history would.
+    """
 
     def __init__(self, x0: Tensor, m: int, lam: float, beta: float) -> None:
         super().__init__(x0, m, lam, beta)
         self.G: list[Tensor] = []
         self.Y: list[Tensor] = []
+        self.H: list[list[Tensor]] = []  # H[i][j] = <g_i, g_j>, shape (batch,)
 
     def residual_buffer(self, k: int) -> Tensor | None:
         return None
 
     def __call__(self, k: int, x: Tensor, fx: Tensor, g: Tensor) -> Tensor:
         y = fx if self.beta == 1.0 else torch.add(x, g, alpha=self.beta)
-        keep = self.m - 1  # the history: the last m - 1 entries and the new one
-        self.G = [*self.G[-keep:], g] if keep else [g]
-        self.Y = [*self.Y[-keep:], y] if keep else [y]
+        if len(self.G) == self.m:  # drop the oldest entry
+            del self.G[0], self.Y[0], self.H[0]
+            for row in self.H:
+                del row[0]
+        self.G.append(g)
+        self.Y.append(y)
+        # <g_i, g> = sum conj(g_i) g for every entry, the new one last; H is Hermitian
+        column = [torch.linalg.vecdot(gi, g) for gi in self.G]
+        for row, h in zip(self.H, column):
+            row.append(h)
+        self.H.append([h.conj() for h in column])
         n = len(self.G)
         if n == 1:
             return y
-        G, Y = torch.stack(self.G, 1), torch.stack(self.Y, 1)
-        gram = torch.bmm(G.conj(), G.mT).to(self.reg.dtype)  # H_ij = <g_i, g_j>
-        a = self.guarded_weights(gram * self.reg[:n, :n], n - 1)
-        return torch.bmm(a.mT, Y).view_as(x)
+        gram = torch.stack([torch.stack(row, -1) for row in self.H], -2)
+        a = self.guarded_weights(gram.to(self.reg.dtype) * self.reg[:n, :n], n - 1).squeeze(-1)
+        out = a[:, :1] * self.Y[0]
+        for i in range(1, n):
+            out = torch.addcmul(out, a[:, i : i + 1], self.Y[i])
+        return out
 
 
 def anderson(
