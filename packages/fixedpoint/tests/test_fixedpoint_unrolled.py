@@ -248,13 +248,18 @@ def test_unrolled_diagnostics_hold_the_detached_forward_result():
 
 
 def test_differentiable_mode_needs_a_solver_that_runs_under_autograd():
-    with pytest.raises(ValueError, match=r"method 'broyden' cannot run under autograd; use"):
+    with pytest.raises(
+        ValueError,
+        match=r"backward='unrolled' differentiates the iterations of 'anderson' or 'banach' "
+        r"\(the solvers that run under autograd\), got method 'broyden'",
+    ):
         fixedpoint.implicit(
             lambda z: 0.5 * z, torch.zeros(1, 2), backward="unrolled", method="broyden"
         )
     with pytest.raises(
         ValueError,
-        match=r"which method 'broyden' does not support; use one of 'anderson', 'banach'",
+        match=r"differentiable=True differentiates the iterations of 'anderson' or 'banach' "
+        r".*got method 'broyden'",
     ):
         fixedpoint.solve(lambda z: 0.5 * z, torch.zeros(1, 2), "broyden", differentiable=True)
     with pytest.raises(TypeError, match="differentiable must be True or False, got 'yes'"):

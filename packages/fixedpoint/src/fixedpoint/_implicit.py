@@ -11,7 +11,13 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from ._result import FixedPointResult, OnFailure, StopMode
-from ._solve import check_options, get_solver, solve, supports_differentiable
+from ._solve import (
+    check_options,
+    differentiable_solvers,
+    get_solver,
+    solve,
+    supports_differentiable,
+)
 from ._spectral import spectral_radius, vjp_function
 from ._state import State, check_state, components, rebuild
 from ._validate import (
@@ -247,9 +253,9 @@ def implicit(
     check_options(method, get_solver(method), options)
     if backward == "unrolled" and not supports_differentiable(method):
         raise ValueError(
-            f"backward='unrolled' backpropagates through the forward solver's iterations, which "
-            f"method {method!r} cannot run under autograd; use method='anderson' or 'banach', or "
-            "another backward (backward='implicit' works with every solver)."
+            f"backward='unrolled' differentiates the iterations of {differentiable_solvers()} "
+            f"(the solvers that run under autograd), got method {method!r}; use one of those, "
+            "or another backward (backward='implicit' works with every solver)."
         )
     b_method = method if backward_method is None else backward_method
     if backward_options is None:

@@ -88,6 +88,16 @@ def _keywords(solver: Solver) -> dict[str, inspect.Parameter] | None:
     return dict(params)
 
 
+def differentiable_solvers() -> str:
+    """Name the registered solvers that take ``differentiable=True``: ``"'a' or 'b'"``."""
+    names = [repr(n) for n in available_solvers() if "differentiable" in _keywords_of(n)]
+    return " or ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+
+
+def _keywords_of(name: str) -> dict[str, inspect.Parameter]:
+    return _keywords(_SOLVERS[name]) or {}
+
+
 def supports_differentiable(name: str) -> bool:
     """Whether the solver registered as ``name`` takes ``differentiable=True`` (autograd mode)."""
     params = _keywords(get_solver(name))
@@ -191,13 +201,10 @@ def solve(
     check_options(method, solver, options)
     if boolean("differentiable", differentiable):
         if not supports_differentiable(method):
-            able = [
-                n for n in available_solvers() if "differentiable" in (_keywords(_SOLVERS[n]) or ())
-            ]
             raise ValueError(
-                f"differentiable=True runs the solver's iterations under autograd, which method "
-                f"{method!r} does not support; use one of {', '.join(map(repr, able))}, or "
-                "fixedpoint.implicit for gradients by implicit differentiation."
+                f"differentiable=True differentiates the iterations of {differentiable_solvers()} "
+                f"(the solvers that run under autograd), got method {method!r}; use one of "
+                "those, or fixedpoint.implicit for gradients by implicit differentiation."
             )
         options["differentiable"] = True
     return solver(
