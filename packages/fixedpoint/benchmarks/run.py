@@ -10,13 +10,22 @@ Sections of the report (Markdown, written to ``--out`` and printed):
    are evaluations of ``f`` (the most any sample needed); times are medians of repeated solves.
 2. Training memory and time: one forward + backward step of an implicit layer on the conv map
    (weights learnable) with 10 and with 100 forward and backward iterations, against plain
-   backprop through the same number of unrolled Picard iterations and torchdeq's DEQ with
-   implicit differentiation. Every configuration runs in a fresh process; on CPU the peak is the
-   process's ``VmHWM`` after ``clear_refs`` (with ``MALLOC_MMAP_THRESHOLD_=65536``), on CUDA
+   backprop through the same number of unrolled Picard iterations, backprop through Anderson's
+   iterations (``backward="unrolled"``) and torchdeq's DEQ with implicit differentiation.
+   Every configuration runs in a fresh process; on CPU the peak is the process's ``VmHWM``
+   after ``clear_refs`` (with ``MALLOC_MMAP_THRESHOLD_=65536``), on CUDA
    ``torch.cuda.max_memory_allocated``; both reported above the memory held before the step.
 3. Gradient bias: the Jacobian-free and phantom gradients against the implicit gradient.
+4. Host synchronisation: Anderson's time per iteration with ``check_every`` = 1, 4 and 16 (the
+   host learns whether every sample stopped every ``check_every`` iterations) on the n = 256
+   maps, as ratios to ``check_every=1`` in the same run (the measurement behind the default).
 
-Usage: ``python run.py [--out DIR] [--quick] [--device cpu|cuda] [--threads N]``.
+Times on CPU are CPU time of the measuring process (``time.process_time``: on a shared machine the
+other jobs' share of the cores does not count, their load on caches and memory still does); on
+CUDA they are wall time between synchronisations.
+
+Usage: ``python run.py [--out DIR] [--quick] [--device cpu|cuda] [--threads N]
+[--sections solves,memory,bias,sync]``.
 """
 
 from __future__ import annotations
@@ -82,16 +91,22 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def _clock(device: str) -> Callable[[], float]:
+    """The timer of this device: CPU time of the process on CPU, wall time on CUDA."""
+    return time.perf_counter if device.startswith("cuda") else time.process_time
+
+
 def _timed(fn: Callable[[], Any], repeats: int, device: str) -> tuple[float, Any]:
     """Median wall time (s) of ``repeats`` calls after one warm-up call, and the last output."""
     out = fn()
     times = []
+    clock = _clock(device)
     for _ in range(repeats):
         _sync(device)
-        start = time.perf_counter()
+        start = clock()
         out = fn()
         _sync(device)
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return statistics.median(times), out
 
 
@@ -135,6 +150,7 @@ def bench_solves(cfg: dict, device: str) -> list[dict]:
         if not name.endswith("(real view)")
     ]
     max_iter = cfg["max_iter"]
+    clock = _clock(device)
     rows = []
     for group in groups:
         for tol in TOLS:
@@ -151,10 +167,10 @@ def bench_solves(cfg: dict, device: str) -> list[dict]:
             for _ in range(cfg["repeats"]):
                 for key, run in runs.items():
                     _sync(device)
-                    start = time.perf_counter()
+                    start = clock()
                     run()
                     _sync(device)
-                    times[key].append(time.perf_counter() - start)
+                    times[key].append(clock() - start)
             for (name, solver), (iters, converged) in outcome.items():
                 seconds = statistics.median(times[name, solver])
                 rows.append(
@@ -208,11 +224,12 @@ def worker(spec: dict) -> dict:
                 ift=True,
             )
             z = deq(f, z0)[0][-1]
-        else:
+        else:  # "anderson" or "banach", or "anderson unrolled": backprop through the solver
             z = fixedpoint.implicit(
                 f,
                 z0,
-                method=method,
+                method=method.split()[0],
+                backward="unrolled" if method.endswith("unrolled") else "implicit",
                 tol=0.0,
                 max_iter=iters,
                 backward_tol=0.0,
@@ -240,7 +257,8 @@ def bench_memory(cfg_name: str, device: str, threads: int) -> list[dict]:
     """Run every configuration in a fresh process of its own (the quick smoke test runs them all
     in one process: its figures only show that the code runs)."""
     cfg = CONFIGS[cfg_name]
-    methods = ["backprop", "anderson", "banach"] + (["torchdeq"] if torchdeq else [])
+    methods = ["backprop", "anderson", "banach", "anderson unrolled"]
+    methods += ["torchdeq"] if torchdeq else []
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     specs = [
         {
@@ -312,6 +330,50 @@ def bench_bias(cfg: dict, device: str) -> list[dict]:
                 ),
             }
         )
+    return rows
+
+
+# -- 4. host synchronisation ----------------------------------------------------------------------
+CHECK_EVERY = (1, 4, 16)
+SECTIONS = ("solves", "memory", "bias", "sync")
+
+
+def bench_check_every(cfg: dict, device: str) -> list[dict]:
+    """Anderson's time per iteration for each ``check_every``, round-robin, medians."""
+    maps = {k: v for k, v in _maps(cfg, device).items() if k != "conv"}
+    clock = _clock(device)
+    rows = []
+    for name, (f, z0) in maps.items():
+        runs = {
+            every: (
+                lambda f=f, z0=z0, every=every: fixedpoint.solve(
+                    f, z0, tol=1e-6, max_iter=cfg["max_iter"], check_every=every
+                )
+            )
+            for every in CHECK_EVERY
+        }
+        iters = {every: int(run().iterations.max()) for every, run in runs.items()}
+        times: dict[int, list[float]] = {every: [] for every in runs}
+        for _ in range(3 * cfg["repeats"]):
+            for every, run in runs.items():
+                _sync(device)
+                start = clock()
+                run()
+                _sync(device)
+                times[every].append(clock() - start)
+        base = statistics.median(times[1]) / iters[1]
+        for every in CHECK_EVERY:
+            per_iter = statistics.median(times[every]) / iters[every]
+            rows.append(
+                {
+                    "map": name,
+                    "check_every": every,
+                    "iterations": iters[every],
+                    "us_per_iter": 1e6 * per_iter,
+                    "ratio": per_iter / base,
+                }
+            )
+            print(json.dumps(rows[-1]), file=sys.stderr)
     return rows
 
 
@@ -399,12 +461,30 @@ def _fmt_bias(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _fmt_check_every(rows: list[dict]) -> str:
+    lines = [
+        "| map | check_every | iterations | per iteration (us) | vs check_every=1 |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['map']} | {r['check_every']} | {r['iterations']} | {r['us_per_iter']:.0f} | "
+            f"{r['ratio']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="bench-results/fixedpoint")
     parser.add_argument("--quick", action="store_true", help="tiny configuration (smoke test)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads on CPU")
+    parser.add_argument(
+        "--sections",
+        default=",".join(SECTIONS),
+        help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -414,49 +494,46 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     cfg_name = "quick" if args.quick else "full"
     cfg = CONFIGS[cfg_name]
-    solves = bench_solves(cfg, args.device)
-    memory = bench_memory(cfg_name, args.device, args.threads)
-    bias = bench_bias(cfg, args.device)
+    sections = args.sections.split(",")
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        parser.error(f"unknown sections {unknown}; choose from {', '.join(SECTIONS)}")
+    results: dict[str, list[dict]] = {}
+    body = []
+    if "solves" in sections:
+        results["solves"] = bench_solves(cfg, args.device)
+        body += ["## Targets", "", _summary(results["solves"]), ""]
+        body += ["## Solves", "", _fmt_solves(results["solves"]), ""]
+    if "memory" in sections:
+        results["memory"] = bench_memory(cfg_name, args.device, args.threads)
+        body += ["## Training memory and time (conv map, forward + backward)", ""]
+        body += [_fmt_memory(results["memory"], args.device), ""]
+    if "bias" in sections:
+        results["bias"] = bench_bias(cfg, args.device)
+        body += ["## Gradient bias (conv map, weight gradient)", "", _fmt_bias(results["bias"]), ""]
+    if "sync" in sections:
+        results["sync"] = bench_check_every(cfg, args.device)
+        body += ["## Host synchronisation (Anderson, tol 1e-6, time per iteration)", ""]
+        body += [_fmt_check_every(results["sync"]), ""]
     c = cfg["conv"]
+    timer = "wall time" if args.device.startswith("cuda") else "CPU time of the process"
     header = [
         f"# fixedpoint benchmark ({cfg_name})",
         "",
         f"Device: {args.device}; torch {torch.__version__}; "
         f"torchdeq {TORCHDEQ_VERSION}; "
-        f"intra-op threads: {args.threads}. Conv map: {c['batch']}x{c['channels']}x{c['size']}x"
-        f"{c['size']} float32; complex maps: n = {cfg['n']}, batch {cfg['batch']}, complex64. "
+        f"intra-op threads: {args.threads}; times: {timer}. Conv map: {c['batch']}x"
+        f"{c['channels']}x{c['size']}x{c['size']} float32; complex maps: n = {cfg['n']}, "
+        f"batch {cfg['batch']}, complex64. "
         "Defaults of both libraries (fixedpoint: Anderson m=5, Broyden m=10; torchdeq: Anderson "
         "m=6, lam=1e-4, Broyden keeping max_iter terms); "
         "relative residual ||f(x) - x|| / ||f(x)|| per sample.",
     ]
-    report = "\n".join(
-        [
-            *header,
-            "",
-            "## Targets",
-            "",
-            _summary(solves),
-            "",
-            "## Solves",
-            "",
-            _fmt_solves(solves),
-            "",
-            "## Training memory and time (conv map, forward + backward)",
-            "",
-            _fmt_memory(memory, args.device),
-            "",
-            "## Gradient bias (conv map, weight gradient)",
-            "",
-            _fmt_bias(bias),
-            "",
-        ]
-    )
+    report = "\n".join([*header, "", *body])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text(report)
-    (out / "results.json").write_text(
-        json.dumps({"solves": solves, "memory": memory, "bias": bias}, indent=1)
-    )
+    (out / "results.json").write_text(json.dumps(results, indent=1))
     print(report)
 
 

@@ -1,23 +1,38 @@
-"""Test setup of the fixedpoint package (the shared markers and fixtures come from the root)."""
+"""Test setup of the fixedpoint package (markers, warning policy, seeding, one intra-op thread and
+the ``device`` fixture come from the root ``conftest.py``; this file refines ``device``)."""
 
 from __future__ import annotations
-
-from collections.abc import Iterator
 
 import pytest
 import torch
 
+_READY: set[torch.device] = set()
 
-@pytest.fixture(autouse=True)
-def _one_intra_op_thread() -> Iterator[None]:
-    """Run each test with one intra-op thread, restoring the setting afterwards.
 
-    The tests use tiny tensors, for which intra-op threads bring no speed, only synchronisation:
-    on a loaded machine (our CI runners are shared 2-core boxes) every OpenMP region of a batched
-    2x5x5 Cholesky factorisation then waits for the busy core, which measured 20 ms instead of
-    2 us and made the suite ten times slower.
+def _make_cuda_context_current_on_the_autograd_thread(device: torch.device) -> None:
+    """Run one elementwise backward on ``device``, once per process.
+
+    Autograd runs the backward of CUDA operations on a worker thread of its own (one per device).
+    That thread selects the device without making its CUDA context current, so when the first
+    kernel it runs is a cuBLAS call (the backward of a matmul, as in ``spectral_radius``'s first
+    vector-Jacobian product), torch warns "Attempting to run cuBLAS, but there was no current CUDA
+    context! Attempting to set the primary context..." (and then sets it: the results are right),
+    and our warnings-are-errors policy fails the test. Whether it happens depended on which test
+    file ran the first CUDA backward of the process (fixedpoint's tests alone failed, after other
+    CUDA tests they passed). A plain kernel launched on that thread makes the primary context
+    current there for the rest of the process, so the first cuBLAS call finds it.
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    if device in _READY:
+        return
+    x = torch.ones(2, device=device, requires_grad=True)
+    (x * 2).sum().backward()  # MulBackward0 launches an elementwise kernel on the device thread
+    torch.cuda.synchronize(device)
+    _READY.add(device)
+
+
+@pytest.fixture
+def device(device: torch.device) -> torch.device:
+    """The root fixture's device; on CUDA, with the context current on autograd's device thread."""
+    if device.type == "cuda":
+        _make_cuda_context_current_on_the_autograd_thread(device)
+    return device

@@ -103,7 +103,7 @@ def test_register_a_custom_solver_and_use_it_by_name():
             max_iter=200,
             steps=2,
         )
-        torch.testing.assert_close(result.z, torch.full((1, 2), 2.0, dtype=torch.float64))
+        torch.testing.assert_close(result.x, torch.full((1, 2), 2.0, dtype=torch.float64))
         with pytest.raises(ValueError, match="already registered; pass overwrite=True"):
             fixedpoint.register_solver("halving", halving)
         fixedpoint.register_solver("halving", halving, overwrite=True)
@@ -258,3 +258,91 @@ def test_complex_coefficients_need_a_complex_state():
             (torch.zeros(1, 2, dtype=torch.complex64), torch.zeros(1, 2)),
             coefficients="complex",
         )
+
+
+# -- the result and its failure policy ------------------------------------------------------------
+def _failed_result():
+    return fixedpoint.solve(expanding, torch.zeros(2, 3), max_iter=4, on_failure="ignore")
+
+
+def test_result_z_is_a_deprecated_alias_of_x():
+    result = fixedpoint.solve(lambda z: 0.5 * z + 1, torch.zeros(1, 2), tol=1e-8)
+    with pytest.warns(DeprecationWarning, match=r"FixedPointResult.z is deprecated .* use .*\.x"):
+        z = result.z
+    assert z is result.x
+    with pytest.warns(DeprecationWarning, match=r"FixedPointResult\(z=\.\.\.\) is deprecated"):
+        old = fixedpoint.FixedPointResult(
+            z=result.x,
+            iterations=result.iterations,
+            residuals=result.residuals,
+            converged=result.converged,
+        )
+    assert old.x is result.x
+    assert old.trace is None
+
+
+def test_result_constructor_refuses_missing_or_doubled_fields():
+    t = torch.zeros(1)
+    with pytest.raises(TypeError, match="FixedPointResult is missing residuals, converged"):
+        fixedpoint.FixedPointResult(t, t)
+    with (
+        pytest.warns(DeprecationWarning, match="is deprecated"),
+        pytest.raises(TypeError, match="both x and its deprecated alias z"),
+    ):
+        fixedpoint.FixedPointResult(t, t, t, t, z=t)
+
+
+def test_check_applies_the_failure_policy():
+    result = _failed_result()
+    assert result.check("ignore", tol=1e-4, max_iter=4) is result
+    with pytest.warns(
+        fixedpoint.ConvergenceWarning,
+        match=r"^my solve did not converge for 2 of 2 samples within max_iter=4 .*; try m=10\.$",
+    ):
+        assert (
+            result.check("warn", tol=1e-4, max_iter=4, what="my solve", hint="try m=10") is result
+        )
+    with pytest.raises(
+        fixedpoint.ConvergenceError, match=r"absolute residuals .* > tol=0.01"
+    ) as err:
+        result.check("raise", tol=1e-2, max_iter=4, stop_mode="abs")
+    assert err.value.result is result
+    with pytest.raises(ValueError, match="on_failure must be one of 'warn', 'raise', 'ignore'"):
+        result.check("log", tol=1e-4, max_iter=4)  # type: ignore[arg-type]
+    converged = fixedpoint.solve(lambda z: 0.5 * z, torch.ones(1, 2), tol=1e-8)
+    assert converged.check("raise", tol=1e-8, max_iter=50) is converged
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: fixedpoint.anderson(expanding, torch.zeros(1, 2), m=True), "m .* got True"),
+        (lambda: fixedpoint.broyden(expanding, torch.zeros(1, 2), m=True), "m .* got True"),
+        (lambda: fixedpoint.anderson(expanding, torch.zeros(1, 2), lam=True), "lam .* got True"),
+        (lambda: fixedpoint.banach(expanding, torch.zeros(1, 2), relaxation=True), "got True"),
+        (
+            lambda: fixedpoint.spectral_radius(lambda z: z, torch.zeros(1, 2), iterations=True),
+            "iterations must be an integer >= 1, got True",
+        ),
+        (
+            lambda: fixedpoint.implicit(lambda z: z, torch.zeros(1, 2), phantom_steps=True),
+            "phantom_steps must be an integer >= 1, got True",
+        ),
+        (
+            lambda: fixedpoint.implicit(
+                lambda z: z, torch.zeros(1, 2), spectral_radius_iterations=True
+            ),
+            "spectral_radius_iterations must be an integer >= 0, got True",
+        ),
+    ],
+)
+def test_booleans_are_refused_where_numbers_are_expected(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_boolean_flags_must_be_booleans():
+    with pytest.raises(TypeError, match="overwrite must be True or False, got 1"):
+        fixedpoint.register_solver("banach", fixedpoint.banach, overwrite=1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="return_result must be True or False, got 'yes'"):
+        fixedpoint.invert_step(lambda x: 0.5 * x, torch.zeros(1, 2), return_result="yes")  # type: ignore[call-overload]

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fixedpoint_helpers import contraction
-from torch import nn
+from fixedpoint_helpers import Block, contraction, gradients, rel_error, saved_bytes
 
 import fixedpoint
 
@@ -21,24 +20,12 @@ def unrolled(f, z0, steps=400):
     return z
 
 
-def rel_error(a, b):
-    return float((a - b).norm() / b.norm())
-
-
-class Block(nn.Module):
-    """A small contraction f(z, x) = tanh(W2 tanh(W1 z) * 0.5 + U x) with learnable weights."""
-
-    def __init__(self, n: int) -> None:
-        super().__init__()
-        self.W1 = nn.Linear(n, n, dtype=F64)
-        self.W2 = nn.Linear(n, n, bias=False, dtype=F64)
-        self.U = nn.Linear(n, n, bias=False, dtype=F64)
-        with torch.no_grad():
-            for lin in (self.W1, self.W2):
-                lin.weight.mul_(0.9 / torch.linalg.matrix_norm(lin.weight, ord=2))
-
-    def forward(self, z, x):
-        return torch.tanh(0.5 * self.W2(torch.tanh(self.W1(z))) + self.U(x))
+def assert_matches_unrolled(layer_loss, reference_loss, tensors):
+    """The implicit layer's gradients equal backprop through the unrolled iteration (<= 1e-6)."""
+    got = gradients(layer_loss, tensors)
+    expected = gradients(reference_loss, tensors)
+    for g, e in zip(got, expected):
+        assert rel_error(g, e) <= 1e-6
 
 
 @pytest.mark.parametrize("method", ["anderson", "banach"])
@@ -53,21 +40,15 @@ def test_gradients_reach_params_module_parameters_and_closures(method):
     def loss_of(z):
         return ((z - target) ** 2).sum()
 
-    d = upstream * 2  # a closure that depends on learnable tensors upstream
-
     def f(z, s):
-        return s * block(z, d)
+        return s * block(z, upstream * 2)  # a closure over learnable tensors upstream
 
-    z = fixedpoint.implicit(f, torch.zeros(batch, n, dtype=F64), scale, method=method, **TIGHT)
-    loss_of(z).backward()
-    got = [p.grad.clone() for p in (*block.parameters(), upstream, scale)]
-    for p in (*block.parameters(), upstream, scale):
-        p.grad = None
-    d = upstream * 2
-    z_ref = unrolled(lambda z: f(z, scale), torch.zeros(batch, n, dtype=F64))
-    loss_of(z_ref).backward()
-    for g, p in zip(got, (*block.parameters(), upstream, scale)):
-        assert rel_error(g, p.grad) <= 1e-6
+    z0 = torch.zeros(batch, n, dtype=F64)
+    assert_matches_unrolled(
+        lambda: loss_of(fixedpoint.implicit(f, z0, scale, method=method, **TIGHT)),
+        lambda: loss_of(unrolled(lambda z: f(z, scale), z0)),
+        (*block.parameters(), upstream, scale),
+    )
 
 
 def test_complex_state_with_a_non_holomorphic_map_matches_unrolled():
@@ -83,12 +64,11 @@ def test_complex_state_with_a_non_holomorphic_map_matches_unrolled():
         return (z.abs() ** 2).sum() + z.real.sum()
 
     z0 = torch.zeros(batch, n, dtype=torch.complex128)
-    loss_of(fixedpoint.implicit(f, z0, W, s, b, coefficients="real", **TIGHT)).backward()
-    got = [W.grad.clone(), s.grad.clone(), b.grad.clone()]
-    W.grad = s.grad = b.grad = None
-    loss_of(unrolled(lambda z: f(z, W, s, b), z0)).backward()
-    for g, p in zip(got, (W, s, b)):
-        assert rel_error(g, p.grad) <= 1e-6
+    assert_matches_unrolled(
+        lambda: loss_of(fixedpoint.implicit(f, z0, W, s, b, coefficients="real", **TIGHT)),
+        lambda: loss_of(unrolled(lambda z: f(z, W, s, b), z0)),
+        (W, s, b),
+    )
 
 
 def test_tuple_state_matches_unrolled():
@@ -108,12 +88,11 @@ def test_tuple_state_matches_unrolled():
     out = fixedpoint.implicit(f, z0, A, B, x, **TIGHT)
     assert isinstance(out, tuple)
     assert len(out) == 2
-    loss_of(out).backward()
-    got = [A.grad.clone(), B.grad.clone(), x.grad.clone()]
-    A.grad = B.grad = x.grad = None
-    loss_of(unrolled(lambda s: f(s, A, B, x), z0)).backward()
-    for g, p in zip(got, (A, B, x)):
-        assert rel_error(g, p.grad) <= 1e-6
+    assert_matches_unrolled(
+        lambda: loss_of(fixedpoint.implicit(f, z0, A, B, x, **TIGHT)),
+        lambda: loss_of(unrolled(lambda s: f(s, A, B, x), z0)),
+        (A, B, x),
+    )
 
 
 def test_chained_implicit_layers_like_luser_stages():
@@ -129,13 +108,11 @@ def test_chained_implicit_layers_like_luser_stages():
             d = d + solve(lambda r, d=d: block(r, d), torch.zeros(batch, n, dtype=F64))
         return (d**2).sum()
 
-    forward(lambda f, z0: fixedpoint.implicit(f, z0, **TIGHT)).backward()
-    got = [p.grad.clone() for p in (*block.parameters(), P)]
-    for p in (*block.parameters(), P):
-        p.grad = None
-    forward(unrolled).backward()
-    for g, p in zip(got, (*block.parameters(), P)):
-        assert rel_error(g, p.grad) <= 1e-6
+    assert_matches_unrolled(
+        lambda: forward(lambda f, z0: fixedpoint.implicit(f, z0, **TIGHT)),
+        lambda: forward(unrolled),
+        (*block.parameters(), P),
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
@@ -219,19 +196,6 @@ def test_bias_of_jacobian_free_and_phantom_gradients():
     assert bias["phantom_80"] < 1e-5
 
 
-def _saved_bytes(fn):
-    total = 0
-
-    def pack(t):
-        nonlocal total
-        total += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    return total, out
-
-
 def test_training_memory_is_independent_of_iteration_counts():
     """The graph kept for backward does not grow with the forward iterations, and the backward
     pass evaluates f once (one rebuilt graph) whatever its number of iterations."""
@@ -246,7 +210,7 @@ def test_training_memory_is_independent_of_iteration_counts():
 
     sizes = []
     for iters in (3, 30):
-        size, z = _saved_bytes(
+        size, z = saved_bytes(
             lambda iters=iters: fixedpoint.implicit(
                 f, torch.zeros(batch, n, dtype=F64), tol=0.0, max_iter=iters, on_failure="ignore"
             )

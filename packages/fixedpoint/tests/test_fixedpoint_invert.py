@@ -46,7 +46,7 @@ def test_inverts_a_gradient_step_of_least_squares(method, dtype, device):
     assert result.converged.all()
     assert (result.residuals <= tol).all()
     torch.testing.assert_close(
-        result.z, x, rtol=1e-9 if precise else 2e-5, atol=1e-9 if precise else 2e-5
+        result.x, x, rtol=1e-9 if precise else 2e-5, atol=1e-9 if precise else 2e-5
     )
 
 
@@ -66,7 +66,7 @@ def test_error_bound_from_the_lipschitz_constant():
         stop_mode="abs",
         return_result=True,
     )
-    error = torch.linalg.vector_norm(result.z - x, dim=1)
+    error = torch.linalg.vector_norm(result.x - x, dim=1)
     # Picard on this symmetric map makes the bound asymptotically tight: allow for rounding
     assert (error <= L / (1 - L) * result.residuals * (1 + 1e-9)).all()
     assert (error >= 0.5 * L / (1 - L) * result.residuals).all()

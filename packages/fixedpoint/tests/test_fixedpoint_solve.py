@@ -31,10 +31,10 @@ def test_linear_contraction_equals_direct_solve(method, dtype, device):
         on_failure="raise",
     )
     expected = direct_solution(A.cpu(), b.cpu()).to(device)
-    assert result.z.dtype == dtype
-    assert result.z.device == b.device
+    assert result.x.dtype == dtype
+    assert result.x.device == b.device
     torch.testing.assert_close(
-        result.z.to(expected.dtype), expected, rtol=rtol_for(dtype), atol=rtol_for(dtype)
+        result.x.to(expected.dtype), expected, rtol=rtol_for(dtype), atol=rtol_for(dtype)
     )
     assert result.converged.all()
     assert result.iterations.shape == (5,)
@@ -67,7 +67,7 @@ def test_any_shape_matches_direct_solve(batch, shape, radius, method, complex_st
         f, torch.zeros(batch, *shape, dtype=dtype), method, tol=1e-12, max_iter=1000
     )
     expected = direct_solution(A, b).reshape(batch, *shape)
-    torch.testing.assert_close(result.z, expected, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(result.x, expected, rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -87,9 +87,9 @@ def test_tuple_state_with_mixed_dtypes(method, device):
 
     z0 = (torch.zeros_like(bz), torch.zeros_like(br))
     result = fixedpoint.solve(f, z0, method, tol=1e-13, max_iter=500, on_failure="raise")
-    assert isinstance(result.z, tuple)
-    assert len(result.z) == 2
-    zc, zr = result.z
+    assert isinstance(result.x, tuple)
+    assert len(result.x) == 2
+    zc, zr = result.x
     assert zc.dtype == torch.complex128
     assert zr.dtype == torch.float64
     # independent check: the fixed-point equations hold
@@ -114,7 +114,7 @@ def test_tuple_of_real_tensors_matches_concatenated_direct_solve(method):
     )
     result = fixedpoint.solve(f, z0, method, tol=1e-13, max_iter=500)
     expected = direct_solution(A, b)
-    got = torch.cat([result.z[0].reshape(batch, n1), result.z[1]], dim=1)
+    got = torch.cat([result.x[0].reshape(batch, n1), result.x[1]], dim=1)
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
 
 
@@ -137,8 +137,8 @@ def test_per_sample_stopping_freezes_converged_samples(method):
     assert result.converged.all()
     # after its stop, sample 0's state is its solution f(x) and never changes again
     for later in inputs[k0:]:
-        assert torch.equal(later[0], result.z[0])
-    assert torch.equal(inputs[k0][0], result.z[0])
+        assert torch.equal(later[0], result.x[0])
+    assert torch.equal(inputs[k0][0], result.x[0])
     # the slow sample is unaffected by its neighbour: same result as alone
     alone = fixedpoint.solve(
         lambda z: rates[1:] * torch.tanh(z) + b[1:],
@@ -148,7 +148,7 @@ def test_per_sample_stopping_freezes_converged_samples(method):
         max_iter=500,
     )
     assert alone.iterations.item() == k1
-    torch.testing.assert_close(alone.z[0], result.z[1], rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(alone.x[0], result.x[1], rtol=1e-14, atol=1e-14)
     # trace: NaN after a sample stopped, finite before
     assert result.trace.shape == (k1, 2)
     assert torch.isfinite(result.trace[:k0, 0]).all()
@@ -186,11 +186,11 @@ def test_reported_residual_bounds_the_true_error(method, mode):
     absolute = result.residuals.clone()
     if mode == "rel":
         # ||f(x) - x|| / ||f(x)|| with f(x) = z
-        absolute = absolute * torch.linalg.vector_norm(result.z, dim=1)
-    error = torch.linalg.vector_norm(result.z - direct_solution(A, b), dim=1)
+        absolute = absolute * torch.linalg.vector_norm(result.x, dim=1)
+    error = torch.linalg.vector_norm(result.x - direct_solution(A, b), dim=1)
     assert (error <= L / (1 - L) * absolute * (1 + 1e-9)).all()
     assert (
-        torch.linalg.vector_norm(f(result.z) - result.z, dim=1) <= L * absolute * (1 + 1e-9)
+        torch.linalg.vector_norm(f(result.x) - result.x, dim=1) <= L * absolute * (1 + 1e-9)
     ).all()
 
 
@@ -213,7 +213,7 @@ def test_broyden_solves_a_linear_system_in_at_most_2n_steps(dtype):
         linear_map(A, b), torch.zeros_like(b), tol=1e-11, max_iter=100, m=2 * n
     )
     assert (result.iterations <= 2 * n + 1).all()
-    torch.testing.assert_close(result.z, direct_solution(A, b), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(result.x, direct_solution(A, b), rtol=1e-9, atol=1e-9)
 
 
 def test_banach_relaxation_is_krasnoselskii_mann():
@@ -228,7 +228,7 @@ def test_banach_relaxation_is_krasnoselskii_mann():
     x = torch.zeros_like(b)
     for _ in range(6):
         x = (1 - tau) * x + tau * f(x)
-    torch.testing.assert_close(relaxed.z, f(x), rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(relaxed.x, f(x), rtol=1e-14, atol=1e-14)
 
 
 def test_anderson_with_m1_and_beta_is_damped_picard():
@@ -241,7 +241,7 @@ def test_anderson_with_m1_and_beta_is_damped_picard():
     km = fixedpoint.banach(
         f, torch.zeros_like(b), tol=0.0, max_iter=9, relaxation=0.7, on_failure="ignore"
     )
-    torch.testing.assert_close(aa.z, km.z, rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(aa.x, km.x, rtol=1e-14, atol=1e-14)
     torch.testing.assert_close(aa.trace, km.trace, rtol=1e-12, atol=0.0)
 
 
@@ -256,7 +256,7 @@ def test_anderson_coefficients_solve_the_constrained_least_squares(dtype):
     residuals = torch.randn(batch, m, n, dtype=dtype)
     step = _AndersonStep(torch.zeros(batch, n, dtype=dtype), m=m, lam=0.0, beta=1.0)
     gram = torch.einsum("bin,bjn->bij", residuals.conj(), residuals)
-    a = step._coefficients(gram.to(step.gram.dtype), newest=m - 1)
+    a = step._coefficients(gram.to(step.reg.dtype), newest=m - 1)
     basis = torch.zeros(m, m - 1, dtype=dtype)
     basis[: m - 1] = torch.eye(m - 1, dtype=dtype)
     basis[m - 1] = -1
@@ -281,7 +281,7 @@ def test_anderson_singular_least_squares_falls_back_instead_of_crashing():
         max_iter=200,
         on_failure="raise",
     )
-    torch.testing.assert_close(result.z, 2 * b, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(result.x, 2 * b, rtol=1e-12, atol=1e-12)
     gram = torch.tensor([[[4.0, 2.0], [2.0, 1.0]]], dtype=torch.float64)
     step = _AndersonStep(torch.zeros(1, 5, dtype=torch.float64), m=2, lam=0.0, beta=1.0)
     with pytest.raises(RuntimeError):
@@ -309,8 +309,8 @@ def test_complex_anderson_uses_a_hermitian_gram_matrix():
     view = fixedpoint.anderson(f_real, torch.view_as_real(z0), **kwargs)
     assert (cplx.iterations <= view.iterations).all()
     assert torch.equal(real.iterations, view.iterations)
-    torch.testing.assert_close(torch.view_as_real(real.z), view.z, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(cplx.z, direct_solution(A, b), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(torch.view_as_real(real.x), view.x, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(cplx.x, direct_solution(A, b), rtol=1e-9, atol=1e-9)
 
 
 def test_complex_map_that_is_not_complex_linear_converges_with_real_coefficients():
@@ -332,7 +332,7 @@ def test_complex_map_that_is_not_complex_linear_converges_with_real_coefficients
             max_iter=500,
             on_failure="raise",
         )
-        torch.testing.assert_close(f(result.z), result.z, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(f(result.x), result.x, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -355,12 +355,12 @@ def test_solve_keeps_no_graph():
     w = torch.tensor(0.5, requires_grad=True)
     b = torch.randn(2, 3, requires_grad=True)
     result = fixedpoint.solve(lambda z: w * z + b, torch.zeros(2, 3))
-    assert not result.z.requires_grad
-    assert result.z.grad_fn is None
+    assert not result.x.requires_grad
+    assert result.x.grad_fn is None
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_batch_of_zero_samples(method):
     result = fixedpoint.solve(lambda z: 0.5 * z, torch.zeros(0, 3), method)
-    assert result.z.shape == (0, 3)
+    assert result.x.shape == (0, 3)
     assert result.converged.shape == (0,)

@@ -3,9 +3,12 @@
 The public API (see ``README.md`` for an overview):
 
 * :func:`solve` (by name: :func:`get_solver`, :func:`register_solver`), :func:`anderson`,
-  :func:`banach`, :func:`broyden` -> :class:`FixedPointResult`; failures by
-  :class:`ConvergenceWarning` or :class:`ConvergenceError`;
-* :func:`implicit` (with :class:`ImplicitDiagnostics`) and :func:`spectral_radius`;
+  :func:`banach`, :func:`broyden` -> :class:`FixedPointResult` (``x``, ``iterations``,
+  ``residuals``, ``converged``, ``trace``); failures by :class:`ConvergenceWarning` or
+  :class:`ConvergenceError`, under the policy :meth:`FixedPointResult.check`;
+  ``solve(..., differentiable=True)`` backpropagates through the iterations;
+* :func:`implicit` (``backward="implicit" | "jacobian_free" | "phantom" | "unrolled"``, with
+  :class:`ImplicitDiagnostics`) and :func:`spectral_radius`;
 * :func:`invert_step`.
 """
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._driver import Step, check_fraction, iterate
+from ._driver import Step, iterate, settings
 from ._result import FixedPointResult, OnFailure, StopMode
 from ._state import State, StateFn
+from ._validate import fraction
 
 
 class _BanachStep:
+    """``x + tau (f(x) - x)``, out of place (so the same step serves the differentiable mode)."""
+
     def __init__(self, tau: float) -> None:
         self.tau = tau
 
@@ -30,6 +33,8 @@ def banach(
     stop_mode: StopMode = "rel",
     on_failure: OnFailure = "warn",
     relaxation: float = 1.0,
+    check_every: int = 1,
+    differentiable: bool = False,
 ) -> FixedPointResult:
     r"""Solve ``z = f(z)`` by (relaxed) Banach fixed-point iteration.
 
@@ -62,6 +67,18 @@ def banach(
         :class:`ConvergenceWarning`, :class:`ConvergenceError`, or nothing.
     relaxation : float
         :math:`\tau \in (0, 1]`.
+    check_every : int
+        How often the host learns whether every sample has stopped (one synchronisation). In
+        between, samples stop and freeze on the device at exactly the iteration where they meet
+        ``tol``, so the result is the same whatever the value; a value ``k > 1`` spares ``k - 1``
+        synchronisations out of ``k`` (worth it on a GPU) at the price of up to ``k - 1``
+        evaluations of ``f`` after the last sample stopped. On a CPU a synchronisation costs
+        nothing and 1, the default, is fastest.
+    differentiable : bool
+        Run the iterations under the caller's grad mode, out of place, so that autograd records
+        them: the result's ``x`` is differentiable with respect to ``z0`` and everything ``f``
+        depends on (backprop through the solver, the reference of :func:`implicit`; memory grows
+        with the iterations). Iterations, stopping and freezing are those of the default mode.
 
     Returns
     -------
@@ -73,22 +90,13 @@ def banach(
     >>> import torch, fixedpoint
     >>> b = torch.ones(2, 3)
     >>> result = fixedpoint.banach(lambda z: 0.5 * z + b, torch.zeros(2, 3), tol=1e-8, max_iter=100)
-    >>> torch.allclose(result.z, 2 * b)
+    >>> torch.allclose(result.x, 2 * b)
     True
     """
-    tau = check_fraction(relaxation, "relaxation")
+    config = settings(tol, max_iter, stop_mode, on_failure, check_every, differentiable)
+    tau = fraction("relaxation", relaxation)
 
-    def make_step(x0: Tensor) -> Step:
+    def make_step(x0: Tensor, grad: bool) -> Step:
         return _BanachStep(tau)
 
-    return iterate(
-        f,
-        z0,
-        make_step,
-        complex_view=True,
-        tol=tol,
-        max_iter=max_iter,
-        stop_mode=stop_mode,
-        on_failure=on_failure,
-        method="banach",
-    )
+    return iterate(f, z0, make_step, complex_view=True, config=config, method="banach")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._driver import Step, iterate
+from ._driver import Step, iterate, settings
 from ._result import FixedPointResult, OnFailure, StopMode
 from ._state import State, StateFn
+from ._validate import positive_int
 
 
 class _BroydenStep:
@@ -69,6 +70,7 @@ def broyden(
     stop_mode: StopMode = "rel",
     on_failure: OnFailure = "warn",
     m: int = 10,
+    check_every: int = 1,
 ) -> FixedPointResult:
     r"""Solve ``z = f(z)`` by limited-memory Broyden iteration (Broyden's "good" method).
 
@@ -88,8 +90,8 @@ def broyden(
 
     Parameters
     ----------
-    f, z0, tol, max_iter, stop_mode, on_failure
-        As in :func:`banach`.
+    f, z0, tol, max_iter, stop_mode, on_failure, check_every
+        As in :func:`banach` (Broyden has no differentiable mode).
     m : int
         Number of rank-one terms kept before a restart (>= 1).
 
@@ -107,22 +109,10 @@ def broyden(
     >>> result.iterations.tolist()  # a 2-dimensional linear map: 2n + 1 evaluations at most
     [5, 5, 5]
     """
-    if isinstance(m, bool) or not isinstance(m, int) or m < 1:
-        raise ValueError(
-            f"m (Broyden's number of rank-one terms) must be an integer >= 1, got {m!r}."
-        )
+    config = settings(tol, max_iter, stop_mode, on_failure, check_every)
+    positive_int("m (Broyden's number of rank-one terms)", m)
 
-    def make_step(x0: Tensor) -> Step:
+    def make_step(x0: Tensor, grad: bool) -> Step:
         return _BroydenStep(x0, m)
 
-    return iterate(
-        f,
-        z0,
-        make_step,
-        complex_view=True,
-        tol=tol,
-        max_iter=max_iter,
-        stop_mode=stop_mode,
-        on_failure=on_failure,
-        method="broyden",
-    )
+    return iterate(f, z0, make_step, complex_view=True, config=config, method="broyden")

@@ -1,23 +1,36 @@
-"""Implicit layers: a fixed point forward, implicit differentiation backward."""
+"""Implicit layers: a fixed point forward, implicit differentiation (or backprop) backward."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeAlias
 
 import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from ._driver import check_common, check_fraction
 from ._result import FixedPointResult, OnFailure, StopMode
-from ._solve import check_options, get_solver, solve
-from ._spectral import _check_params, spectral_radius, vjp_function
+from ._solve import (
+    check_options,
+    differentiable_solvers,
+    get_solver,
+    solve,
+    supports_differentiable,
+)
+from ._spectral import spectral_radius, vjp_function
 from ._state import State, check_state, components, rebuild
+from ._validate import (
+    fraction,
+    nonnegative_int,
+    one_of,
+    positive_int,
+    solver_settings,
+    tensor_params,
+)
 
-Backward: TypeAlias = Literal["implicit", "jacobian_free", "phantom"]
-BACKWARDS = ("implicit", "jacobian_free", "phantom")
+Backward: TypeAlias = Literal["implicit", "jacobian_free", "phantom", "unrolled"]
+BACKWARDS = ("implicit", "jacobian_free", "phantom", "unrolled")
 
 
 @dataclass
@@ -27,7 +40,7 @@ class ImplicitDiagnostics:
     Attributes
     ----------
     forward : FixedPointResult or None
-        The forward solve of ``z* = f(z*)`` (its ``z`` is ``z*``, detached).
+        The forward solve of ``z* = f(z*)`` (its ``x`` is ``z*``, detached).
     backward : FixedPointResult or None
         The backward solve of ``u = v + J^H u`` (``backward="implicit"`` only); filled when the
         backward pass runs, overwritten by every later backward pass through the same call.
@@ -122,7 +135,7 @@ class _ImplicitGrad(torch.autograd.Function):
             )
             if cfg.diagnostics is not None:
                 cfg.diagnostics.backward = result
-            u = components(result.z)
+            u = components(result.x)
         return (None, None, *u)
 
 
@@ -150,7 +163,7 @@ def implicit(
     diagnostics: ImplicitDiagnostics | None = None,
     **options: Any,
 ) -> State:
-    r"""An implicit layer: the fixed point ``z* = f(z*, *params)``, with implicit gradients.
+    r"""Solve the implicit layer ``z* = f(z*, *params)`` and return ``f(z*)`` with gradients.
 
     Forward: solve :math:`z^\star = f(z^\star)` with :func:`solve` (no graph kept), then take one
     differentiable step :math:`z = f(z^\star, \theta)` from the detached :math:`z^\star` and return
@@ -175,13 +188,20 @@ def implicit(
     * ``"phantom"``: :math:`u = \lambda \sum_{i<k} ((1 - \lambda) I + \lambda J^H)^i v`
       (Geng et al. 2021) with ``k = phantom_steps`` and :math:`\lambda` = ``phantom_damping``;
       ``k - 1`` VJPs; tends to the implicit gradient as :math:`k \to \infty`.
+    * ``"unrolled"``: plain backprop through the forward solver's iterations
+      (:func:`solve` with ``differentiable=True``: same method, tolerance, per-sample stopping,
+      freezing and read-out; Anderson's mixing coefficients differentiated, a sample with a
+      singular least-squares system taking the Picard step with finite gradients), then the same
+      last step. The reference the others approximate; memory grows with the iterations, and
+      ``z0`` receives a gradient too. ``method`` must be ``"anderson"`` or ``"banach"``.
 
     Gradients reach ``params``, the parameters of ``f`` when it is an :class:`torch.nn.Module`,
     and every tensor ``f`` closes over (they are all in the graph of the one step). No gradient
-    flows to ``z0`` (the fixed point does not depend on it). Memory is independent of the numbers
-    of forward and backward iterations: the forward solve keeps no graph, and the backward pass
-    rebuilds one graph of ``f`` at ``z*`` and reuses it for every vector-Jacobian product (VJP).
-    ``f`` must be deterministic (no dropout), since the backward pass evaluates it again.
+    flows to ``z0`` (the fixed point does not depend on it) except with ``"unrolled"``. Memory is
+    independent of the numbers of forward and backward iterations (except with ``"unrolled"``):
+    the forward solve keeps no graph, and the backward pass rebuilds one graph of ``f`` at ``z*``
+    and reuses it for every vector-Jacobian product (VJP). ``f`` must be deterministic (no
+    dropout), since the backward pass evaluates it again.
 
     Parameters
     ----------
@@ -194,7 +214,7 @@ def implicit(
         Initial iterate, ``(batch, *shape)`` per tensor, floating or complex.
     *params : Tensor
         Tensors passed to ``f`` after ``z``.
-    backward : {"implicit", "jacobian_free", "phantom"}
+    backward : {"implicit", "jacobian_free", "phantom", "unrolled"}
         Which gradient; see the list above.
     method, tol, max_iter, stop_mode, on_failure, **options
         The forward solve, as in :func:`solve`.
@@ -227,34 +247,38 @@ def implicit(
     >>> b.grad.shape
     torch.Size([1, 2])
     """
-    if backward not in BACKWARDS:
-        raise ValueError(
-            f"backward must be one of {', '.join(map(repr, BACKWARDS))}, got {backward!r}."
-        )
+    one_of("backward", backward, BACKWARDS)
     parts = check_state(z0, "z0")
-    _check_params(params)
-    forward_solver = get_solver(method)
-    check_options(method, forward_solver, options)
-    b_method = method if backward_method is None else backward_method
-    b_options = dict(
-        (options if b_method == method else {}) if backward_options is None else backward_options
-    )
-    check_options(b_method, get_solver(b_method), b_options)
-    b_tol = tol if backward_tol is None else backward_tol
-    b_max_iter = max_iter if backward_max_iter is None else backward_max_iter
-    check_common(b_tol, b_max_iter, stop_mode, on_failure)
-    if isinstance(phantom_steps, bool) or not isinstance(phantom_steps, int) or phantom_steps < 1:
-        raise ValueError(f"phantom_steps must be an integer >= 1, got {phantom_steps!r}.")
-    damping = check_fraction(phantom_damping, "phantom_damping")
-    if (
-        isinstance(spectral_radius_iterations, bool)
-        or not isinstance(spectral_radius_iterations, int)
-        or spectral_radius_iterations < 0
-    ):
+    tensor_params(params)
+    check_options(method, get_solver(method), options)
+    if backward == "unrolled" and not supports_differentiable(method):
         raise ValueError(
-            f"spectral_radius_iterations must be an integer >= 0, got "
-            f"{spectral_radius_iterations!r}."
+            f"backward='unrolled' differentiates the iterations of {differentiable_solvers()} "
+            f"(the solvers that run under autograd), got method {method!r}; use one of those, "
+            "or another backward (backward='implicit' works with every solver)."
         )
+    b_method = method if backward_method is None else backward_method
+    if backward_options is None:
+        backward_options = options if b_method == method else {}
+    solver_settings(tol, max_iter, stop_mode, on_failure)
+    cfg = _BackwardConfig(
+        f=f,
+        is_tuple=isinstance(z0, tuple),
+        n_state=len(parts),
+        mode=backward,
+        method=b_method,
+        tol=tol if backward_tol is None else backward_tol,
+        max_iter=max_iter if backward_max_iter is None else backward_max_iter,
+        stop_mode=stop_mode,
+        on_failure=on_failure,
+        options=dict(backward_options),
+        phantom_steps=positive_int("phantom_steps", phantom_steps),
+        phantom_damping=fraction("phantom_damping", phantom_damping),
+        diagnostics=diagnostics,
+    )
+    check_options(cfg.method, get_solver(cfg.method), dict(cfg.options))
+    solver_settings(cfg.tol, cfg.max_iter, stop_mode, on_failure)
+    nonnegative_int("spectral_radius_iterations", spectral_radius_iterations)
     if spectral_radius_iterations and diagnostics is None:
         raise ValueError(
             "spectral_radius_iterations > 0 needs somewhere to put the estimate: pass "
@@ -264,44 +288,31 @@ def implicit(
     def fixed_point_map(z: State) -> State:
         return f(z, *params)
 
-    z_init = rebuild(z0, [t.detach() for t in parts])
+    unrolled = backward == "unrolled"
     result = solve(
         fixed_point_map,
-        z_init,
+        z0 if unrolled else rebuild(z0, [t.detach() for t in parts]),
         method,
         tol=tol,
         max_iter=max_iter,
         stop_mode=stop_mode,
         on_failure=on_failure,
+        differentiable=unrolled,
         **options,
     )
-    z_star = result.z
+    z_star = result.x
     if diagnostics is not None:
-        diagnostics.forward = result
+        detached = rebuild(z_star, [t.detach() for t in components(z_star)])
+        diagnostics.forward = replace(result, x=detached) if unrolled else result
         diagnostics.backward = None
         diagnostics.spectral_radius = None
         if spectral_radius_iterations:
             diagnostics.spectral_radius = spectral_radius(
-                f, z_star, *params, iterations=spectral_radius_iterations
+                f, detached, *params, iterations=spectral_radius_iterations
             )
     z = f(z_star, *params)  # the one differentiable step (under the caller's grad mode)
     outs = components(z)
-    if backward == "jacobian_free" or not any(t.requires_grad for t in outs):
+    if backward in ("jacobian_free", "unrolled") or not any(t.requires_grad for t in outs):
         return z
-    cfg = _BackwardConfig(
-        f=f,
-        is_tuple=isinstance(z0, tuple),
-        n_state=len(parts),
-        mode=backward,
-        method=b_method,
-        tol=b_tol,
-        max_iter=b_max_iter,
-        stop_mode=stop_mode,
-        on_failure=on_failure,
-        options=b_options,
-        phantom_steps=phantom_steps,
-        phantom_damping=damping,
-        diagnostics=diagnostics,
-    )
     out = _ImplicitGrad.apply(cfg, (*components(z_star), *params), *outs)
     return _structure(cfg, out)

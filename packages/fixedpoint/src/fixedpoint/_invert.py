@@ -11,39 +11,20 @@ from torch import Tensor
 from ._result import FixedPointResult, OnFailure, StopMode
 from ._solve import check_options, get_solver, solve
 from ._state import State, StateSpec, check_state, components, describe, rebuild
+from ._validate import boolean
 
 
+# the overloads only tell type checkers what return_result selects; the implementation below
+# documents (and checks) every argument
 @overload
 def invert_step(
-    g: Callable[[State], State],
-    y: State,
-    *,
-    method: str = ...,
-    lipschitz: float | Tensor | None = ...,
-    tol: float = ...,
-    max_iter: int = ...,
-    stop_mode: StopMode = ...,
-    on_failure: OnFailure = ...,
-    x0: State | None = ...,
-    return_result: Literal[False] = ...,
-    **options: Any,
+    g: Callable[[State], State], y: State, *, return_result: Literal[False] = ..., **kwargs: Any
 ) -> State: ...
 
 
 @overload
 def invert_step(
-    g: Callable[[State], State],
-    y: State,
-    *,
-    method: str = ...,
-    lipschitz: float | Tensor | None = ...,
-    tol: float = ...,
-    max_iter: int = ...,
-    stop_mode: StopMode = ...,
-    on_failure: OnFailure = ...,
-    x0: State | None = ...,
-    return_result: Literal[True],
-    **options: Any,
+    g: Callable[[State], State], y: State, *, return_result: Literal[True], **kwargs: Any
 ) -> FixedPointResult: ...
 
 
@@ -125,6 +106,7 @@ def invert_step(
     True
     """
     parts = check_state(y, "y")
+    boolean("return_result", return_result)
     _check_lipschitz(lipschitz, parts[0].shape[0])
     check_options(method, get_solver(method), options)
     spec = StateSpec(y, complex_view=True)
@@ -154,7 +136,7 @@ def invert_step(
         on_failure=on_failure,
         **options,
     )
-    return result if return_result else result.z
+    return result if return_result else result.x
 
 
 def _check_lipschitz(lipschitz: object, batch: int) -> None:

@@ -10,12 +10,10 @@ import torch
 from torch import Tensor
 
 from ._state import State
+from ._validate import ON_FAILURE, one_of
 
 OnFailure: TypeAlias = Literal["warn", "raise", "ignore"]
 StopMode: TypeAlias = Literal["rel", "abs"]
-
-ON_FAILURE = ("warn", "raise", "ignore")
-STOP_MODES = ("rel", "abs")
 
 
 class ConvergenceWarning(RuntimeWarning):
@@ -36,17 +34,23 @@ class ConvergenceError(RuntimeError):
         self.result = result
 
 
-@dataclass(frozen=True, eq=False)
+_MISSING: object = object()
+
+
+@dataclass(frozen=True, eq=False, init=False)
 class FixedPointResult:
     """What a fixed-point solver returns.
 
-    Every per-sample field is indexed by the batch dimension (dimension 0 of the state).
+    Every per-sample field is indexed by the batch dimension (dimension 0 of the state). The
+    fields follow the convention of every memroll solver (``physops.cg`` too): ``x``,
+    ``iterations``, ``residuals``, ``converged``; ``trace`` is fixedpoint's own.
 
     Attributes
     ----------
-    z : Tensor or tuple of Tensor
+    x : Tensor or tuple of Tensor
         The solution, structured like ``z0``. For sample ``b`` it is ``f(x_b)``, the image of the
-        last iterate ``x_b`` that the solver evaluated; detached (solvers keep no graph).
+        last iterate ``x_b`` that the solver evaluated. Detached (solvers keep no graph), except
+        from :func:`fixedpoint.solve` with ``differentiable=True``.
     iterations : Tensor, shape (batch,), int64
         Evaluations of ``f`` on which sample ``b``'s stopping decision was based (its iterate was
         frozen after that evaluation).
@@ -54,25 +58,141 @@ class FixedPointResult:
         ``||f(x_b) - x_b||`` (``stop_mode="abs"``) or ``||f(x_b) - x_b|| / ||f(x_b)||``
         (``stop_mode="rel"``) of that last iterate, with the Euclidean norm over all entries of
         the sample (all components of a tuple state; ``|.|`` of complex entries). For a map with
-        Lipschitz constant ``L < 1`` the returned ``z`` is within ``L / (1 - L)`` times the
+        Lipschitz constant ``L < 1`` the returned ``x`` is within ``L / (1 - L)`` times the
         absolute residual of the true fixed point.
     converged : Tensor, shape (batch,), bool
         ``residuals <= tol`` and finite.
     trace : Tensor, shape (iterations.max(), batch), real, or None
         The residual of every sample at every evaluation; NaN after the sample stopped. The
         built-in solvers always record it; a registered solver may leave it out.
+
+    Notes
+    -----
+    ``z`` (the name of ``x`` in 0.1, as attribute and as constructor keyword) still works and
+    emits a :class:`DeprecationWarning`; it goes away in 0.3.
     """
 
-    z: State
+    x: State
     iterations: Tensor
     residuals: Tensor
     converged: Tensor
-    trace: Tensor | None = None
+    trace: Tensor | None
+
+    def __init__(
+        self,
+        x: State | None = None,
+        iterations: Tensor | None = None,
+        residuals: Tensor | None = None,
+        converged: Tensor | None = None,
+        trace: Tensor | None = None,
+        *,
+        z: object = _MISSING,
+    ) -> None:
+        if z is not _MISSING:
+            warnings.warn(
+                "FixedPointResult(z=...) is deprecated since fixedpoint 0.2 and will be removed "
+                "in 0.3; pass x=... (the solution's field is now named x).",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            if x is not None:
+                raise TypeError("FixedPointResult got both x and its deprecated alias z; pass x.")
+            x = z  # type: ignore[assignment]
+        missing = [
+            name
+            for name, value in (
+                ("x", x),
+                ("iterations", iterations),
+                ("residuals", residuals),
+                ("converged", converged),
+            )
+            if value is None
+        ]
+        if missing:
+            raise TypeError(f"FixedPointResult is missing {', '.join(missing)}.")
+        object.__setattr__(self, "x", x)
+        object.__setattr__(self, "iterations", iterations)
+        object.__setattr__(self, "residuals", residuals)
+        object.__setattr__(self, "converged", converged)
+        object.__setattr__(self, "trace", trace)
+
+    @property
+    def z(self) -> State:
+        """Deprecated alias of :attr:`x` (removed in 0.3)."""
+        warnings.warn(
+            "FixedPointResult.z is deprecated since fixedpoint 0.2 and will be removed in 0.3; "
+            "use FixedPointResult.x.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.x
 
     @property
     def all_converged(self) -> bool:
         """Whether every sample converged (a host synchronisation on GPU)."""
         return bool(self.converged.all())
+
+    def check(
+        self,
+        on_failure: OnFailure,
+        *,
+        tol: float,
+        max_iter: int,
+        stop_mode: StopMode = "rel",
+        what: str = "fixed-point solve",
+        hint: str | None = None,
+        stacklevel: int = 2,
+    ) -> FixedPointResult:
+        """Apply the failure policy: warn or raise when a sample failed; return ``self``.
+
+        A sample failed when it did not converge or its residual is not finite (NaN or inf). The
+        message names the samples, their iterations or residuals and what to change; every
+        fixedpoint solver uses this method, and callers that run their own iterations should too.
+
+        Parameters
+        ----------
+        on_failure : {"warn", "raise", "ignore"}
+            :class:`ConvergenceWarning`, :class:`ConvergenceError` (with ``.result = self``), or
+            nothing.
+        tol, max_iter, stop_mode
+            The settings the solve ran with (quoted in the message).
+        what : str
+            What failed, the message's first words: ``"fixed-point solve (method='anderson')"``.
+        hint : str, optional
+            A remedy specific to the caller, appended to the message.
+        stacklevel : int
+            As in :func:`warnings.warn`, counted from the caller of this method.
+
+        Returns
+        -------
+        FixedPointResult
+            ``self``, unchanged.
+
+        Raises
+        ------
+        ConvergenceError
+            With ``on_failure="raise"``, when some sample failed.
+
+        Examples
+        --------
+        >>> import torch, fixedpoint
+        >>> result = fixedpoint.solve(lambda z: z + 1, torch.zeros(1, 2), max_iter=3,
+        ...                           on_failure="ignore")
+        >>> result.check("raise", tol=1e-4, max_iter=3)
+        Traceback (most recent call last):
+        ...
+        fixedpoint._result.ConvergenceError: fixed-point solve did not converge for 1 of 1 ...
+        """
+        one_of("on_failure", on_failure, ON_FAILURE)
+        if on_failure == "ignore" or self.all_converged:
+            return self
+        message = _failure_message(self, what, tol, max_iter, stop_mode)
+        if hint:
+            message = message[:-1] + f"; {hint}."
+        if on_failure == "raise":
+            raise ConvergenceError(message, self)
+        warnings.warn(message, ConvergenceWarning, stacklevel=stacklevel + 1)
+        return self
 
 
 def _fmt(values: Tensor, limit: int = 6) -> str:
@@ -82,26 +202,9 @@ def _fmt(values: Tensor, limit: int = 6) -> str:
     return "[" + ", ".join(items) + "]"
 
 
-def check_policy(on_failure: object) -> None:
-    """Validate an ``on_failure`` argument."""
-    if on_failure not in ON_FAILURE:
-        raise ValueError(
-            f"on_failure must be one of {', '.join(map(repr, ON_FAILURE))}, got {on_failure!r}."
-        )
-
-
-def enforce_policy(
-    result: FixedPointResult,
-    *,
-    what: str,
-    tol: float,
-    max_iter: int,
-    stop_mode: str,
-    on_failure: OnFailure,
-) -> None:
-    """Warn or raise (by ``on_failure``) when some sample did not converge or became non-finite."""
-    if on_failure == "ignore" or result.all_converged:
-        return
+def _failure_message(
+    result: FixedPointResult, what: str, tol: float, max_iter: int, stop_mode: str
+) -> str:
     failed = ~result.converged
     nonfinite = failed & ~torch.isfinite(result.residuals)
     unconverged = failed & ~nonfinite
@@ -123,7 +226,4 @@ def enforce_policy(
             "raise max_iter, loosen tol, or make the map a contraction (its Lipschitz constant "
             "must be < 1 for Banach iteration to converge)"
         )
-    message = f"{what} " + "; it also ".join(parts) + "."
-    if on_failure == "raise":
-        raise ConvergenceError(message, result)
-    warnings.warn(message, ConvergenceWarning, stacklevel=3)
+    return f"{what} " + "; it also ".join(parts) + "."

@@ -11,23 +11,24 @@ from ._banach import banach
 from ._broyden import broyden
 from ._result import FixedPointResult, OnFailure, StopMode
 from ._state import State, StateFn
+from ._validate import boolean
 
 Solver: TypeAlias = Callable[..., FixedPointResult]
 """A registered solver: ``solver(f, z0, *, tol, max_iter, stop_mode, on_failure, **options)``."""
 
 
-_COMMON = ("tol", "max_iter", "stop_mode", "on_failure")
+_COMMON = ("tol", "max_iter", "stop_mode", "on_failure", "differentiable")
 _BUILTIN: dict[str, Solver] = {"anderson": anderson, "banach": banach, "broyden": broyden}
 _SOLVERS: dict[str, Solver] = dict(_BUILTIN)
 
 
 def available_solvers() -> tuple[str, ...]:
-    """The names :func:`get_solver` and :func:`solve` accept, sorted."""
+    """Return the names :func:`get_solver` and :func:`solve` accept, sorted."""
     return tuple(sorted(_SOLVERS))
 
 
 def get_solver(name: str) -> Solver:
-    """The solver registered under ``name``.
+    """Return the solver registered under ``name``.
 
     Raises
     ------
@@ -61,7 +62,7 @@ def register_solver(name: str, solver: Solver, *, overwrite: bool = False) -> No
         raise TypeError(f"a solver name must be a non-empty string, got {name!r}.")
     if not callable(solver):
         raise TypeError(f"solver must be callable, got {type(solver).__name__}.")
-    if name in _SOLVERS and not overwrite:
+    if name in _SOLVERS and not boolean("overwrite", overwrite):
         raise ValueError(
             f"a solver named {name!r} is already registered; pass overwrite=True to replace it."
         )
@@ -76,13 +77,37 @@ def unregister_solver(name: str) -> None:
     del _SOLVERS[name]
 
 
-def check_options(name: str, solver: Solver, options: dict[str, Any]) -> None:
-    """Raise a helpful ``TypeError`` when ``options`` has keywords ``solver`` does not take."""
+def _keywords(solver: Solver) -> dict[str, inspect.Parameter] | None:
+    """Return the parameters of ``solver``; ``None`` when it takes any keyword (or has none)."""
     try:
         params = inspect.signature(solver).parameters
     except (TypeError, ValueError):  # builtins without a signature: let the call decide
-        return
+        return None
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return dict(params)
+
+
+def differentiable_solvers() -> str:
+    """Name the registered solvers that take ``differentiable=True``: ``"'a' or 'b'"``."""
+    names = [repr(n) for n in available_solvers() if "differentiable" in _keywords_of(n)]
+    return " or ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+
+
+def _keywords_of(name: str) -> dict[str, inspect.Parameter]:
+    return _keywords(_SOLVERS[name]) or {}
+
+
+def supports_differentiable(name: str) -> bool:
+    """Whether the solver registered as ``name`` takes ``differentiable=True`` (autograd mode)."""
+    params = _keywords(get_solver(name))
+    return params is None or "differentiable" in params
+
+
+def check_options(name: str, solver: Solver, options: dict[str, Any]) -> None:
+    """Raise a helpful ``TypeError`` when ``options`` has keywords ``solver`` does not take."""
+    params = _keywords(solver)
+    if params is None:
         return
     valid = [
         p
@@ -107,9 +132,13 @@ def solve(
     max_iter: int = 50,
     stop_mode: StopMode = "rel",
     on_failure: OnFailure = "warn",
+    differentiable: bool = False,
     **options: Any,
 ) -> FixedPointResult:
-    r"""Find ``z`` with ``z = f(z)``, batched, with per-sample stopping; keeps no autograd graph.
+    r"""Find ``z`` with ``z = f(z)``, batched, with per-sample stopping.
+
+    By default the solve keeps no autograd graph (use :func:`implicit` for gradients whose memory
+    does not grow with the iterations); ``differentiable=True`` records every iteration instead.
 
     Parameters
     ----------
@@ -131,20 +160,29 @@ def solve(
         ``"abs"``: when :math:`\|f(x_b) - x_b\| \le tol`. A stopped sample is frozen.
     on_failure : {"warn", "raise", "ignore"}
         Policy for samples that do not converge or become non-finite.
+    differentiable : bool
+        Run the solver's iterations under the caller's grad mode, out of place, so that
+        ``result.x`` is differentiable (with respect to ``z0`` and everything ``f`` depends on) by
+        plain backprop through the iterations: the reference for implicit gradients, with memory
+        that grows with the iterations. Same iterations, stopping, freezing and read-out as the
+        default mode; Anderson's mixing coefficients are differentiated too. ``"anderson"`` and
+        ``"banach"`` support it (a registered solver does when it takes this keyword).
     **options
-        The method's own options: ``anderson(m=5, lam=1e-8, beta=1.0, coefficients="auto")``,
-        ``banach(relaxation=1.0)``, ``broyden(m=10)``.
+        The method's own options: ``anderson(m=5, lam=1e-8, beta=1.0, coefficients="auto",
+        check_every=1)``, ``banach(relaxation=1.0, check_every=1)``, ``broyden(m=10,
+        check_every=1)``.
 
     Returns
     -------
     FixedPointResult
-        ``z`` (structured like ``z0``), ``iterations``, ``residuals``, ``converged`` (each
+        ``x`` (structured like ``z0``), ``iterations``, ``residuals``, ``converged`` (each
         ``(batch,)``) and the residual ``trace``.
 
     Raises
     ------
     ValueError
-        Unknown method, bad tolerance or option values, non-finite ``z0``.
+        Unknown method, bad tolerance or option values, non-finite ``z0``, ``differentiable=True``
+        with a method that cannot run under autograd.
     TypeError
         Unknown options, a ``z0`` or an output of ``f`` that is not a state like ``z0``.
     ConvergenceError
@@ -156,11 +194,19 @@ def solve(
     >>> A = torch.tensor([[0.5, 0.2], [0.1, 0.3]])
     >>> b = torch.tensor([[1.0, 2.0]])
     >>> result = fixedpoint.solve(lambda z: z @ A.T + b, torch.zeros(1, 2), tol=1e-10)
-    >>> torch.allclose(result.z, torch.linalg.solve(torch.eye(2) - A, b[0])[None])
+    >>> torch.allclose(result.x, torch.linalg.solve(torch.eye(2) - A, b[0])[None])
     True
     """
     solver = get_solver(method)
     check_options(method, solver, options)
+    if boolean("differentiable", differentiable):
+        if not supports_differentiable(method):
+            raise ValueError(
+                f"differentiable=True differentiates the iterations of {differentiable_solvers()} "
+                f"(the solvers that run under autograd), got method {method!r}; use one of "
+                "those, or fixedpoint.implicit for gradients by implicit differentiation."
+            )
+        options["differentiable"] = True
     return solver(
         f, z0, tol=tol, max_iter=max_iter, stop_mode=stop_mode, on_failure=on_failure, **options
     )

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from ._state import State, StateSpec, check_state, components, rebuild, sample_norm
+from ._validate import positive_int, tensor_params
 
 
 class VJP(Protocol):
@@ -99,10 +100,9 @@ def spectral_radius(
     >>> torch.allclose(rho, torch.tensor([0.9, 0.9]))
     True
     """
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-        raise ValueError(f"iterations must be an integer >= 1, got {iterations!r}.")
+    positive_int("iterations", iterations)
     parts = check_state(z, "z")
-    _check_params(params)
+    tensor_params(params)
     spec = StateSpec(z, complex_view=True)
     leaves = tuple(t.detach().requires_grad_() for t in parts)
     with torch.enable_grad():
@@ -125,12 +125,3 @@ def spectral_radius(
 def _normalise(u: tuple[Tensor, ...], norm: Tensor) -> tuple[Tensor, ...]:
     scale = 1 / norm.clamp_min(torch.finfo(norm.dtype).tiny)
     return tuple(t * scale.view(-1, *([1] * (t.dim() - 1))) for t in u)
-
-
-def _check_params(params: tuple[object, ...]) -> None:
-    for i, p in enumerate(params):
-        if not isinstance(p, Tensor):
-            raise TypeError(
-                f"params[{i}] must be a tensor, got {type(p).__name__}; pass other arguments "
-                "through a closure: implicit(lambda z, w: f(z, w, option), z0, w)."
-            )

@@ -35,17 +35,17 @@ StateFn: TypeAlias = Callable[[State], State]
 
 
 def components(state: State) -> tuple[Tensor, ...]:
-    """The tensors of a state, as a tuple (a single tensor gives a 1-tuple)."""
+    """Return the tensors of a state as a tuple (a single tensor gives a 1-tuple)."""
     return state if isinstance(state, tuple) else (state,)
 
 
 def rebuild(template: State, tensors: Sequence[Tensor]) -> State:
-    """A state of the same structure as ``template`` made of ``tensors``."""
+    """Build a state of the same structure as ``template`` from ``tensors``."""
     return tuple(tensors) if isinstance(template, tuple) else tensors[0]
 
 
 def describe(state: object) -> str:
-    """A short description of a state (or of anything a caller passed instead), for messages."""
+    """Describe a state (or anything a caller passed instead) in a few words, for messages."""
     if isinstance(state, Tensor):
         dtype = str(state.dtype).removeprefix("torch.")
         return f"Tensor{tuple(state.shape)} {dtype} on {state.device}"
@@ -117,7 +117,7 @@ def sample_norm(parts: tuple[Tensor, ...]) -> Tensor:
 
 
 def real_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The real dtype of the same precision (``complex64 -> float32``)."""
+    """Return the real dtype of the same precision (``complex64 -> float32``)."""
     return dtype.to_real() if dtype.is_complex else dtype
 
 
@@ -170,7 +170,7 @@ class StateSpec:
 
     # -- conversions -----------------------------------------------------------------------
     def flatten(self, state: State) -> Tensor:
-        """The flat ``(batch, n)`` view of ``state`` (a view when possible, else a copy)."""
+        """Return the flat ``(batch, n)`` view of ``state`` (a view when possible, else a copy)."""
         parts = components(state)
         flats = []
         for t, c in zip(parts, self.components):
@@ -181,7 +181,7 @@ class StateSpec:
         return flats[0] if len(flats) == 1 else torch.cat(flats, dim=1)
 
     def unflatten(self, x: Tensor) -> State:
-        """The caller's state whose flat view is ``x`` (views into ``x`` when dtypes allow)."""
+        """Return the caller's state whose flat view is ``x`` (views when dtypes allow)."""
         out = []
         start = 0
         for c in self.components:
