@@ -13,7 +13,6 @@ import physops
 import unrolled
 from conftest import make_sense, strategy_grads
 from conftest import rel_error as _rel
-from unrolled.models._equilibrium import unrolled_solve
 
 SMALL = {"features": 8, "groups": 2}
 
@@ -252,6 +251,23 @@ def test_luser_aux_loss_weight_must_be_non_negative():
 # ------------------------------------------------------------------------------------------------
 # the equilibrium machinery
 # ------------------------------------------------------------------------------------------------
+def unrolled_solve(f, z0, params, solver):
+    """The equilibrium's "unrolled" mode: fixedpoint's solve under autograd (the backprop
+    reference of LUSER and DEQ), with the model's solver settings."""
+    result = fixedpoint.solve(
+        lambda z: f(z, *params),
+        z0,
+        solver.method,
+        tol=solver.tol,
+        max_iter=solver.max_iter,
+        stop_mode=solver.stop_mode,
+        on_failure=solver.on_failure,
+        differentiable=True,
+        **solver.options,
+    )
+    return result.x, result
+
+
 @pytest.mark.parametrize("method", ["anderson", "banach"])
 def test_unrolled_solve_matches_fixedpoint_solve(method):
     torch.manual_seed(0)
@@ -268,7 +284,7 @@ def test_unrolled_solve_matches_fixedpoint_solve(method):
         lambda z: f(z, b), torch.zeros_like(b), method, tol=1e-11, max_iter=300
     )
     assert torch.equal(result.iterations, reference.iterations)
-    assert torch.allclose(z, reference.z, rtol=0, atol=1e-12)
+    assert torch.allclose(z, reference.x, rtol=0, atol=1e-12)
 
 
 def test_unrolled_solve_freezes_converged_samples():

@@ -17,11 +17,10 @@ mode               gradient                                                    s
                    backprop reference of the others
 =================  ==========================================================  ==================
 
-``unrolled`` runs the same method (Anderson or Banach), with the same tolerance, per-sample
-stopping and freezing and the same read-out (the image :math:`f(x)` of the last iterate) as
-:func:`fixedpoint.solve`, written out of place so that autograd records it; Anderson's mixing
-coefficients are differentiated too (the least-squares solve is guarded so that a sample whose
-Gram matrix is singular takes the Picard step without producing NaN gradients). Both modes then
+Every mode is one call of :func:`fixedpoint.implicit`; ``unrolled`` is its ``backward="unrolled"``
+(fixedpoint's ``solve(..., differentiable=True)``: the same method, tolerance, per-sample stopping
+and freezing and read-out, the image :math:`f(x)` of the last iterate, run out of place so that
+autograd records it, Anderson's mixing coefficients included). Both modes then
 take the same last step :math:`f(z^*, \theta)`, so once the solve has converged their outputs
 agree to the tolerance and their gradients agree with each other: measured in float64 at
 ``tol=1e-12``, a relative difference of about 1e-11 (the package tests require 1e-6).
@@ -30,12 +29,10 @@ agree to the tolerance and their gradients agree with each other: measured in fl
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import torch
 from torch import Tensor, nn
 
 import fixedpoint
@@ -208,18 +205,11 @@ def equilibrium(
         raise ValueError(
             f"unknown equilibrium mode {mode!r}; valid modes: {', '.join(EQUILIBRIUM_MODES)}"
         )
-    if mode == "unrolled":
-        z, result = unrolled_solve(f, z0, params, solver)
-        if diagnostics is not None:
-            diagnostics.forward = result
-            diagnostics.backward = None
-            diagnostics.spectral_radius = None
-        return f(z, *params)
     out = fixedpoint.implicit(
         f,
         z0,
         *params,
-        backward=mode,  # type: ignore[arg-type]
+        backward=mode,  # type: ignore[arg-type]  # "unrolled": autograd through the iterations
         method=solver.method,
         tol=solver.tol,
         max_iter=solver.max_iter,
@@ -233,129 +223,6 @@ def equilibrium(
         **solver.options,
     )
     return out  # type: ignore[return-value]
-
-
-# ------------------------------------------------------------------------------------------------
-# the differentiable ("unrolled") solve
-# ------------------------------------------------------------------------------------------------
-class _Anderson:
-    """Anderson type II on flat iterates ``(batch, n)``, out of place (autograd records it)."""
-
-    def __init__(self, m: int = 5, lam: float = 1e-8, beta: float = 1.0, **_: Any):
-        self.m, self.lam, self.beta = m, float(lam), float(beta)
-        self.G: list[Tensor] = []
-        self.Y: list[Tensor] = []
-
-    def __call__(self, x: Tensor, fx: Tensor, g: Tensor) -> Tensor:
-        self.G = [*self.G[-(self.m - 1) :], g] if self.m > 1 else [g]
-        self.Y = [*self.Y[-(self.m - 1) :], fx if self.beta == 1.0 else x + self.beta * g]
-        n = len(self.G)
-        if n == 1:
-            return self.Y[0]
-        G, Y = torch.stack(self.G, 1), torch.stack(self.Y, 1)
-        # the Gram matrix in double precision, with the relative Tikhonov term lam * diag(H), as
-        # fixedpoint's Anderson does
-        H = torch.bmm(G, G.transpose(1, 2)).double()
-        eye = torch.eye(n, dtype=H.dtype, device=H.device)
-        H = H * (1 + self.lam * eye)
-        ok = torch.linalg.cholesky_ex(H.detach()).info == 0
-        # a sample whose system is not positive definite solves with I instead (finite
-        # gradients), then takes the Picard step: all weight on the newest iterate
-        safe = torch.where(ok[:, None, None], H, eye)
-        a = torch.linalg.solve(safe, torch.ones_like(H[..., :1])).squeeze(-1)
-        a = a / a.sum(-1, keepdim=True)
-        a = torch.where(ok[:, None], a, eye[n - 1])
-        return torch.bmm(a.to(Y.dtype).unsqueeze(1), Y).squeeze(1)
-
-
-class _Banach:
-    def __init__(self, relaxation: float = 1.0):
-        self.relaxation = float(relaxation)
-
-    def __call__(self, x: Tensor, fx: Tensor, g: Tensor) -> Tensor:
-        return fx if self.relaxation == 1.0 else x + self.relaxation * g
-
-
-def unrolled_solve(
-    f: Callable[..., Tensor], z0: Tensor, params: tuple[Tensor, ...], solver: EquilibriumSolver
-) -> tuple[Tensor, fixedpoint.FixedPointResult]:
-    """Return the solver's iterations under autograd: ``(z, result)`` with ``z`` differentiable.
-
-    Same stopping rule, freezing and read-out as :func:`fixedpoint.solve`: a sample stops once its
-    residual meets ``tol`` (or is not finite) and keeps the image ``f(x)`` of its last iterate.
-    """
-    if solver.method not in _OPTIONS:
-        raise ValueError(
-            f"the 'unrolled' equilibrium mode (every strategy but 'implicit') differentiates the "
-            f"iterations of 'anderson' or 'banach', got method {solver.method!r}: use one of "
-            "those, or strategy='implicit' for another registered solver"
-        )
-    if z0.is_complex():
-        raise TypeError("the unrolled equilibrium solve takes real states (real channels)")
-    options = {k: v for k, v in solver.options.items() if k != "coefficients"}
-    step = _Anderson(**options) if solver.method == "anderson" else _Banach(**options)
-    shape, batch = z0.shape, z0.shape[0]
-
-    def F(x: Tensor) -> Tensor:
-        return f(x.reshape(shape), *params).reshape(batch, -1)
-
-    x = z0.reshape(batch, -1)
-    tiny = torch.finfo(x.dtype).tiny
-    active = torch.ones(batch, dtype=torch.bool, device=x.device)
-    stopped_at = torch.full((batch,), solver.max_iter, dtype=torch.int64, device=x.device)
-    trace: list[Tensor] = []
-    fx = x
-    for k in range(1, solver.max_iter + 1):
-        fx = F(x)
-        g = fx - x
-        with torch.no_grad():
-            r = torch.linalg.vector_norm(g, dim=1)
-            if solver.stop_mode == "rel":
-                r = r / torch.linalg.vector_norm(fx, dim=1).clamp_min(tiny)
-            trace.append(r)
-            stop = (torch.nan_to_num(r, nan=0.0, posinf=0.0) <= solver.tol) & active
-        n_stop, n_active = int(stop.sum()), int(active.sum())
-        if k == solver.max_iter or n_stop == n_active:
-            break
-        x_next = step(x, fx, g)
-        if n_stop:
-            stopped_at.masked_fill_(stop, k)
-            x = torch.where(stop[:, None], fx, x)
-            active = active & ~stop
-        x = torch.where(active[:, None], x_next, x)
-    z = torch.where(active[:, None], fx, x)
-    last = len(trace)
-    stopped_at.clamp_(max=last)
-    history = torch.stack(trace)
-    residuals = history.gather(0, (stopped_at - 1).unsqueeze(0)).squeeze(0)
-    steps = torch.arange(1, last + 1, device=x.device).unsqueeze(1)
-    history = history.masked_fill(steps > stopped_at, math.nan)
-    converged = (residuals <= solver.tol) & torch.isfinite(residuals)
-    result = fixedpoint.FixedPointResult(
-        z=z.detach().reshape(shape),
-        iterations=stopped_at,
-        residuals=residuals,
-        converged=converged,
-        trace=history,
-    )
-    _enforce(result, solver)
-    return z.reshape(shape), result
-
-
-def _enforce(result: fixedpoint.FixedPointResult, solver: EquilibriumSolver) -> None:
-    if solver.on_failure == "ignore" or result.all_converged:
-        return
-    failed = (~result.converged).nonzero().flatten().tolist()
-    shown = ", ".join(f"{float(result.residuals[i]):.3g}" for i in failed[:6])
-    message = (
-        f"unrolled equilibrium solve (method={solver.method!r}) did not converge for "
-        f"{len(failed)} of {result.converged.numel()} samples within max_iter={solver.max_iter} "
-        f"(indices {failed[:6]}): {solver.stop_mode} residuals [{shown}] > tol={solver.tol:g}; "
-        "raise max_iter, loosen tol, or make the map contract (smaller data_gain or step)"
-    )
-    if solver.on_failure == "raise":
-        raise fixedpoint.ConvergenceError(message, result)
-    warnings.warn(message, fixedpoint.ConvergenceWarning, stacklevel=4)
 
 
 class EquilibriumStage(Stage):
