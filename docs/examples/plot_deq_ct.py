@@ -76,12 +76,11 @@ print(
 
 fbp = unrolled.make_dataset("ct", "test", init="fbp", **options).batch([0, 1]).x0
 images = {"A^T y": test.physics.adjoint(test.y), "FBP": fbp, "DEQ": x_hat, "target": test.target}
-fig, axes = plt.subplots(1, 4, figsize=(11, 3.2))
+fig, axes = plt.subplots(1, 4, figsize=(11, 3.2), layout="constrained")
 for ax, (title, image) in zip(axes, images.items()):
     ax.imshow(image[0].squeeze(), cmap="gray")
     if title != "target":
         title += f"\n{float(unrolled.psnr(image[:1], test.target[:1])):.1f} dB"
     ax.set_title(title)
     ax.axis("off")
-fig.tight_layout()
 plt.show()

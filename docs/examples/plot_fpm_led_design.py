@@ -65,7 +65,7 @@ print(f"test PSNR of the amplitude-and-phase object: {psnr:.2f} dB")
 # Each row is one of the M = 4 camera images; each column one of the 25 LEDs (a 5 x 5 grid),
 # the brightness at which that LED is lit for that image.
 
-fig, axes = plt.subplots(2, 5, figsize=(11, 4.6))
+fig, axes = plt.subplots(2, 5, figsize=(11, 4.6), layout="constrained")
 designs = {"initial": initial_design, "learned": model.design.detach()}
 for r, (name, design) in enumerate(designs.items()):
     for m in range(design.shape[0]):
@@ -77,5 +77,4 @@ axes[0, 4].imshow(test.target[0].abs(), cmap="gray")
 axes[0, 4].set_title("amplitude", fontsize=9)
 axes[1, 4].imshow(x_hat[0].abs(), cmap="gray")
 axes[1, 4].set_title("reconstruction", fontsize=9)
-fig.tight_layout()
 plt.show()

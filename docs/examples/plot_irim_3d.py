@@ -67,7 +67,7 @@ with torch.no_grad():
 zero_filled = test.physics.adjoint(test.y)
 rows = {"zero-filled": zero_filled, "i-RIM": x_hat, "target": test.target}
 depth = test.target.shape[1]
-fig, axes = plt.subplots(3, depth, figsize=(1.8 * depth, 5.6))
+fig, axes = plt.subplots(3, depth, figsize=(1.8 * depth, 5.6), layout="constrained")
 vmax = float(test.target.abs().max())
 for r, (title, volume) in enumerate(rows.items()):
     for d in range(depth):
@@ -77,5 +77,4 @@ for r, (title, volume) in enumerate(rows.items()):
     if title != "target":
         label += f" {float(unrolled.psnr(volume, test.target)):.1f} dB"
     axes[r, 0].set_title(label, loc="left", fontsize=9)
-fig.tight_layout()
 plt.show()

@@ -83,12 +83,11 @@ with torch.no_grad():
     x_hat = model(test.y, test.physics)
 zero_filled = test.physics.adjoint(test.y)
 images = {"zero-filled": zero_filled, "MoDL (reversible)": x_hat, "target": test.target}
-fig, axes = plt.subplots(1, 3, figsize=(9, 3.2))
+fig, axes = plt.subplots(1, 3, figsize=(9, 3.2), layout="constrained")
 for ax, (title, image) in zip(axes, images.items()):
     ax.imshow(image[0].abs(), cmap="gray", vmin=0, vmax=float(test.target.abs().max()))
     if title != "target":
         title = f"{title}\n{float(unrolled.psnr(image, test.target)):.1f} dB"
     ax.set_title(title)
     ax.axis("off")
-fig.tight_layout()
 plt.show()

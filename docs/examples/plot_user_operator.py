@@ -100,12 +100,11 @@ print(f"training loss after {steps} steps: {loss.item():.4f}")
 with torch.no_grad():
     x_hat = model(A(test), A)
 nearest = A.adjoint(A(test)) * 4  # the low-resolution image, upsampled
-fig, axes = plt.subplots(1, 3, figsize=(9, 3.2))
+fig, axes = plt.subplots(1, 3, figsize=(9, 3.2), layout="constrained")
 for ax, title, image in zip(axes, ["low resolution", "MoDL", "target"], [nearest, x_hat, test]):
     ax.imshow(image[0], cmap="gray", vmin=0, vmax=1)
     if title != "target":
         title += f"\n{float(unrolled.psnr(image, test)):.1f} dB"
     ax.set_title(title)
     ax.axis("off")
-fig.tight_layout()
 plt.show()
