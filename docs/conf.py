@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -20,6 +21,10 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # conftest): on a shared 2-core machine, torch's default of one thread per core spent most of the
 # examples' wall time waiting (the whole build used 4.8 min of CPU in 17 min).
 torch.set_num_threads(1)
+
+# numpydoc warns about the docstrings' own sections ("Shapes") each time it parses them; the
+# numpydoc_sections extension keeps them (under Notes) on the rendered pages
+warnings.filterwarnings("ignore", message="Unknown section", category=UserWarning)
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "_ext"))
@@ -36,6 +41,7 @@ extensions = [
     "numpydoc",
     "sphinx_gallery.gen_gallery",
     "memroll_api",  # api/<package>.rst from every package's __all__
+    "numpydoc_sections",  # keeps the docstrings' own sections ("Shapes") that numpydoc drops
 ]
 
 templates_path = ["_templates"]
