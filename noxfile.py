@@ -1,8 +1,9 @@
 """Sessions for the memroll monorepo.
 
 ``python3 -m nox`` runs every default session: one test session per package (the package installed
-alone, with only the siblings its pyproject names), ``integration``, ``lint`` and ``typecheck``.
-``demo`` and ``bench`` are slow and run only when named: ``python3 -m nox -s demo``.
+alone, with only the siblings its pyproject names), ``integration``, ``lint``, ``typecheck`` and
+``docs``. ``demo``, ``bench`` and ``build`` are slow and run only when named: ``python3 -m nox -s
+demo``.
 
 Torch: every session installs ``torch==2.13.0`` first (the CPU wheel this project's machines carry
 on disk) and then pins the installed version as a constraint for every later install, so no
@@ -158,7 +159,7 @@ def bench(session: nox.Session) -> None:
 DOCS = ROOT / "docs"
 
 
-@nox.session(default=False)
+@nox.session  # default: about 5 minutes on a fresh clone, examples included
 def docs(session: nox.Session) -> None:
     """The documentation site, warnings as errors, every gallery example executed.
 

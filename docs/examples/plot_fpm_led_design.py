@@ -32,7 +32,6 @@ lipschitz = model.certify(
     batch.physics, batch.target, iterations=10
 )  # an estimate, not a certificate
 print(f"estimated Lip(grad D) = {lipschitz:.3g}")
-model.set_strategy("reversible", checkpoint_every=3, check_drift=1e-3, on_drift="recompute")
 
 # %%
 # Training the design and the steps
@@ -43,7 +42,7 @@ result = unrolled.train(
     train_data,
     strategy="reversible",
     strategy_options={"checkpoint_every": 3, "check_drift": 1e-3, "on_drift": "recompute"},
-    steps=12,
+    steps=30,
     batch_size=2,
     lr=1e-2,
     progress=False,

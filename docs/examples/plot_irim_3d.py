@@ -50,7 +50,7 @@ print(f"relative gradient difference, reversible vs backprop: {error:.1e}")
 # ----------------
 start = time.perf_counter()
 result = unrolled.train(
-    model, train_data, strategy="reversible", steps=15, batch_size=2, lr=3e-3, progress=False
+    model, train_data, strategy="reversible", steps=30, batch_size=2, lr=3e-3, progress=False
 )
 print(
     f"{result.steps} steps in {time.perf_counter() - start:.1f} s, loss "

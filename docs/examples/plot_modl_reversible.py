@@ -51,8 +51,9 @@ print(f"relative gradient difference, reversible vs backprop: {error:.1e}")
 # %%
 # Training
 # --------
-# :func:`unrolled.train` runs Adam, records the peak memory of its loop and the median time
-# of a step.
+# :func:`unrolled.train` runs Adam and records the median time of a step and the peak memory
+# of its loop (``result.peak_memory_bytes``; meaningful in a fresh process, as ``memroll
+# bench`` measures it, not inside this documentation build).
 
 start = time.perf_counter()
 result = unrolled.train(
@@ -66,10 +67,7 @@ result = unrolled.train(
     progress=False,
 )
 print(f"trained {result.steps} steps in {time.perf_counter() - start:.1f} s")
-megabytes = (result.peak_memory_bytes - result.memory_baseline_bytes) / 2**20
-print(
-    f"peak memory of the training loop: {megabytes:.1f} MB, {result.median_step_time_s:.2f} s/step"
-)
+print(f"median time per step: {result.median_step_time_s:.2f} s")
 print(f"loss: {result.history[0]['loss']:.4f} -> {result.history[-1]['loss']:.4f}")
 summary = unrolled.evaluate(model, test_data).summary()
 print(f"test PSNR {summary['psnr']['mean']:.2f} dB, SSIM {summary['ssim']['mean']:.3f}")
