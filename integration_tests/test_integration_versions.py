@@ -35,7 +35,7 @@ def _version(folder: Path) -> str:
     inits = sorted((folder / "src").glob("*/__init__.py"))
     assert len(inits) == 1, f"{folder}: expected one package under src/, found {inits}"
     match = re.search(r'^__version__ = "([^"]+)"', inits[0].read_text(), re.MULTILINE)
-    assert match, f"{inits[0]}: no __version__ = \"...\" line (hatch reads the version there)"
+    assert match, f'{inits[0]}: no __version__ = "..." line (hatch reads the version there)'
     return match.group(1)
 
 
