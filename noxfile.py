@@ -2,8 +2,8 @@
 
 ``python3 -m nox`` runs every default session: one test session per package (the package installed
 alone, with only the siblings its pyproject names: the five libraries and the ``memroll``
-application), ``integration``, ``lint`` and ``typecheck``. ``demo`` (``memroll demo``) and
-``bench`` are slow and run only when named: ``python3 -m nox -s demo``.
+application), ``integration``, ``lint``, ``typecheck`` and ``docs``. ``demo`` (``memroll demo``),
+``bench`` and ``build`` are slow and run only when named: ``python3 -m nox -s demo``.
 
 Torch: every session installs ``torch==2.13.0`` first (the CPU wheel this project's machines carry
 on disk) and then pins the installed version as a constraint for every later install, so no
@@ -157,3 +157,116 @@ def bench(session: nox.Session) -> None:
         if script.is_file():
             session.log(f"benchmark of {name}")
             session.run("python", str(script), *session.posargs, env=env)
+
+
+# --- documentation and release readiness (issue 18) ----------------------------------------------
+DOCS = ROOT / "docs"
+
+
+@nox.session  # default: about 5 minutes on a fresh clone, examples included
+def docs(session: nox.Session) -> None:
+    """The documentation site, warnings as errors, every gallery example executed.
+
+    The HTML lands in ``docs/_build/html`` (open ``index.html``). Extra arguments go to
+    sphinx-build, for example ``-- -D plot_gallery=0`` to skip running the examples.
+    """
+    _install_packages(session, PACKAGES, groups=())
+    session.install("-r", str(DOCS / "requirements.txt"))
+    session.run(
+        "sphinx-build",
+        *("-W", "--keep-going", "-n", "-b", "html"),
+        *session.posargs,
+        str(DOCS),
+        str(DOCS / "_build" / "html"),
+        env={"MPLBACKEND": "Agg"},
+    )
+
+
+# what `nox -s build` runs in each package's fresh environment, beyond importing it and running
+# its console scripts with --help: data that must be inside the wheels
+WHEEL_SMOKE = {
+    "physops": "import physops; x = physops.real_anatomy_images('test', image_size=32); "
+    "assert x.shape[-2:] == (32, 32), x.shape",
+}
+SCRIPT_SMOKE = {"memroll": [["configs"]]}  # console script -> extra argument lists to run
+
+
+def _version(package: str) -> str:
+    """The version written once in ``src/<package>/__init__.py`` (what hatch reads)."""
+    init = PACKAGE_DIRS[package] / "src" / package / "__init__.py"
+    match = re.search(r'^__version__ = "([^"]+)"', init.read_text(), re.MULTILINE)
+    if match is None:
+        raise ValueError(f"{init}: no __version__ = '...' line")
+    return match.group(1)
+
+
+def _wheel(dist_dir: Path, package: str) -> Path:
+    name = _pyproject(PACKAGE_DIRS[package])["project"]["name"].replace("-", "_")
+    wheels = sorted(dist_dir.glob(f"{name}-{_version(package)}-*.whl"))
+    if len(wheels) != 1:
+        raise ValueError(f"expected one wheel of {package} in {dist_dir}, found {wheels}")
+    return wheels[0]
+
+
+def _check_wheel_alone(session: nox.Session, package: str, dist_dir: Path, tmp: Path) -> None:
+    """A fresh venv: torch first, then the wheel and its siblings' wheels; import, run, smoke."""
+    venv = tmp / f"venv-{package}"
+    session.run("python", "-m", "venv", "--clear", str(venv))
+    python, pip = str(venv / "bin" / "python"), [str(venv / "bin" / "python"), "-m", "pip"]
+    session.run(*pip, "install", "-q", *TORCH.split(), external=True)
+    torch_version = session.run(
+        python, "-c", "import torch; print(torch.__version__)", silent=True, external=True
+    )
+    pin = tmp / f"torch-{package}.txt"
+    pin.write_text(f"torch=={str(torch_version).strip().splitlines()[-1]}\n")
+    # the siblings from the built wheels (named by path, so never from a registry), third-party
+    # dependencies from the registry
+    wheels = [str(_wheel(dist_dir, name)) for name in [*_siblings(package), package]]
+    session.run(*pip, "install", "-q", "-c", str(pin), *wheels, external=True)
+    session.run(*pip, "check", external=True)
+    dist = _pyproject(PACKAGE_DIRS[package])["project"]["name"]
+    session.run(
+        python,
+        "-c",
+        f"import importlib.metadata, {package}; v = importlib.metadata.version({dist!r}); "
+        f"assert {package}.__version__ == v, ({package}.__version__, v); "
+        f"print({package}.__file__, v)",
+        external=True,
+    )
+    if package in WHEEL_SMOKE:
+        session.run(python, "-c", WHEEL_SMOKE[package], external=True)
+    for script in _pyproject(PACKAGE_DIRS[package])["project"].get("scripts", {}):
+        for args in [["--help"], *SCRIPT_SMOKE.get(script, [])]:
+            session.run(str(venv / "bin" / script), *args, external=True)
+
+
+@nox.session(default=False)
+def build(session: nox.Session) -> None:
+    """Release readiness: sdist and wheel of every package, metadata checks, and each wheel
+    installed alone (with its siblings' wheels) in a fresh venv, imported and smoke-tested.
+
+    The distributions land in ``dist/``. Every package is checked even when one fails; the
+    session fails at the end, naming each package that did.
+    """
+    session.install("build>=1.2", "twine>=6", "check-wheel-contents>=0.6")
+    dist_dir = ROOT / "dist"
+    if dist_dir.exists():
+        for old in dist_dir.iterdir():
+            old.unlink()
+    for folder in PACKAGE_DIRS.values():
+        session.run("python", "-m", "build", "--outdir", str(dist_dir), str(folder))
+    built = sorted(str(p) for p in dist_dir.iterdir())
+    session.run("twine", "check", "--strict", *built)
+    session.run("check-wheel-contents", *(p for p in built if p.endswith(".whl")))
+    from nox.command import CommandFailed
+
+    tmp = Path(session.create_tmp())
+    failed: list[str] = []
+    for name in PACKAGES:
+        session.log(f"{name}: its wheel alone in a fresh environment")
+        try:
+            _check_wheel_alone(session, name, dist_dir, tmp)
+        except CommandFailed:
+            failed.append(name)
+    if failed:
+        session.error(f"the wheels of {', '.join(failed)} failed in a fresh environment (above)")

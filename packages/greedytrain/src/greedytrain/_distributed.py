@@ -56,7 +56,7 @@ class DistributedGreedyTrainer(GreedyTrainer):
     the batch and the gradients of module m are averaged over the R ranks that hold it (one
     all-reduce per module within its position group) before the update.
 
-    The updates equal single-process :class:`GreedyTrainer` on the whole batch (up to float
+    The updates equal single-process :class:`.GreedyTrainer` on the whole batch (up to float
     rounding): a module's input depends only on earlier modules' parameters before their update
     in this step, exactly as in Alg. 1. Randomness inside stages (dropout) is drawn from each
     rank's own generator, so it differs from a single-process run.
@@ -64,7 +64,7 @@ class DistributedGreedyTrainer(GreedyTrainer):
     Parameters
     ----------
     stages, loss_fn, optimizer_factory, modules
-        As in :class:`GreedyTrainer`; every rank builds the same stages (same seed) and the same
+        As in :class:`.GreedyTrainer`; every rank builds the same stages (same seed) and the same
         configuration (checked at construction). Only a rank's own modules get optimizers and
         are moved to its device.
     replicas
@@ -92,7 +92,7 @@ class DistributedGreedyTrainer(GreedyTrainer):
     **kwargs
         ``split``, ``loss_weights``, ``scheduler_factory``, ``clip_grad_norm``, ``amp``,
         ``amp_dtype``, ``output_fn``, ``module_wrapper``, ``context_to``, ``check_shapes``, as in
-        :class:`GreedyTrainer`.
+        :class:`.GreedyTrainer`.
 
     Notes
     -----
@@ -106,7 +106,7 @@ class DistributedGreedyTrainer(GreedyTrainer):
     group's timeout (gloo does not notice a dead peer by itself). torchrun also stops the
     remaining workers once one exits with an error. Resume from the latest :meth:`save`.
 
-    Checkpoints are written by rank 0 in the same format as :class:`GreedyTrainer`'s (tensors and
+    Checkpoints are written by rank 0 in the same format as :class:`.GreedyTrainer`'s (tensors and
     plain values, read without running code), so a single process can load them for inference;
     every rank must see the checkpoint path (a shared filesystem).
     """
@@ -371,7 +371,7 @@ class DistributedGreedyTrainer(GreedyTrainer):
 
     # ------------------------------------------------------------------ inference
     def predict(self, state0: Any, context: Any, n_stages: int | None = None) -> Any:
-        """Not available across ranks: save a checkpoint, load it into a :class:`GreedyTrainer`."""
+        """Not available across ranks: save a checkpoint, load it into a :class:`.GreedyTrainer`."""
         _not_distributed()
 
     def evaluate(self, *args: Any, **kwargs: Any) -> list[float]:

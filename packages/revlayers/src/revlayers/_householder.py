@@ -41,7 +41,7 @@ def _outer_sum(a: Tensor, b: Tensor) -> Tensor:
 
 
 class HouseholderConv(InvertibleModule):
-    r"""Orthogonal channel mixing ``y = U x`` with ``U = H_K ... H_1`` (a 1x1 or 1x1x1 convolution).
+    r"""Orthogonal channel mixing ``y = U x`` with ``U = H_K...H_1`` (a 1x1 or 1x1x1 convolution).
 
     Each reflection is ``H_k = I - 2 v_k v_k^T / ||v_k||^2`` with a learnable vector ``v_k``
     (Tomczak and Welling; i-RIM Eq. 16). ``U`` is orthogonal for any ``v_k``, so the layer

@@ -21,7 +21,7 @@ class Invertible(InvertibleModule):
     ``f(x) = x - alpha A^H (A x - y)`` inverted by a fixed-point solver.
 
     Where the learnable tensors live (the gradient rule)
-    -----------------------------------------------------
+    ----------------------------------------------------
     * ``f`` or ``f_inverse`` that are ``nn.Module`` s are registered as submodules: their
       parameters train, move with ``.to()`` and are saved in ``state_dict``.
     * Tensors that plain functions close over and that need gradients (a learnable ``mu`` that
