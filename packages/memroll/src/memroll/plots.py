@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,8 +193,8 @@ def comparison_figure(
         )
     _hide_axes(axes)
     if shown is not None:
-        label = f"magnitude error ||x̂| - |x||  (scale: peak / {error_gain:g})"
-        fig.colorbar(shown, ax=list(axes[1][1:]), shrink=0.8, label=label)
+        bar = fig.colorbar(shown, ax=list(axes[1][1:]), shrink=0.8)
+        bar.set_label(f"||x̂| - |x||, gain x{error_gain:g}", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
     return _save(fig, path)
@@ -326,7 +327,9 @@ def memory_bars(
     heading = title or "peak training memory"
     if names and first:
         heading += f" (ratios to {names[0]})"
-    ax.set_title(heading + (f"\n{measured}" if measured else ""), fontsize=8)
+    width = max(40, int(14 * fig.get_figwidth()))  # characters that fit the figure's width
+    note = "\n".join(textwrap.wrap(measured, width)) if measured else ""
+    ax.set_title(heading + (f"\n{note}" if note else ""), fontsize=8)
     return _save(fig, path)
 
 
