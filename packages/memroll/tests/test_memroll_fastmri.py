@@ -112,7 +112,8 @@ def test_recon_writes_the_header_recon_matrix(trained, tmp_path, geometry, mask)
         assert bool(f.attrs["retrospective_undersampling"]) is not mask
     assert recon.shape == (2, *geometry[2])
     assert recon.dtype == np.float32
-    assert (recon >= 0).all() and np.isfinite(recon).all()
+    assert (recon >= 0).all()
+    assert np.isfinite(recon).all()
 
 
 def test_a_test_style_file_is_the_model_applied_then_cropped(trained, tmp_path):

@@ -146,10 +146,8 @@ def print_scores(rows: Sequence[dict[str, Any]], unscored: Sequence[str], refere
                 f"{r['ssim']:.4f}"
             )
         mean = mean_scores(rows)
-        say(
-            f"{'mean over ' + str(len(rows)) + ' volumes':<39}  {mean['nmse']:8.4f}  "
-            f"{mean['psnr']:9.2f}  {mean['ssim']:.4f}"
-        )
+        label = f"mean over {len(rows)} volume{'s' if len(rows) > 1 else ''}"
+        say(f"{label:<39}  {mean['nmse']:8.4f}  {mean['psnr']:9.2f}  {mean['ssim']:.4f}")
     for name in unscored:
         say(f"--evaluate: {name} has no {reference}: not scored")
 

@@ -286,6 +286,9 @@ def _draw_curves(
         positive = positive and all(v > 0 for v in ys)
     if log and positive and curves:
         ax.set_yscale("log")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
