@@ -272,6 +272,14 @@ def test_maps_are_computed_once_per_volume_and_read_per_slice(tmp_path, monkeypa
     assert len(calls) == 1
 
 
+def test_prepare_maps_fills_the_split_before_training(tmp_path):
+    write_volume(tmp_path / "train" / "a.h5", slices=1)
+    write_volume(tmp_path / "train" / "b.h5", slices=2, seed=3)
+    assert _task(tmp_path).prepare_maps() == 2
+    assert _task(tmp_path).prepare_maps() == 0
+    assert len(list((tmp_path / "train" / ".coil_maps").glob("*.h5"))) == 2
+
+
 def test_cached_samples_equal_a_direct_computation(tmp_path):
     images = write_volume(tmp_path / "train" / "a.h5", KNEE, slices=2)
     data = _task(tmp_path, calibration=8)

@@ -100,6 +100,9 @@ def train_config(
         )
     train_data = make_task(config, "train")
     val_data = make_task(config, "val")
+    for data in (train_data, val_data):  # fastMRI: coil maps once, outside the measured loop
+        if isinstance(data, unrolled.tasks.FastMRITask) and data.prepare_maps(progress):
+            say(f"coil maps of the {data.split} split are in the cache (memroll prepare)")
     model = build_model(config, train_data)
     run.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run / CONFIG_FILE, dump_config(config, header))

@@ -116,6 +116,28 @@ class FastMRITask(TaskDataset):
             self._entries[v] = entry
         return entry
 
+    def prepare_maps(self, progress: bool = False) -> int:
+        """Fill the coil-map cache of every volume of this split now (multi-coil).
+
+        What the first epoch would do as it goes, done before training so that its cost (time,
+        and ESPIRiT's working memory) stays out of the training loop's figures. Returns the
+        number of volumes computed now (0 when the cache was complete, or single-coil).
+        """
+        if not self.multicoil:
+            return 0
+        from tqdm.auto import tqdm
+
+        computed = 0
+        total = sum(v.slices for v in self.volumes)
+        with tqdm(total=total, desc="coil maps", unit="slice", disable=not progress) as bar:
+            for v, volume in enumerate(self.volumes):
+                entry, fresh = ensure_entry(volume, self.options["maps_cache"], progress=bar.update)
+                self._entries[v] = entry
+                computed += int(fresh)
+                if not fresh:
+                    bar.update(volume.slices)
+        return computed
+
     def _coil_data(self, index: int) -> tuple[Tensor, Tensor | None, Tensor]:
         """Return the slice's model k-space, maps and reference (cache entry or computed here)."""
         v, s = self._items[index]
