@@ -2,8 +2,8 @@
 
 The application that trains physics-based unrolled networks with memory-saving strategies.
 
-The ``memroll`` command (also ``python -m memroll``): ``train``, ``eval``, ``recon``, ``configs``,
-``demo`` and ``bench`` (:mod:`memroll.cli`). Its parts, usable from Python:
+The ``memroll`` command (also ``python -m memroll``): ``train``, ``eval``, ``recon``, ``prepare``,
+``configs``, ``demo`` and ``bench`` (:mod:`memroll.cli`). Its parts, usable from Python:
 
 ==========================  ====================================================================
 module                      what it holds
@@ -12,7 +12,9 @@ module                      what it holds
                             reading and writing, the shipped configs
 :mod:`memroll.runs`         run folders: :func:`~memroll.runs.train_config`,
                             :func:`~memroll.runs.evaluate_run`,
-                            :func:`~memroll.runs.reconstruct_file`
+                            :func:`~memroll.runs.reconstruct_files`
+:mod:`memroll.fastmri`      fastMRI volumes: reconstruction at the header's recon matrix,
+                            submission files, fastMRI's metrics per volume
 :mod:`memroll.demo`         the demo: every strategy on one small MoDL, against CS
 :mod:`memroll.bench`        the benchmark: the papers' tables in miniature
 :mod:`memroll.plots`        every figure (the only module that imports matplotlib)

@@ -2,7 +2,7 @@
 
 The work behind ``memroll train``, ``memroll eval`` and ``memroll recon``, shared by the command
 line, the demo and the benchmark (:func:`train_config`, :func:`evaluate_run`,
-:func:`reconstruct_file`).
+:func:`reconstruct_files`; the fastMRI specifics are in :mod:`memroll.fastmri`).
 
 A run folder holds ``config.toml`` (the configuration as trained, with the strategy chosen),
 the files of :func:`unrolled.train` (``checkpoint.pt``, ``best.pt``, ``log.csv``, ``val.csv``,
@@ -20,16 +20,27 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 import unrolled
-from unrolled.training import atomic_path, atomic_write_text, extra_buffers, load_buffers
+from unrolled.training import atomic_write_text, extra_buffers, load_buffers
 
 from . import plots
 from ._console import CommandError, megabytes, say
 from .config import RunConfig, build_model, dump_config, load_config, make_task
+from .fastmri import (
+    mean_scores,
+    print_scores,
+    recon_dataset,
+    recon_inputs,
+    recon_outputs,
+    reconstruct_volume,
+    score_run_volumes,
+    score_volumes,
+    submission_attrs,
+    write_submission,
+)
 
 __all__ = [
     "CONFIG_FILE",
@@ -38,7 +49,9 @@ __all__ = [
     "evaluate_run",
     "load_run_config",
     "reconstruct_file",
+    "reconstruct_files",
     "resume_config",
+    "split_overrides",
     "train_config",
     "with_fastmri",
 ]
@@ -54,6 +67,7 @@ RESUMABLE = {
     "train.device",
     "train.num_workers",
     "train.progress",
+    "task.maps_cache",
     "description",
 }
 
@@ -86,6 +100,9 @@ def train_config(
         )
     train_data = make_task(config, "train")
     val_data = make_task(config, "val")
+    for data in (train_data, val_data):  # fastMRI: coil maps once, outside the measured loop
+        if isinstance(data, unrolled.tasks.FastMRITask) and data.prepare_maps(progress):
+            say(f"coil maps of the {data.split} split are in the cache (memroll prepare)")
     model = build_model(config, train_data)
     run.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run / CONFIG_FILE, dump_config(config, header))
@@ -197,6 +214,29 @@ def with_fastmri(overrides: list[str], fastmri: str | None, config: RunConfig | 
     return [*overrides, f"task.root={json.dumps(str(fastmri))}"]
 
 
+def split_overrides(split_by_file: str | None, split_seed: int | None) -> list[str]:
+    """Return the ``--set`` overrides of ``--split-by-file 0.8,0.1,0.1 --split-seed S``.
+
+    The rule becomes the task options ``split_by_file`` and ``split_seed``, so the run folder's
+    ``config.toml`` records it.
+    """
+    out = []
+    if split_by_file is not None:
+        try:
+            fractions = [float(part) for part in split_by_file.split(",")]
+        except ValueError:
+            fractions = []
+        if len(fractions) != 3:
+            raise CommandError(
+                "--split-by-file takes three fractions train,val,test such as 0.8,0.1,0.1, got "
+                f"{split_by_file!r}"
+            )
+        out.append(f"task.split_by_file={json.dumps(fractions)}")
+    if split_seed is not None:
+        out.append(f"task.split_seed={int(split_seed)}")
+    return out
+
+
 def resume_config(
     run: Path, overrides: list[str], fastmri: str | None, strategy: str | None
 ) -> RunConfig:
@@ -272,24 +312,20 @@ def _weights_file(run: Path, weights: str) -> Path:
     raise CommandError(f"{str(run)!r} has no trained weights yet (no best.pt or checkpoint.pt)")
 
 
-def _baselines(
-    config: RunConfig, data: unrolled.TaskDataset, kwargs: dict[str, Any]
-) -> dict[str, unrolled.MetricsTable]:
-    """Score the input (zero-filled) baseline, and CS when the config asks for it."""
-    baselines: dict[str, unrolled.MetricsTable] = {}
+def _baseline_models(config: RunConfig, data: unrolled.TaskDataset) -> dict[str, nn.Module]:
+    """Return the input (zero-filled) baseline, and CS when the config asks for it."""
+    models: dict[str, nn.Module] = {}
     probe = data.batch([0])
     if callable(getattr(probe.physics, "adjoint", None)):
-        baselines[_input_label(config.task.name)] = unrolled.evaluate(
-            InputBaseline(), data, **kwargs
-        )
+        models[_input_label(config.task.name)] = InputBaseline()
     if config.eval.cs_lamda is not None and config.task.name in (*MRI_TASKS, "mri3d"):
         try:
             cs_model = unrolled.CompressedSensing(config.eval.cs_lamda, config.eval.cs_iterations)
         except ImportError as err:
             say(f"note: the CS baseline is left out ({err})")
         else:
-            baselines["CS (l1-wavelet)"] = unrolled.evaluate(cs_model, data, **kwargs)
-    return baselines
+            models["CS (l1-wavelet)"] = cs_model
+    return models
 
 
 def evaluate_run(
@@ -305,6 +341,9 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Score a run's model on a split (``memroll eval``).
 
+    memroll's metrics per sample (and of the zero-filled input and CS where configured); on
+    fastMRI files with a reference also fastMRI's metrics per volume
+    (:func:`unrolled.fastmri_metrics` against ``reconstruction_rss``, report key ``"fastmri"``).
     Writes ``metrics_<split>.json``, ``metrics_<split>.csv`` and ``recon_<split>.png`` into the
     run folder; returns the JSON's content.
     """
@@ -319,7 +358,8 @@ def evaluate_run(
     kwargs: dict[str, Any] = {"batch_size": config.eval.batch_size, "device": device}
     kwargs["max_samples"] = config.eval.samples
     table = unrolled.evaluate(model, data, **kwargs)
-    baselines = _baselines(config, data, kwargs)
+    models = _baseline_models(config, data)
+    baselines = {name: unrolled.evaluate(m, data, **kwargs) for name, m in models.items()}
     report: dict[str, Any] = {
         "run_dir": str(run),
         "split": split,
@@ -333,18 +373,25 @@ def evaluate_run(
         "psnr_per_stage": unrolled.psnr_per_stage(model, data, **kwargs),
         "per_sample": table.rows,
     }
+    scores = score_run_volumes(model, models, data, device, config.eval.samples)
+    if scores is not None:
+        report["fastmri"] = scores
     if not data.has_target:
         report["note"] = "these data have no reference (fastMRI test files): metrics are void"
     atomic_write_text(run / f"metrics_{split}.json", json.dumps(report, indent=2) + "\n")
     table.to_csv(run / f"metrics_{split}.csv")
     if figure:
-        title = f"{config.name}, {split} sample {{i}} ({source.name}, step {info.get('step')})"
-        report["figures"] = _figures(
-            run, split, config, data, model, table, title, device, with_input=bool(baselines)
-        )
+        title = f"{config.name}, {split} {{where}} ({source.name}, step {info.get('step')})"
+        report["figures"] = _figures(run, split, config, data, model, models, title, device)
     if not quiet:
         _print_report(report, table, baselines, config)
     return report
+
+
+def _where(data: unrolled.TaskDataset, index: int) -> str:
+    """Which sample: ``"sample 3"``, for fastMRI files ``"sample 3 (file.h5, slice 12)"``."""
+    describe = getattr(data, "describe", None)
+    return f"sample {index}" + (f" ({describe(index)})" if callable(describe) else "")
 
 
 def _figures(
@@ -353,38 +400,36 @@ def _figures(
     config: RunConfig,
     data: unrolled.TaskDataset,
     model: nn.Module,
-    table: unrolled.MetricsTable,
+    baselines: dict[str, nn.Module],
     title: str,
     device: str,
-    *,
-    with_input: bool,
 ) -> list[str]:
-    """``recon_<split>[_i].png``.
+    """``recon_<split>[_i].png``: the first samples, each with its own PSNR and SSIM.
 
-    Reference, input and reconstruction of the first samples (``title`` is formatted with the sample
-    index ``i``).
+    Reference, the baselines computed (zero-filled input, CS), the model, their error maps and
+    the sampling mask (``title`` is formatted with ``where``, the sample's name).
     """
-    count = min(config.eval.figure_samples, len(table))
+    count = min(config.eval.figure_samples, len(data))
     batch = data.batch(list(range(count))).to(device)
     model.eval()
     with torch.no_grad():
-        x_hat = model(batch.y, batch.physics, batch.x0)
-        inputs = InputBaseline()(batch.y, batch.physics, batch.x0) if with_input else None
+        outputs = {
+            name: m.to(device)(batch.y, batch.physics, batch.x0) for name, m in baselines.items()
+        }
+        outputs[config.model.name] = model(batch.y, batch.physics, batch.x0)
     color = data.color_channels is not None
+    sampling = getattr(batch.physics, "sampling_mask", None)
+    masks = sampling() if callable(sampling) else None
     for i in range(count):
-        row = table.rows[i]
-        panels = []
-        if inputs is not None:
-            label = _input_label(config.task.name)
-            panels.append(plots.Panel(label, plots.display_image(inputs[i], color)))
-        label = f"{config.model.name}\n{row['psnr']:.2f} dB, SSIM {row['ssim']:.3f}"
-        panels.append(plots.Panel(label, plots.display_image(x_hat[i], color)))
+        panels = [plots.Panel(n, plots.display_image(x[i], color)) for n, x in outputs.items()]
+        mask = None if masks is None else plots.display_image(masks[min(i, len(masks) - 1)])
         name = f"recon_{split}.png" if i == 0 else f"recon_{split}_{i}.png"
         plots.comparison_figure(
             run / name,
             plots.Panel("reference", plots.display_image(batch.target[i], color)),
             panels,
-            title=title.format(i=i),
+            title=title.format(where=_where(data, i)),
+            mask=mask,
         )
     return sorted(p.name for p in run.glob(f"recon_{split}*.png"))
 
@@ -414,6 +459,16 @@ def _print_report(
     say(_summary_line(f"{config.model.name}", table))
     for name, base in baselines.items():
         say(_summary_line(name, base))
+    scores = report.get("fastmri")
+    if scores is not None:
+        print_scores(scores["model"]["volumes"], [], scores["reference"])
+        for name, value in scores.items():
+            if isinstance(value, dict) and name != "model" and value["mean"]:
+                mean = value["mean"]
+                say(
+                    f"{name + ' (mean)':<39}  {mean['nmse']:8.4f}  {mean['psnr']:9.2f}  "
+                    f"{mean['ssim']:.4f}"
+                )
     if "note" in report:
         say(f"note: {report['note']}")
     say(
@@ -425,101 +480,88 @@ def _print_report(
 # ------------------------------------------------------------------------------------------------
 # recon
 # ------------------------------------------------------------------------------------------------
-def _recon_data(
-    config: RunConfig, src: Path, out: Path, image_size: int | None
-) -> unrolled.TaskDataset:
-    """Return the file read as the run's task reads fastMRI data (``out`` another file)."""
-    if config.task.name not in MRI_TASKS:
-        raise CommandError(
-            f"memroll recon reads fastMRI files, which only the MRI tasks ({', '.join(MRI_TASKS)}) "
-            f"take; this run's task is {config.task.name!r}"
-        )
-    if not src.is_file():
-        raise CommandError(f"INPUT {str(src)!r} is not a file (a fastMRI .h5 file)")
-    if out.resolve() == src.resolve():
-        raise CommandError("OUTPUT must differ from INPUT (the input file is never overwritten)")
-    options: dict[str, Any] = {"root": str(src), "image_size": image_size}
-    if config.task.options.get("mask") not in (None, "random", "equispaced"):
-        options["mask"] = None  # 2D masks of the embedded data: fastMRI files take 1D columns
-    return make_task(config, "test", **options)
-
-
-def _reconstruct_slices(
-    model: nn.Module, data: unrolled.TaskDataset, device: str, progress: bool
-) -> tuple[list[np.ndarray], list[float]]:
-    """Every slice's magnitude in the input's units, and its PSNR where there is a target."""
-    from tqdm.auto import tqdm
-
-    images, scores = [], []
-    for index in tqdm(range(len(data)), desc="recon", unit="slice", disable=not progress):
-        sample = data[index]
-        batch = data.collate([sample]).to(device)
-        with torch.no_grad():
-            x_hat = model(batch.y, batch.physics, batch.x0)
-        if data.has_target:
-            scores.append(float(unrolled.psnr(x_hat.cpu(), batch.target.cpu())[0]))
-        scale = float(sample["scale"])
-        magnitude = (x_hat.abs() if x_hat.is_complex() else x_hat)[0] / scale
-        images.append(magnitude.to(torch.float32).cpu().numpy())
-    return images, scores
-
-
-def reconstruct_file(
+def reconstruct_files(
     run_dir: str | os.PathLike[str],
-    source: str | os.PathLike[str],
+    sources: Sequence[str | os.PathLike[str]],
     output: str | os.PathLike[str],
     *,
     weights: str = "best",
     image_size: int | None = None,
     device: str = "cpu",
     progress: bool = True,
+    evaluate: bool = False,
+    cache: str | None = None,
 ) -> dict[str, Any]:
-    """Reconstruct every slice of a fastMRI-format file (``memroll recon``).
+    """Reconstruct every slice of fastMRI-format files (``memroll recon``).
 
-    The file is read as the run's task reads fastMRI data (:func:`unrolled.make_dataset` with
-    ``root=``): coil maps by ESPIRiT, the file's own ``mask`` when it has one, else the run's
-    undersampling (a 1D mask of its acceleration, seeded per slice) applied to the fully sampled
-    k-space. ``OUTPUT.h5`` gets ``reconstruction`` ``(slices, H, W)`` float32, the magnitude in
-    the input's units (fastMRI's submission layout), and attributes naming the run; it is
-    written atomically.
+    Each file is read as the run's task reads fastMRI data (:func:`unrolled.make_dataset` with
+    ``root=``): coil maps from the coil-map cache (``cache``, default beside the file), the
+    file's own ``mask`` when it has one, else the run's undersampling (a 1D mask of its
+    acceleration, seeded per slice) applied to the fully sampled k-space. Each output gets
+    fastMRI's submission layout: ``reconstruction``, float32 magnitude in the input's units,
+    ``(slices, h, w)`` with ``(h, w)`` the header's reconstruction matrix, and attributes naming
+    the run; it is written atomically. ``output`` is a ``.h5`` file for one input, else a folder
+    (files named as the inputs). With ``evaluate`` the files that carry ``reconstruction_rss``
+    (``reconstruction_esc`` single-coil) are scored by :func:`unrolled.fastmri_metrics`.
     """
-    import h5py
+    from tqdm.auto import tqdm
 
-    run, src, out = Path(run_dir), Path(source), Path(output)
+    run = Path(run_dir)
     config = load_run_config(run)
-    data = _recon_data(config, src, out, image_size)
-    model = build_model(config, data)
+    if config.task.name not in MRI_TASKS:
+        raise CommandError(
+            f"memroll recon reads fastMRI files, which only the MRI tasks ({', '.join(MRI_TASKS)}) "
+            f"take; this run's task is {config.task.name!r}"
+        )
+    files = recon_inputs(sources)
+    outputs = recon_outputs(files, output)
+    datasets = [recon_dataset(config, src, image_size, cache) for src in files]
+    model = build_model(config, datasets[0])
     weights_path = _weights_file(run, weights)
     unrolled.load_model(model, weights_path)
     model.to(device).eval()
-    images, scores = _reconstruct_slices(model, data, device, progress)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
-        f.create_dataset("reconstruction", data=np.stack(images))
-        f.attrs.update(
-            memroll_run=str(run),
-            memroll_config=config.name,
-            model=config.model.name,
-            weights=weights_path.name,
-            source=str(src),
-            retrospective_undersampling=bool(data.has_target),
-        )
-        if data.has_target:
-            f.attrs["acceleration"] = float(data.options["acceleration"])
-    how = (
-        f"undersampled retrospectively at R = {data.options['acceleration']:g}"
-        if data.has_target
-        else "with the file's own mask"
+    written, rows, unscored = [], [], []
+    total = sum(len(d) for d in datasets)
+    with tqdm(total=total, desc="recon", unit="slice", disable=not progress) as bar:
+        for src, out, data in zip(files, outputs, datasets):
+            recon = reconstruct_volume(model, data, 0, device, bar.update)
+            write_submission(out, recon, submission_attrs(config, run, weights_path, src, data))
+            how = (
+                f"undersampled retrospectively at R = {data.options['acceleration']:g}"
+                if data.has_target
+                else "with the file's own mask"
+            )
+            bar.write(f"reconstructed {len(recon)} slices of {src.name} ({how}) -> {out}")
+            written.append({"input": str(src), "output": str(out), "shape": list(recon.shape)})
+            if evaluate:
+                scored = score_volumes(data, [(0, recon)])
+                rows += scored
+                unscored += [] if scored else [src.name]
+    reference = (
+        "reconstruction_rss" if config.task.name == "multicoil_mri" else ("reconstruction_esc")
     )
-    say(f"reconstructed {len(images)} slices of {src.name} ({how}) -> {out}")
-    if scores:
-        say(
-            f"PSNR against the file's fully sampled image: {sum(scores) / len(scores):.2f} dB "
-            "(mean over slices)"
-        )
+    if evaluate:
+        print_scores(rows, unscored, reference)
+    else:
+        say("memroll recon --evaluate scores files that carry the reference with fastMRI's metrics")
+    return {"files": written, "fastmri": rows, "mean": mean_scores(rows)}
+
+
+def reconstruct_file(
+    run_dir: str | os.PathLike[str],
+    source: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    **options: Any,
+) -> dict[str, Any]:
+    """Reconstruct one fastMRI file into ``output`` (:func:`reconstruct_files` of one file).
+
+    Returns ``output``, ``slices`` and ``shape`` (``(slices, h, w)``), and ``fastmri`` scores.
+    """
+    done = reconstruct_files(run_dir, [source], output, **options)
+    first = done["files"][0]
     return {
-        "output": str(out),
-        "slices": len(images),
-        "shape": list(images[0].shape) if images else [],
-        "psnr_per_slice": scores,
+        "output": first["output"],
+        "slices": first["shape"][0],
+        "shape": first["shape"],
+        "fastmri": done["fastmri"],
     }

@@ -11,7 +11,10 @@ command                                         what it does
 ``memroll eval RUN_DIR [--split test]``         PSNR, SSIM, nRMSE per sample and mean (std),
                                                 against the zero-filled (adjoint) input, and a
                                                 figure
-``memroll recon RUN_DIR INPUT.h5 OUTPUT.h5``    reconstructs every slice of a fastMRI file
+``memroll recon RUN_DIR INPUT... OUTPUT``       reconstructs fastMRI files (fastMRI's
+[--evaluate]                                    submission layout), scores them by fastMRI's
+                                                metrics
+``memroll prepare DIR [--cache DIR]``           estimates the coil maps of fastMRI files once
 ``memroll bench ...``                           the benchmark (papers' tables in miniature)
 ``memroll demo``                                every memory strategy on one small MoDL
 ``memroll configs [NAME]``                      lists the shipped configs, or prints one
@@ -34,11 +37,11 @@ from collections.abc import Sequence
 
 import torch
 
-from . import bench, configs, demo, eval, recon, train
+from . import bench, configs, demo, eval, prepare, recon, train
 
 __all__ = ["build_parser", "main"]
 
-SUBCOMMANDS = (train, eval, recon, bench, demo, configs)
+SUBCOMMANDS = (train, eval, recon, prepare, bench, demo, configs)
 
 
 def _version() -> str:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
-from ..runs import evaluate_run
+from ..runs import evaluate_run, split_overrides
+from .train import add_split_arguments
 
 __all__ = ["register_parser"]
 
@@ -19,6 +21,8 @@ def register_parser(subparsers: Any) -> None:
     p.add_argument("--weights", choices=("best", "last"), help="best.pt (default) or checkpoint.pt")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--fastmri", metavar="PATH", help="score on your fastMRI files (MRI runs)")
+    add_split_arguments(p)
+    p.add_argument("--cache", metavar="DIR", help="fastMRI files: the coil-map cache folder")
     p.add_argument("--device", help="default cpu")
     p.set_defaults(handler=run)
 
@@ -29,7 +33,11 @@ def run(args: argparse.Namespace) -> int:
         Path(args.run_dir),
         split=args.split,
         weights=args.weights,
-        overrides=list(args.set or []),
+        overrides=[
+            *(args.set or []),
+            *split_overrides(args.split_by_file, args.split_seed),
+            *([f"task.maps_cache={json.dumps(args.cache)}"] if args.cache else []),
+        ],
         fastmri=args.fastmri,
         device=args.device or "cpu",
     )

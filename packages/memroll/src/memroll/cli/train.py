@@ -10,9 +10,20 @@ from typing import Any
 
 from .._console import CommandError
 from ..config import RunConfig, config_path, load_config
-from ..runs import resume_config, train_config, with_fastmri
+from ..runs import resume_config, split_overrides, train_config, with_fastmri
 
-__all__ = ["register_parser"]
+__all__ = ["add_split_arguments", "register_parser"]
+
+
+def add_split_arguments(p: argparse.ArgumentParser) -> None:
+    """Add ``--split-by-file`` and ``--split-seed`` (a flat fastMRI folder's explicit split)."""
+    p.add_argument(
+        "--split-by-file",
+        metavar="TRAIN,VAL,TEST",
+        help="split a flat folder of fastMRI files by whole files, e.g. 0.8,0.1,0.1 (recorded "
+        "in the run's config.toml as task.split_by_file)",
+    )
+    p.add_argument("--split-seed", type=int, help="the seed of --split-by-file's shuffle")
 
 
 def register_parser(subparsers: Any) -> None:
@@ -33,6 +44,7 @@ def register_parser(subparsers: Any) -> None:
     p.add_argument("--run-dir", help="the run folder (default runs/<name>-<strategy>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     p.add_argument("--fastmri", metavar="PATH", help="train on your fastMRI files (MRI configs)")
+    add_split_arguments(p)
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the config's train.device)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-eval", action="store_true", help="skip the test-split evaluation")
@@ -46,7 +58,7 @@ def _default_run_dir(config: RunConfig, strategy: str) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     """Train a new run, or resume one."""
-    overrides = list(args.set or [])
+    overrides = list(args.set or []) + split_overrides(args.split_by_file, args.split_seed)
     if args.device is not None:
         overrides.append(f"train.device={json.dumps(args.device)}")
     if args.resume is not None:

@@ -303,17 +303,27 @@ def _losses(run_dir: Path) -> tuple[list[int], list[float]]:
     return [int(r["step"]) for r in rows], [float(r["loss"]) for r in rows]
 
 
+def _validation(run_dir: Path) -> tuple[list[int], list[float]]:
+    """Return the validation PSNR (dB) of a run against step (``val.csv``)."""
+    path = run_dir / "val.csv"
+    if not path.is_file():
+        return [], []
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return [int(r["step"]) for r in rows], [float(r["psnr"]) for r in rows]
+
+
 def _panels(demo: _Demo, test: unrolled.TaskDataset, sample: unrolled.Batch) -> list[plots.Panel]:
-    """Test slice 0 as the baselines and every strategy reconstruct it."""
+    """Test slice 0 as the baselines and every strategy reconstruct it.
+
+    The figure puts this slice's own PSNR and SSIM under every panel.
+    """
     panels = []
-    zero_filled = _zero_filled(demo)
-    if zero_filled is not None:
+    if _zero_filled(demo) is not None:
         zf_image = sample.physics.adjoint(sample.y)[0]  # type: ignore[operator]
-        label = f"zero-filled\n{zero_filled['psnr']['mean']:.2f} dB"
-        panels.append(plots.Panel(label, plots.display_image(zf_image)))
+        panels.append(plots.Panel("zero-filled", plots.display_image(zf_image)))
     if demo.cs_image is not None and demo.cs is not None:
-        label = f"CS\n{demo.cs['metrics']['psnr']:.2f} dB"
-        panels.append(plots.Panel(label, plots.display_image(demo.cs_image)))
+        panels.append(plots.Panel("CS (l1-wavelet)", plots.display_image(demo.cs_image)))
     for strategy in STRATEGIES:
         run_dir = demo.runs / strategy
         model = build_model(load_config(run_dir / "config.toml"), test)
@@ -321,29 +331,52 @@ def _panels(demo: _Demo, test: unrolled.TaskDataset, sample: unrolled.Batch) -> 
         model.eval()
         with torch.no_grad():
             image = model(sample.y, sample.physics, sample.x0)[0]
-        psnr = demo.results[strategy]["metrics"]["psnr"]
-        label = f"{strategy}\n{psnr:.2f} dB (test mean)"
-        panels.append(plots.Panel(label, plots.display_image(image)))
+        panels.append(plots.Panel(strategy, plots.display_image(image)))
     return panels
+
+
+def _measured(demo: _Demo, test: unrolled.TaskDataset) -> str:
+    """Return what the memory figure measured: model, size, images, how memory was read."""
+    config = demo.config
+    model = build_model(config, test)
+    kind = demo.results[STRATEGIES[0]]["memory_kind"]
+    how = "peak RSS above the loop's start" if kind == "cpu_peak_rss" else "CUDA max allocated"
+    size = config.task.options.get("image_size", "?")
+    return (
+        f"{config.model.name}, {config.model.options.get('iterations', '?')} unrolls, "
+        f"{unrolled.count_parameters(model):,} parameters; {size} x {size} px, "
+        f"{config.task.options.get('num_coils', '?')} coils, batch {config.train.batch_size}; "
+        f"{how}, {demo.probe_steps} steps"
+    )
 
 
 def _figures(demo: _Demo, test: unrolled.TaskDataset) -> list[str]:
     """Draw the demo's PNG figures; return their file names."""
     out, results = demo.out, demo.results
     sample = test.batch([0])
+    mask = sample.physics.sampling_mask()  # type: ignore[operator]
     plots.comparison_figure(
         out / "reconstructions.png",
         plots.Panel("reference", plots.display_image(sample.target[0])),
         _panels(demo, test, sample),
-        title="test slice 0: every method, and its error map",
+        title="test slice 0 (of the demo's test split): every method, this slice's PSNR and "
+        "SSIM, its error map",
+        mask=None if mask is None else plots.display_image(mask[0]),
     )
     plots.loss_curves(
         out / "loss_curves.png",
         {strategy: _losses(demo.runs / strategy) for strategy in STRATEGIES},
         ylabel=f"training loss ({demo.config.train.loss}; greedy: last module's)",
+        validation={strategy: _validation(demo.runs / strategy) for strategy in STRATEGIES},
+        title=f"training of {demo.config.model.name} per memory strategy",
     )
     memory = {s: results[s]["memory_bytes"] for s in STRATEGIES}
-    plots.memory_bars(out / "memory.png", {s: m / 1e6 for s, m in memory.items() if m is not None})
+    plots.memory_bars(
+        out / "memory.png",
+        {s: m / 1e6 for s, m in memory.items() if m is not None},
+        title="peak training memory per strategy",
+        measured=_measured(demo, test),
+    )
     plots.stage_psnr(
         out / "gleam_psnr_per_module.png",
         {

@@ -55,8 +55,22 @@ task               ``y``                   ``target``           physics operands
 =================  ======================  ===================  ========================  ========
 
 The CT operator is the Radon transform scaled to norm 1 (:mod:`unrolled.tasks._images`).
+
+The user's fastMRI files (``root=``): the splits are the folders ``train/``, ``val/``, ``test/``
+(or fastMRI's ``multicoil_train/`` ...), or an explicit ``split_by_file`` rule over a flat folder
+(:func:`split_files`; a flat folder without a rule is refused); multi-coil slices are read from
+the coil-map cache, each volume's maps estimated once (:func:`prepare_coil_maps` fills it ahead,
+on a GPU if there is one).
 """
 
+from ._coilmaps import (
+    CACHE_FOLDER,
+    MAP_METHODS,
+    MapSettings,
+    PreparedVolume,
+    Volume,
+    prepare_coil_maps,
+)
 from ._dataset import (
     DTYPES,
     Sample,
@@ -67,20 +81,28 @@ from ._dataset import (
     seeded_generator,
     stack_samples,
 )
-from ._fastmri import FastMRITask, fastmri_dataset
+from ._fastmri import FASTMRI_OPTIONS, FastMRITask, fastmri_dataset
 from ._images import ct, deblur
 from ._mri import mri3d, multicoil_mri, singlecoil_mri
 from ._ptychography import PtychographyDataset, ptychography
 from ._registry import TASKS, TaskSpec, get_task, make_dataset, register_task
+from ._splits import LAYOUT, split_files
 
 __all__ = [
+    "CACHE_FOLDER",
     "DTYPES",
+    "FASTMRI_OPTIONS",
+    "LAYOUT",
+    "MAP_METHODS",
     "TASKS",
     "FastMRITask",
+    "MapSettings",
+    "PreparedVolume",
     "PtychographyDataset",
     "Sample",
     "TaskDataset",
     "TaskSpec",
+    "Volume",
     "builder_options",
     "ct",
     "deblur",
@@ -90,10 +112,12 @@ __all__ = [
     "mri3d",
     "mri_batch",
     "multicoil_mri",
+    "prepare_coil_maps",
     "ptychography",
     "register_task",
     "resolve_dtypes",
     "seeded_generator",
     "singlecoil_mri",
+    "split_files",
     "stack_samples",
 ]

@@ -56,8 +56,11 @@ def resolve_dtypes(dtype: str) -> tuple[torch.dtype, torch.dtype]:
 
 
 def stack_samples(samples: Sequence[Sample], key: str, dtype: torch.dtype | None = None) -> Tensor:
-    """Return the ``key`` tensors of ``samples`` stacked on a new batch axis, as ``dtype``."""
-    out = torch.stack([s[key] for s in samples])
+    """Return the ``key`` tensors of ``samples`` stacked on a new batch axis, as ``dtype``.
+
+    A single sample's tensor becomes a view (``x[None]``), not a copy.
+    """
+    out = samples[0][key][None] if len(samples) == 1 else torch.stack([s[key] for s in samples])
     return out if dtype is None else out.to(dtype)
 
 

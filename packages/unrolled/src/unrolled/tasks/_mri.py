@@ -15,12 +15,12 @@ import physops
 from .._batch import Batch
 from .._validate import check_split
 from ._dataset import Sample, TaskDataset, builder_options, mri_batch, resolve_dtypes
-from ._fastmri import fastmri_dataset
+from ._fastmri import FASTMRI_OPTIONS, fastmri_dataset
 
 __all__ = ["mri3d", "multicoil_mri", "singlecoil_mri"]
 
 # options of the tasks that are not physops.RealAnatomyDataset's
-_OWN_OPTIONS = ("root", "dtype")
+_OWN_OPTIONS = ("root", "dtype", *FASTMRI_OPTIONS)
 
 
 class _AnatomyMRI(TaskDataset):
@@ -80,6 +80,16 @@ def _center_fraction(acceleration: float, center_fraction: float | None) -> floa
     return 0.08 if acceleration <= 4 else 0.04
 
 
+def _no_fastmri_options(task: str, options: dict[str, Any]) -> None:
+    """Refuse the options of fastMRI files on the embedded data (no ``root``)."""
+    for name, default in FASTMRI_OPTIONS.items():
+        if name in options and options[name] != default:
+            raise ValueError(
+                f"{task}: {name}={options[name]!r} applies to fastMRI files only: pass root=DIR "
+                "(memroll: --fastmri DIR), or leave it out"
+            )
+
+
 def multicoil_mri(
     split: str = "train",
     *,
@@ -92,6 +102,10 @@ def multicoil_mri(
     snr_db: float = 30.0,
     maps: str = "true",
     root: str | None = None,
+    split_by_file: tuple[float, float, float] | None = None,
+    split_seed: int = 0,
+    maps_method: str = "espirit",
+    maps_cache: str | None = None,
     seed: int = 0,
     dtype: str = "float32",
 ) -> TaskDataset:
@@ -119,14 +133,27 @@ def multicoil_mri(
         Fully sampled centre of the 1D masks (default 0.08 for R <= 4, else 0.04, fastMRI's).
     calibration:
         Fully sampled centre box of the Poisson mask and ESPIRiT's calibration region (default
-        ``max(4, N // 8)``: 12 at 96 px).
+        ``max(4, N // 8)``: 12 at 96 px; fastMRI files: the largest centred square inside the
+        columns every slice samples fully, the file's own mask or the 1D masks' centre block).
     snr_db:
         K-space SNR of the simulated noise.
     maps:
         ``"true"`` (the simulated maps) or ``"espirit"`` (estimated, as GLEAM does).
     root:
-        fastMRI files instead of the embedded data: a file, a folder of ``.h5`` files, or a folder
-        with ``train``/``val``/``test`` (or ``multicoil_train``, ...) subfolders.
+        fastMRI files instead of the embedded data: a folder with ``train``/``val``/``test`` (or
+        ``multicoil_train``, ...) subfolders, a flat folder of ``.h5`` files with
+        ``split_by_file``, or one file (the ``test`` split only).
+    split_by_file:
+        ``(train, val, test)`` fractions that split a flat folder by whole files, shuffled by
+        ``split_seed`` (a volume's slices never straddle two splits).
+    split_seed:
+        The seed of ``split_by_file``'s shuffle.
+    maps_method:
+        fastMRI files: ``"espirit"`` (physops' batched torch ESPIRiT), ``"espirit-sigpy"`` or
+        ``"jsense-sigpy"`` (sigpy's, the ``cs`` extra).
+    maps_cache:
+        fastMRI files: the coil-map cache folder (default ``.coil_maps/`` beside each file; fill
+        it ahead with :func:`unrolled.prepare_coil_maps` or ``memroll prepare``).
     seed:
         Seed of every random draw (per item: ``(seed, index)``).
     dtype:
@@ -139,11 +166,12 @@ def multicoil_mri(
     """
     options = builder_options(locals())
     options["center_fraction"] = _center_fraction(acceleration, center_fraction)
-    options["calibration"] = _calibration(image_size or 96, calibration)
     resolve_dtypes(dtype)
     if root is not None:
         options["mask"] = "random" if mask is None else mask
         return fastmri_dataset("multicoil_mri", "multicoil", split, options)
+    _no_fastmri_options("multicoil_mri", options)
+    options["calibration"] = _calibration(image_size or 96, calibration)
     options["mask"] = "poisson" if mask is None else mask
     options["image_size"] = 96 if image_size is None else image_size
     return _anatomy("multicoil_mri", split, options, "multicoil")
@@ -159,20 +187,23 @@ def singlecoil_mri(
     calibration: int | None = None,
     snr_db: float = 30.0,
     root: str | None = None,
+    split_by_file: tuple[float, float, float] | None = None,
+    split_seed: int = 0,
     seed: int = 0,
     dtype: str = "float32",
 ) -> TaskDataset:
     """Single-coil 2D MRI (LUSER: 1D random columns at 4x and 8x): ``physops.FourierSampling``.
 
     Options as :func:`multicoil_mri` (default mask ``"random"``, LUSER's setting); ``root`` reads
-    fastMRI singlecoil files.
+    fastMRI singlecoil files (splits as there).
     """
     options = builder_options(locals())
     options["center_fraction"] = _center_fraction(acceleration, center_fraction)
-    options["calibration"] = _calibration(image_size or 96, calibration)
     resolve_dtypes(dtype)
     if root is not None:
         return fastmri_dataset("singlecoil_mri", "singlecoil", split, options)
+    _no_fastmri_options("singlecoil_mri", options)
+    options["calibration"] = _calibration(image_size or 96, calibration)
     options["image_size"] = 96 if image_size is None else image_size
     return _anatomy("singlecoil_mri", split, options, "singlecoil")
 

@@ -21,6 +21,8 @@ name                               what it is
 :func:`psnr_per_stage`
 :func:`psnr`, :func:`ssim`,        the metrics and the training losses by name
 :func:`nrmse`, :func:`get_loss`
+:func:`fastmri_metrics`,           fastMRI's NMSE, PSNR and SSIM of one volume (the target
+:func:`fastmri_center_crop`        volume's maximum as data range) and its centre crop
 :func:`save_model`,                model files with their non-persistent buffers
 :func:`load_model`,
 :func:`extra_buffers`,
@@ -49,6 +51,7 @@ from ._evaluate import (
     psnr_per_stage,
     resolve_collate,
 )
+from ._fastmri_metrics import SSIM_WINDOW, fastmri_center_crop, fastmri_metrics
 from ._io import (
     CHECKPOINT_FORMAT,
     MODEL_FORMAT,
@@ -76,6 +79,7 @@ __all__ = [
     "METRICS",
     "MODEL_FORMAT",
     "SCHEDULERS",
+    "SSIM_WINDOW",
     "Engine",
     "GreedyEngine",
     "MemoryProbe",
@@ -92,6 +96,8 @@ __all__ = [
     "check_dataset",
     "evaluate",
     "extra_buffers",
+    "fastmri_center_crop",
+    "fastmri_metrics",
     "get_loss",
     "load_buffers",
     "load_model",
