@@ -4,41 +4,59 @@ The work behind ``memroll train``, ``memroll eval`` and ``memroll recon``, share
 line, the demo and the benchmark (:func:`train_config`, :func:`evaluate_run`,
 :func:`reconstruct_file`).
 
-A run folder holds ``config.toml`` (the configuration as trained, with the strategy chosen),
-the files of :func:`unrolled.train` (``checkpoint.pt``, ``best.pt``, ``log.csv``, ``val.csv``,
-``train_result.json``), and what :func:`evaluate_run` writes: ``metrics_<split>.json`` (means,
-standard deviations, per-sample rows, the baselines, PSNR after every stage),
-``metrics_<split>.csv`` (per sample) and ``recon_<split>.png``.
+A run folder holds ``config.toml`` (the configuration as trained, with the strategy chosen; its
+header comments say how the run was started and every resume: date, command, step), the files
+of :func:`unrolled.train` (``checkpoint.pt`` and the one before it, ``checkpoint.prev.pt``,
+``best.pt``, ``log.csv``, ``val.csv``, ``events.log``, ``train_result.json``), and what
+:func:`evaluate_run` writes: ``metrics_<split>.json`` (means, standard deviations, per-sample
+rows, the baselines, PSNR after every stage), ``metrics_<split>.csv`` (per sample) and
+``recon_<split>.png``. Every file follows the user's umask and is written atomically.
+
+Everything the user gave is checked before any work or file: the device, the configuration,
+the strategy against the model, the batch size against the data. A ``checkpoint.pt`` that
+cannot be used (truncated, corrupt, another version) is skipped for ``checkpoint.prev.pt`` and
+a ``best.pt`` for the checkpoints, each time with a line on stderr and in ``events.log``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import datetime
 import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 import unrolled
-from unrolled.training import atomic_path, atomic_write_text, extra_buffers, load_buffers
+from unrolled.training import (
+    RunFolder,
+    atomic_path,
+    atomic_write_text,
+    extra_buffers,
+    load_buffers,
+)
 
 from . import plots
-from ._console import CommandError, megabytes, say
+from ._console import CommandError, check_device, input_errors, megabytes, note, say
 from .config import RunConfig, build_model, dump_config, load_config, make_task
 
 __all__ = [
     "CONFIG_FILE",
     "MRI_TASKS",
     "InputBaseline",
+    "ResumePoint",
     "evaluate_run",
     "load_run_config",
     "reconstruct_file",
     "resume_config",
+    "resume_header",
+    "resume_point",
     "train_config",
     "with_fastmri",
 ]
@@ -73,21 +91,17 @@ def train_config(
 ) -> dict[str, Any]:
     """Train ``config`` into ``run_dir`` (``memroll train``).
 
+    Everything is checked before any file is written (:func:`_checked`). ``header`` becomes the
+    header comment of ``config.toml``; when resuming it is appended to the run's header.
+
     Returns ``train_result.json``'s content, plus ``"metrics"`` (the test-split summary) when
     ``evaluate_after``.
     """
     run = Path(run_dir)
-    chosen = config.strategy.resolve(strategy)
-    config.strategy.name = chosen.name
-    if not resume and (run / "checkpoint.pt").exists():
-        raise CommandError(
-            f"{str(run)!r} already holds a run (checkpoint.pt): continue it with memroll train "
-            "--resume, or choose another --run-dir"
-        )
-    train_data = make_task(config, "train")
-    val_data = make_task(config, "val")
-    model = build_model(config, train_data)
+    chosen, train_data, val_data, model = _checked(config, run, strategy, resume)
     run.mkdir(parents=True, exist_ok=True)
+    if resume:
+        header = "\n".join(filter(None, [_config_header(run / CONFIG_FILE), header]))
     atomic_write_text(run / CONFIG_FILE, dump_config(config, header))
     options = _train_options(config, run, resume, progress)
     _warm_up(model, train_data, val_data)
@@ -116,6 +130,48 @@ def train_config(
         f"train.steps=N trains it further{recon if config.task.name in MRI_TASKS else ''}"
     )
     return summary
+
+
+def _checked(
+    config: RunConfig, run: Path, strategy: str | None, resume: bool
+) -> tuple[unrolled.Strategy, unrolled.TaskDataset, unrolled.TaskDataset, nn.Module]:
+    """Check what the training needs before any file is written; return what it trains.
+
+    The device, the strategy (and the model's refusal of it), a run folder that holds a run
+    already, and a batch larger than the data.
+    """
+    check_device(config.train.device, "train.device")
+    with input_errors():
+        chosen = config.strategy.resolve(strategy)
+    config.strategy.name = chosen.name
+    if not resume and RunFolder(run, create=False).has_checkpoint():
+        raise CommandError(
+            f"{str(run)!r} already holds a run (checkpoint.pt): continue it with memroll train "
+            "--resume, or choose another --run-dir"
+        )
+    train_data = make_task(config, "train")
+    val_data = make_task(config, "val")
+    model = build_model(config, train_data)
+    problem = model.strategy_problem(chosen)
+    if problem is not None:
+        raise CommandError(problem)
+    if config.train.batch_size > len(train_data):
+        raise CommandError(
+            f"train.batch_size={config.train.batch_size} is larger than the {len(train_data)} "
+            f"training samples of this task: use --set train.batch_size=N with N <= "
+            f"{len(train_data)}, or a larger task.train_samples"
+        )
+    return chosen, train_data, val_data, model
+
+
+def _config_header(path: Path) -> str:
+    """Return the header comment of the config file ``path`` (its leading ``#`` lines)."""
+    lines = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        if not line.startswith("#"):
+            break
+        lines.append(line[2:] if line.startswith("# ") else line[1:])
+    return "\n".join(lines)
 
 
 def _warm_up(
@@ -197,29 +253,64 @@ def with_fastmri(overrides: list[str], fastmri: str | None, config: RunConfig | 
     return [*overrides, f"task.root={json.dumps(str(fastmri))}"]
 
 
-def resume_config(
-    run: Path, overrides: list[str], fastmri: str | None, strategy: str | None
-) -> RunConfig:
-    """Return the configuration a resumed run continues with (``memroll train --resume``).
+class ResumePoint(NamedTuple):
+    """Where a run resumes: the checkpoint's step, its file, and why newer files were skipped."""
 
-    Raises :class:`CommandError` when ``run`` is no run folder with a checkpoint, when an option
-    that must not change did (the model, the data, the strategy), or when ``train.steps`` is below
-    the checkpoint's step.
+    step: int
+    file: str
+    unusable: list[str]
+
+
+def resume_point(run: Path) -> ResumePoint:
+    """Read the run's newest usable checkpoint (weights only) and say where it resumes.
+
+    Falls back from a ``checkpoint.pt`` that cannot be used to ``checkpoint.prev.pt`` and says
+    so on stderr.
+
+    Raises
+    ------
+    CommandError
+        ``run`` is no run folder, or has no checkpoint yet.
+    unrolled.RunFileError
+        No checkpoint can be used (naming each file and why).
     """
     if not (run / CONFIG_FILE).is_file():
         raise CommandError(
             f"--resume {str(run)!r}: no {CONFIG_FILE} there; is it a run folder of memroll train?"
         )
-    if not (run / "checkpoint.pt").is_file():
+    folder = RunFolder(run, create=False)
+    if not folder.has_checkpoint():
         raise CommandError(
             f"--resume {str(run)!r}: the run has no checkpoint.pt yet (it stopped before "
             "its first checkpoint); start it again with memroll train CONFIG --run-dir"
         )
+    step = int(folder.read_checkpoint()["step"])
+    file = folder.read_from.name if folder.read_from is not None else folder.checkpoint.name
+    if folder.unusable:
+        note(f"{'; '.join(folder.unusable)}: resuming from {file} (step {step}) instead")
+    return ResumePoint(step, file, folder.unusable)
+
+
+def resume_config(
+    run: Path,
+    overrides: list[str],
+    fastmri: str | None,
+    strategy: str | None,
+    step: int | None = None,
+) -> RunConfig:
+    """Return the configuration a resumed run continues with (``memroll train --resume``).
+
+    ``step`` is the step it resumes from (default: read by :func:`resume_point`).
+
+    Raises :class:`CommandError` when ``run`` is no run folder with a checkpoint, when an option
+    that must not change did (the model, the data, the strategy), or when ``train.steps`` is below
+    the checkpoint's step.
+    """
+    if step is None:
+        step = resume_point(run).step
     saved = load_config(run / CONFIG_FILE)
     config = load_config(run / CONFIG_FILE, with_fastmri(overrides, fastmri, saved))
     _check_resumable(saved, config)
-    # weights_only=False: a training checkpoint holds optimizer and RNG states (our own file)
-    step = int(torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)["step"])
     if config.train.steps < step:
         raise CommandError(
             f"cannot resume with train.steps={config.train.steps}: the run is at step {step}; "
@@ -230,6 +321,13 @@ def resume_config(
             f"cannot resume with --strategy {strategy}: the run trains with {saved.strategy.name!r}"
         )
     return config
+
+
+def resume_header(point: ResumePoint, command: str) -> str:
+    """Return the line a resume appends to the header of ``config.toml``."""
+    stamp = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    skipped = f", {'; '.join(point.unusable)}" if point.unusable else ""
+    return f"resumed {stamp} at step {point.step} from {point.file}{skipped}: {command}"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -263,13 +361,23 @@ def load_run_config(
     return load_config(run / CONFIG_FILE, with_fastmri(list(overrides), fastmri, saved))
 
 
-def _weights_file(run: Path, weights: str) -> Path:
-    best, last = run / "best.pt", run / "checkpoint.pt"
-    if weights == "best" and best.is_file():
-        return best
-    if last.is_file():
-        return last
-    raise CommandError(f"{str(run)!r} has no trained weights yet (no best.pt or checkpoint.pt)")
+def _load_weights(model: nn.Module, run: Path, weights: str, command: str) -> dict[str, Any]:
+    """Load the run's weights into ``model`` (:func:`unrolled.load_run_weights`).
+
+    A file that cannot be used is skipped for the next (``best.pt``, ``checkpoint.pt``,
+    ``checkpoint.prev.pt``), said on stderr and in the run's ``events.log``.
+    """
+    folder = RunFolder(run, create=False)
+    if not (folder.best.is_file() or folder.has_checkpoint()):
+        raise CommandError(f"{str(run)!r} has no trained weights yet (no best.pt or checkpoint.pt)")
+    with input_errors():  # a model that does not fit the file (eval --set model.*=...)
+        info = unrolled.load_run_weights(model, run, weights)
+    if info["skipped"]:
+        text = f"{'; '.join(info['skipped'])}: using {info['file']} (step {info.get('step')})"
+        note(text)
+        with contextlib.suppress(OSError):  # a read-only run folder: stderr says it already
+            folder.note(f"{command}: {text}")
+    return info
 
 
 def _baselines(
@@ -313,8 +421,8 @@ def evaluate_run(
     split = split or config.eval.split
     data = make_task(config, split)
     model = build_model(config, data)
-    source = _weights_file(run, weights or config.eval.weights)
-    info = unrolled.load_model(model, source)
+    info = _load_weights(model, run, weights or config.eval.weights, "eval")
+    source = Path(info["file"])
     model.to(device)
     kwargs: dict[str, Any] = {"batch_size": config.eval.batch_size, "device": device}
     kwargs["max_samples"] = config.eval.samples
@@ -436,12 +544,29 @@ def _recon_data(
         )
     if not src.is_file():
         raise CommandError(f"INPUT {str(src)!r} is not a file (a fastMRI .h5 file)")
+    import h5py
+
+    if not h5py.is_hdf5(src):
+        raise CommandError(f"INPUT {str(src)!r} is not an HDF5 file (a fastMRI .h5 file)")
     if out.resolve() == src.resolve():
         raise CommandError("OUTPUT must differ from INPUT (the input file is never overwritten)")
+    _check_writable(out)
     options: dict[str, Any] = {"root": str(src), "image_size": image_size}
     if config.task.options.get("mask") not in (None, "random", "equispaced"):
         options["mask"] = None  # 2D masks of the embedded data: fastMRI files take 1D columns
     return make_task(config, "test", **options)
+
+
+def _check_writable(out: Path) -> None:
+    """Refuse an OUTPUT whose folder cannot be written, before any work (creating the folder)."""
+    out.parent.mkdir(parents=True, exist_ok=True)  # an OSError (EROFS, EACCES) names the path
+    if out.is_dir():
+        raise CommandError(f"OUTPUT {str(out)!r} is a folder: give the .h5 file to write")
+    if not os.access(out.parent, os.W_OK):
+        raise CommandError(
+            f"OUTPUT {str(out)!r}: its folder is not writable (read-only, or no permission): "
+            "choose another OUTPUT"
+        )
 
 
 def _reconstruct_slices(
@@ -489,11 +614,9 @@ def reconstruct_file(
     config = load_run_config(run)
     data = _recon_data(config, src, out, image_size)
     model = build_model(config, data)
-    weights_path = _weights_file(run, weights)
-    unrolled.load_model(model, weights_path)
+    weights_path = Path(_load_weights(model, run, weights, "recon")["file"])
     model.to(device).eval()
     images, scores = _reconstruct_slices(model, data, device, progress)
-    out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("reconstruction", data=np.stack(images))
         f.attrs.update(
