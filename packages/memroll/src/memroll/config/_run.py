@@ -46,7 +46,7 @@ import torch
 
 import unrolled
 
-from .._console import input_errors
+from .._console import CommandError, input_errors
 from ._options import check_options
 from ._registry import get_model_entry, new_model
 from ._schema import from_dict, set_dotted, to_dict
@@ -300,7 +300,7 @@ def config_path(source: str | Path) -> Path:
     name = path.stem if path.suffix == ".toml" and len(path.parts) == 1 else str(source)
     if name in shipped:
         return shipped[name]
-    raise ValueError(
+    raise CommandError(
         f"no config file {str(source)!r}: give a path to a TOML file or the name of a shipped "
         f"config ({', '.join(shipped)}); `memroll configs` lists them"
     )

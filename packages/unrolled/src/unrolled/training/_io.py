@@ -11,10 +11,12 @@ corrupt file, a file of another kind, and a file of another format version (nami
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import pickletools
 import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -119,9 +121,17 @@ def _load_error(target: Path, err: Exception) -> RunFileError:
             f"is refused: it needs Python's full unpickler (it refers to {found}), which can run "
             "code; files of unrolled hold only tensors and plain values (nothing in it was run)",
         )
-    first = text.strip().splitlines()[0] if text.strip() else "no data"
+    with open(target, "rb") as handle:
+        head = handle.read(4)
+    if head == b"PK\x03\x04" and not zipfile.is_zipfile(target):
+        return RunFileError(
+            target,
+            "is truncated or corrupt: its zip archive ends early (the write that made it was "
+            "cut short)",
+        )
+    first = text.strip().splitlines()[0].split(". ")[0] if text.strip() else "no data"
     return RunFileError(
-        target, f"is truncated or corrupt (torch.load: {type(err).__name__}: {first[:160]})"
+        target, f"is truncated or corrupt (torch.load: {type(err).__name__}: {first[:120]})"
     )
 
 
@@ -158,17 +168,20 @@ def read_file(
     """
     target = Path(path)
     if not target.is_file():
-        raise FileNotFoundError(f"no file at {str(target)!r}")
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(target))
     if target.stat().st_size == 0:
         raise RunFileError(target, "is empty (0 bytes): the write that made it was cut short")
-    try:
-        data = torch.load(target, map_location=map_location, weights_only=True)
-    except OSError as err:
-        if err.errno is not None:  # a real I/O error (permission, EIO): not the file's content
-            raise
-        raise _load_error(target, err) from None
-    except Exception as err:  # any failure to parse an untrusted file is the file's fault
-        raise _load_error(target, err) from None
+    with open(target, "rb") as handle:  # no permission: that OSError, not the content's fault
+        try:
+            with warnings.catch_warnings():  # torch's notes on a foreign pickle: said below
+                warnings.simplefilter("ignore")
+                data = torch.load(handle, map_location=map_location, weights_only=True)
+        except OSError as err:
+            if err.errno == errno.EIO:  # the disk, not the content
+                raise
+            raise _load_error(target, err) from None  # torch reads past the end: EINVAL
+        except Exception as err:  # any failure to parse an untrusted file is the file's fault
+            raise _load_error(target, err) from None
     return _check_format(target, data, formats)
 
 

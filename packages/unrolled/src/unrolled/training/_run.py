@@ -162,7 +162,10 @@ _NO_DIR_FSYNC = {errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF}
 
 
 def _reason(err: OSError) -> str:
-    return err.strerror or str(err) or type(err).__name__
+    """Return what went wrong in a few words (h5py's strerror is a paragraph: use errno's)."""
+    if err.errno is not None:
+        return os.strerror(err.errno)
+    return str(err) or type(err).__name__
 
 
 def _oserror(err: OSError, text: str) -> OSError:
