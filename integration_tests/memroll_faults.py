@@ -156,7 +156,9 @@ def _crafted(path: Path, marker: Path, plain: bool) -> None:
     """A file that looks like a model file of unrolled but whose unpickling runs a command."""
     import torch
 
-    weights = torch.load(path, map_location="cpu", weights_only=True)["model"] if path.is_file() else {}
+    weights = {}
+    if path.is_file():
+        weights = torch.load(path, map_location="cpu", weights_only=True)["model"]
     content = {
         "format": "memroll-unrolled-model",
         "version": 1,
@@ -358,12 +360,15 @@ def run_in_process(case: Case, ws: Workspace) -> tuple[int, str]:
 
     err, out = io.StringIO(), io.StringIO()
     argv = [ws.fill(a) for a in case.argv]
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-        with simulated(case.fault, ws):
-            try:
-                status = main(argv)
-            except SystemExit as exit_:  # argparse
-                status = int(exit_.code or 0)
+    with (
+        contextlib.redirect_stderr(err),
+        contextlib.redirect_stdout(out),
+        simulated(case.fault, ws),
+    ):
+        try:
+            status = main(argv)
+        except SystemExit as exit_:  # argparse
+            status = int(exit_.code or 0)
     return status, err.getvalue()
 
 
