@@ -152,13 +152,12 @@ class _Evil:
         self.command = command
 
 
-def _crafted(path: Path, marker: Path, plain: bool) -> None:
-    """A file that looks like a model file of unrolled but whose unpickling runs a command."""
+def _crafted(path: Path, weights_of: Path, marker: Path, plain: bool) -> None:
+    """A file that looks like a model file of unrolled (the weights of the model file
+    ``weights_of``) but whose unpickling runs a command."""
     import torch
 
-    weights = {}
-    if path.is_file():
-        weights = torch.load(path, map_location="cpu", weights_only=True)["model"]
+    weights = torch.load(weights_of, map_location="cpu", weights_only=True)["model"]
     content = {
         "format": "memroll-unrolled-model",
         "version": 1,
@@ -186,7 +185,7 @@ def prepare(case: Case, ws: Workspace, base: Path) -> None:
         if verb == "run":
             shutil.copytree(base, ws.run)
         elif verb == "remove":
-            target.unlink()
+            target.unlink(missing_ok=True)  # the run of another version may lack it
         elif verb == "empty":
             target.write_bytes(b"")
         elif verb == "truncate":
@@ -195,7 +194,7 @@ def prepare(case: Case, ws: Workspace, base: Path) -> None:
         elif verb == "corrupt":
             target.write_bytes(bytes(rng.randrange(256) for _ in range(4096)))
         elif verb in ("pickle", "plain-pickle"):
-            _crafted(target, ws.marker, plain=verb == "plain-pickle")
+            _crafted(target, ws.run / "best.pt", ws.marker, plain=verb == "plain-pickle")
         elif verb == "version":
             import torch
 
