@@ -79,7 +79,7 @@ def _resume_step(run: Path) -> int:
     for name in ("checkpoint.pt", "checkpoint.prev.pt"):
         try:
             return int(torch.load(run / name, weights_only=True)["step"])
-        except Exception:  # noqa: BLE001 - a checkpoint the kill tore: the other one counts
+        except Exception:  # a checkpoint the kill tore: the other one counts
             continue
     return 0
 
@@ -97,7 +97,8 @@ def _killed_run(strategy: str, root: Path) -> tuple[Path, list[dict[str, float]]
     for i, step in enumerate(steps):
         delay = round(rng.uniform(0.0, 0.3), 3)
         _kill_at(new if i == 0 else resume, run, step, delay)
-        record.append({"kill_after_step": step, "delay_s": delay, "resumes_from": _resume_step(run)})
+        resumes_from = _resume_step(run)
+        record.append({"kill_after_step": step, "delay_s": delay, "resumes_from": resumes_from})
     memroll("train", "--resume", run, "--no-progress", "--no-eval")
     return run, record
 
@@ -121,7 +122,7 @@ def test_runs_killed_at_random_steps_resume_bit_identically(tmp_path, record_pro
         results = {s: (killed[s].result(), straight[s].result()) for s in STRATEGIES}
     for strategy, ((run, record), whole) in results.items():
         record_property(f"kills_{strategy}", record)
-        print(strategy, record)  # noqa: T201 - the seeded kills, in the test's output
+        print(strategy, record)  # the seeded kills, in the test's output (-s)
         a = torch.load(run / "checkpoint.pt", weights_only=True)
         b = torch.load(whole / "checkpoint.pt", weights_only=True)
         assert a["step"] == b["step"] == STEPS
