@@ -157,9 +157,10 @@ def test_resume_and_eval_fall_back_and_say_so(tmp_path):
         "memroll: checkpoint.pt is truncated or corrupt: its zip archive ends early (the write "
         "that made it was cut short): resuming from checkpoint.prev.pt (step 2) instead"
     ]
-    assert "resumed at step 2 from checkpoint.prev.pt (checkpoint.pt is truncated" in (
-        run / "events.log"
-    ).read_text()
+    assert (
+        "resumed at step 2 from checkpoint.prev.pt (checkpoint.pt is truncated"
+        in (run / "events.log").read_text()
+    )
     header = (run / "config.toml").read_text().split("\n\n")[0]
     assert header.startswith("# the configuration of this run, as trained (from")
     assert "# resumed " in header
