@@ -134,7 +134,7 @@ def train_config(
 
 def _checked(
     config: RunConfig, run: Path, strategy: str | None, resume: bool
-) -> tuple[unrolled.Strategy, unrolled.TaskDataset, unrolled.TaskDataset, nn.Module]:
+) -> tuple[unrolled.Strategy, unrolled.TaskDataset, unrolled.TaskDataset, unrolled.UnrolledModel]:
     """Check what the training needs before any file is written; return what it trains.
 
     The device, the strategy (and the model's refusal of it), a run folder that holds a run

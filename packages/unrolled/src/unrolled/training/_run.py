@@ -26,7 +26,7 @@ import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import numpy as np
 import torch
@@ -312,7 +312,7 @@ def atomic_save(
     target = Path(path)
     plain = to_plain(obj)
     with _AtomicFile(target, None if previous is None else Path(previous)) as handle:
-        torch.save(plain, handle)
+        torch.save(plain, cast(IO[bytes], handle))  # write() and flush() are all it calls
     return target
 
 
