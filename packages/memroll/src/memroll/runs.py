@@ -132,8 +132,9 @@ def _checked(
 ) -> tuple[unrolled.Strategy, unrolled.TaskDataset, unrolled.TaskDataset, unrolled.UnrolledModel]:
     """Check what the training needs before any file is written; return what it trains.
 
-    The device, the strategy (and the model's refusal of it), a run folder that holds a run
-    already, and a batch larger than the data.
+    The device, the strategy (and the model's refusal of it, after certifying the bounds that
+    ``"reversible"`` needs), a run folder that holds a run already, and a batch larger than the
+    data.
     """
     check_device(config.train.device, "train.device")
     with input_errors():
@@ -147,15 +148,24 @@ def _checked(
     train_data = make_task(config, "train")
     val_data = make_task(config, "val")
     model = build_model(config, train_data)
-    problem = model.strategy_problem(chosen)
-    if problem is not None:
-        raise CommandError(problem)
     if config.train.batch_size > len(train_data):
         raise CommandError(
             f"train.batch_size={config.train.batch_size} is larger than the {len(train_data)} "
             f"training samples of this task: use --set train.batch_size=N with N <= "
             f"{len(train_data)}, or a larger task.train_samples"
         )
+    problem = model.strategy_problem(chosen)
+    if problem is not None and chosen.forward_name == "reversible":
+        # bounds the model needs first (PGD, FPM): certify on the first training batch, as
+        # unrolled.train does (it certifies again: the same batch, the same bounds)
+        train = config.train
+        first = unrolled.batch_indices(0, len(train_data), train.batch_size, train.seed)
+        batch = train_data.batch(first)
+        with input_errors():  # a learned step that cannot be inverted
+            model.certify(batch.physics, batch.target)
+        problem = model.strategy_problem(chosen)
+    if problem is not None:
+        raise CommandError(problem)
     return chosen, train_data, val_data, model
 
 
