@@ -152,7 +152,7 @@ def _checked(
         raise CommandError(
             f"train.batch_size={config.train.batch_size} is larger than the {len(train_data)} "
             f"training samples of this task: use --set train.batch_size=N with N <= "
-            f"{len(train_data)}, or a larger task.train_samples"
+            f"{len(train_data)}"
         )
     problem = model.strategy_problem(chosen)
     if problem is not None and chosen.forward_name == "reversible":
