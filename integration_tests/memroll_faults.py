@@ -3,7 +3,7 @@
 The cases are in ``fault_cases.toml`` (one table per case: the command, the files it starts
 from, the fault, the one line it must end with, and what the command did before issue 12).
 ``test_integration_faults_cli.py`` runs each in-process with its *simulated* fault (portable);
-``python integration_tests/memroll_faults.py trial TREE...`` runs each in a fresh process
+``python integration_tests/memroll_faults.py trial OUT.json TREE...`` runs each in a fresh process
 against the source trees given (their ``packages/*/src`` on ``PYTHONPATH``), with *real* faults
 where the case names one (a full or read-only tmpfs in a private mount namespace, a folder without
 write permission in a user namespace, so it works as root), and prints the before/after table.
