@@ -110,20 +110,20 @@ def test_killed_training_resumes_to_the_uninterrupted_run(tmp_path):
     finally:
         process.wait()
     assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    stopped = torch.load(killed / "checkpoint.pt", weights_only=False)["step"]
+    stopped = torch.load(killed / "checkpoint.pt", weights_only=True)["step"]
     assert 5 <= stopped < 60
 
     memroll("train", "--resume", killed, "--no-progress", "--no-eval")
     memroll(*args, "--run-dir", whole)
 
-    a = torch.load(killed / "checkpoint.pt", weights_only=False)
-    b = torch.load(whole / "checkpoint.pt", weights_only=False)
+    a = torch.load(killed / "checkpoint.pt", weights_only=True)
+    b = torch.load(whole / "checkpoint.pt", weights_only=True)
     assert a["step"] == b["step"] == 60
     for key in b["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
     assert [r["loss"] for r in a["history"]] == [r["loss"] for r in b["history"]]
     assert a["best"] == b["best"]
-    best_a = torch.load(killed / "best.pt", weights_only=False)["model"]
-    best_b = torch.load(whole / "best.pt", weights_only=False)["model"]
+    best_a = torch.load(killed / "best.pt", weights_only=True)["model"]
+    best_b = torch.load(whole / "best.pt", weights_only=True)["model"]
     assert all(torch.equal(best_a[k], best_b[k]) for k in best_b)
     assert _steps(killed) == list(range(1, 61))

@@ -50,7 +50,7 @@ def test_shipped_config_trains_end_to_end(name, tmp_path):
     done = memroll("train", name, *tiny(name), "--run-dir", run, "--no-progress")
     assert f"training {name}:" in done.stdout
     assert "trained 2 steps" in done.stdout
-    checkpoint = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
+    checkpoint = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert checkpoint["step"] == 2
     losses = _losses(run)
     assert len(losses) == 2

@@ -108,7 +108,7 @@ def test_set_overrides_reach_the_model(tmp_path, config_file):
     run = tmp_path / "run"
     argv = ["train", str(config_file), "--set", "model.iterations=3", "--set", "train.steps=1"]
     assert main([*argv, "--run-dir", str(run), "--no-eval"]) == 0
-    checkpoint = torch.load(run / "checkpoint.pt", weights_only=False)
+    checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)
     assert checkpoint["step"] == 1
     assert any(key.startswith("stages.2.") for key in checkpoint["model"])
 

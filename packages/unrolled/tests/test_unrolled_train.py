@@ -227,7 +227,7 @@ def test_resume_after_a_kill_is_bit_identical(tmp_path):
     run_dir, out = str(tmp_path / "run"), str(tmp_path / "out.pt")
     killed = _child(run_dir, "killed", out)
     assert killed.returncode == -9, killed.stderr  # SIGKILL, mid-run
-    assert torch.load(Path(run_dir) / "checkpoint.pt", weights_only=False)["step"] == 3
+    assert torch.load(Path(run_dir) / "checkpoint.pt", weights_only=True)["step"] == 3
     rows = _rows(Path(run_dir) / "log.csv")
     assert [r["step"] for r in rows] == ["1", "2", "3", "4", "5"]  # logged past the checkpoint
 
@@ -304,7 +304,7 @@ def test_checkpoints_are_written_atomically(tmp_path, train_data, monkeypatch):
         unrolled.train(_modl(), train_data, run_dir=str(run_dir), callback=break_saving, **options)
     monkeypatch.setattr(torch, "save", real_save)
     assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint.pt", "log.csv", "val.csv"]
-    assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["step"] == 2
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["step"] == 2
 
     resumed = _modl()
     result = unrolled.train(resumed, train_data, run_dir=str(run_dir), resume=True, **options)

@@ -39,6 +39,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from unrolled.training import atomic_path
+
 __all__ = [
     "Line",
     "LinePanel",
@@ -67,7 +69,8 @@ def _figure(width: float, height: float) -> Any:
 def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png")
+    with atomic_path(out) as tmp:  # a full disk leaves the previous figure, and no temporary
+        fig.savefig(tmp, format="png")
     return out
 
 

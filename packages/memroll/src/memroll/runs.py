@@ -4,15 +4,23 @@ The work behind ``memroll train``, ``memroll eval`` and ``memroll recon``, share
 line, the demo and the benchmark (:func:`train_config`, :func:`evaluate_run`,
 :func:`reconstruct_files`; the fastMRI specifics are in :mod:`memroll.fastmri`).
 
-A run folder holds ``config.toml`` (the configuration as trained, with the strategy chosen),
-the files of :func:`unrolled.train` (``checkpoint.pt``, ``best.pt``, ``log.csv``, ``val.csv``,
-``train_result.json``), and what :func:`evaluate_run` writes: ``metrics_<split>.json`` (means,
-standard deviations, per-sample rows, the baselines, PSNR after every stage),
-``metrics_<split>.csv`` (per sample) and ``recon_<split>.png``.
+A run folder holds ``config.toml`` (the configuration as trained, with the strategy chosen; its
+header comments say how the run was started and every resume: date, command, step), the files
+of :func:`unrolled.train` (``checkpoint.pt`` and the one before it, ``checkpoint.prev.pt``,
+``best.pt``, ``log.csv``, ``val.csv``, ``events.log``, ``train_result.json``), and what
+:func:`evaluate_run` writes: ``metrics_<split>.json`` (means, standard deviations, per-sample
+rows, the baselines, PSNR after every stage), ``metrics_<split>.csv`` (per sample) and
+``recon_<split>.png``. Every file follows the user's umask and is written atomically.
+
+Everything the user gave is checked before any work or file: the device, the configuration,
+the strategy against the model, the batch size against the data. A ``checkpoint.pt`` that
+cannot be used (truncated, corrupt, another version) is skipped for ``checkpoint.prev.pt`` and
+a ``best.pt`` for the checkpoints, each time with a line on stderr and in ``events.log``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -24,10 +32,25 @@ import torch
 from torch import Tensor, nn
 
 import unrolled
-from unrolled.training import atomic_write_text, extra_buffers, load_buffers
+from unrolled.training import (
+    RunFolder,
+    atomic_write_text,
+    extra_buffers,
+    load_buffers,
+)
 
 from . import plots
-from ._console import CommandError, megabytes, say
+from ._console import CommandError, check_device, input_errors, megabytes, note, say
+from ._run_config import (
+    CONFIG_FILE,
+    MRI_TASKS,
+    ResumePoint,
+    config_header,
+    resume_config,
+    resume_header,
+    resume_point,
+    with_fastmri,
+)
 from .config import RunConfig, build_model, dump_config, load_config, make_task
 from .fastmri import (
     mean_scores,
@@ -46,30 +69,18 @@ __all__ = [
     "CONFIG_FILE",
     "MRI_TASKS",
     "InputBaseline",
+    "ResumePoint",
     "evaluate_run",
     "load_run_config",
     "reconstruct_file",
     "reconstruct_files",
     "resume_config",
+    "resume_header",
+    "resume_point",
     "split_overrides",
     "train_config",
     "with_fastmri",
 ]
-
-CONFIG_FILE = "config.toml"
-MRI_TASKS = ("multicoil_mri", "singlecoil_mri")
-# options that may change when a run resumes (unrolled.train checks the training options too)
-RESUMABLE = {
-    "train.steps",
-    "train.val_every",
-    "train.checkpoint_every",
-    "train.log_every",
-    "train.device",
-    "train.num_workers",
-    "train.progress",
-    "task.maps_cache",
-    "description",
-}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -87,24 +98,20 @@ def train_config(
 ) -> dict[str, Any]:
     """Train ``config`` into ``run_dir`` (``memroll train``).
 
+    Everything is checked before any file is written (:func:`_checked`). ``header`` becomes the
+    header comment of ``config.toml``; when resuming it is appended to the run's header.
+
     Returns ``train_result.json``'s content, plus ``"metrics"`` (the test-split summary) when
     ``evaluate_after``.
     """
     run = Path(run_dir)
-    chosen = config.strategy.resolve(strategy)
-    config.strategy.name = chosen.name
-    if not resume and (run / "checkpoint.pt").exists():
-        raise CommandError(
-            f"{str(run)!r} already holds a run (checkpoint.pt): continue it with memroll train "
-            "--resume, or choose another --run-dir"
-        )
-    train_data = make_task(config, "train")
-    val_data = make_task(config, "val")
+    chosen, train_data, val_data, model = _checked(config, run, strategy, resume)
     for data in (train_data, val_data):  # fastMRI: coil maps once, outside the measured loop
         if isinstance(data, unrolled.tasks.FastMRITask) and data.prepare_maps(progress):
             say(f"coil maps of the {data.split} split are in the cache (memroll prepare)")
-    model = build_model(config, train_data)
     run.mkdir(parents=True, exist_ok=True)
+    if resume:
+        header = "\n".join(filter(None, [config_header(run / CONFIG_FILE), header]))
     atomic_write_text(run / CONFIG_FILE, dump_config(config, header))
     options = _train_options(config, run, resume, progress)
     _warm_up(model, train_data, val_data)
@@ -133,6 +140,48 @@ def train_config(
         f"train.steps=N trains it further{recon if config.task.name in MRI_TASKS else ''}"
     )
     return summary
+
+
+def _checked(
+    config: RunConfig, run: Path, strategy: str | None, resume: bool
+) -> tuple[unrolled.Strategy, unrolled.TaskDataset, unrolled.TaskDataset, unrolled.UnrolledModel]:
+    """Check what the training needs before any file is written; return what it trains.
+
+    The device, the strategy (and the model's refusal of it, after certifying the bounds that
+    ``"reversible"`` needs), a run folder that holds a run already, and a batch larger than the
+    data.
+    """
+    check_device(config.train.device, "train.device")
+    with input_errors():
+        chosen = config.strategy.resolve(strategy)
+    config.strategy.name = chosen.name
+    if not resume and RunFolder(run, create=False).has_checkpoint():
+        raise CommandError(
+            f"{str(run)!r} already holds a run (checkpoint.pt): continue it with memroll train "
+            "--resume, or choose another --run-dir"
+        )
+    train_data = make_task(config, "train")
+    val_data = make_task(config, "val")
+    model = build_model(config, train_data)
+    if config.train.batch_size > len(train_data):
+        raise CommandError(
+            f"train.batch_size={config.train.batch_size} is larger than the {len(train_data)} "
+            f"training samples of this task: use --set train.batch_size=N with N <= "
+            f"{len(train_data)}"
+        )
+    problem = model.strategy_problem(chosen)
+    if problem is not None and chosen.forward_name == "reversible":
+        # bounds the model needs first (PGD, FPM): certify on the first training batch, as
+        # unrolled.train does (it certifies again: the same batch, the same bounds)
+        train = config.train
+        first = unrolled.batch_indices(0, len(train_data), train.batch_size, train.seed)
+        batch = train_data.batch(first)
+        with input_errors():  # a learned step that cannot be inverted
+            model.certify(batch.physics, batch.target)
+        problem = model.strategy_problem(chosen)
+    if problem is not None:
+        raise CommandError(problem)
+    return chosen, train_data, val_data, model
 
 
 def _warm_up(
@@ -176,44 +225,6 @@ def _train_options(config: RunConfig, run: Path, resume: bool, progress: bool) -
     return options
 
 
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict) and value and prefix.count(".") < 1:
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
-
-
-def _check_resumable(saved: RunConfig, new: RunConfig) -> None:
-    old, now = _flatten(saved.to_data()), _flatten(new.to_data())
-    for key in sorted(set(old) | set(now)):
-        if key in RESUMABLE or key.startswith("eval."):
-            continue
-        if old.get(key) != now.get(key):
-            raise CommandError(
-                f"cannot resume with {key} changed (the run has {old.get(key)!r}, now "
-                f"{now.get(key)!r}): a resumed run continues the same training; only "
-                f"{', '.join(sorted(RESUMABLE - {'description'}))} and eval.* may change"
-            )
-
-
-def with_fastmri(overrides: list[str], fastmri: str | None, config: RunConfig | None) -> list[str]:
-    """Return ``overrides`` plus ``task.root=FASTMRI`` (``--fastmri``), checked against the task."""
-    if fastmri is None:
-        return overrides
-    if config is not None and config.task.name not in MRI_TASKS:
-        raise CommandError(
-            f"--fastmri reads fastMRI files, which only the MRI tasks ({', '.join(MRI_TASKS)}) "
-            f"take; this config's task is {config.task.name!r} (it runs on the embedded "
-            "real-anatomy data)"
-        )
-    if not Path(fastmri).exists():
-        raise CommandError(f"--fastmri {fastmri!r} does not exist: give a .h5 file or a folder")
-    return [*overrides, f"task.root={json.dumps(str(fastmri))}"]
-
-
 def split_overrides(split_by_file: str | None, split_seed: int | None) -> list[str]:
     """Return the ``--set`` overrides of ``--split-by-file 0.8,0.1,0.1 --split-seed S``.
 
@@ -235,41 +246,6 @@ def split_overrides(split_by_file: str | None, split_seed: int | None) -> list[s
     if split_seed is not None:
         out.append(f"task.split_seed={int(split_seed)}")
     return out
-
-
-def resume_config(
-    run: Path, overrides: list[str], fastmri: str | None, strategy: str | None
-) -> RunConfig:
-    """Return the configuration a resumed run continues with (``memroll train --resume``).
-
-    Raises :class:`CommandError` when ``run`` is no run folder with a checkpoint, when an option
-    that must not change did (the model, the data, the strategy), or when ``train.steps`` is below
-    the checkpoint's step.
-    """
-    if not (run / CONFIG_FILE).is_file():
-        raise CommandError(
-            f"--resume {str(run)!r}: no {CONFIG_FILE} there; is it a run folder of memroll train?"
-        )
-    if not (run / "checkpoint.pt").is_file():
-        raise CommandError(
-            f"--resume {str(run)!r}: the run has no checkpoint.pt yet (it stopped before "
-            "its first checkpoint); start it again with memroll train CONFIG --run-dir"
-        )
-    saved = load_config(run / CONFIG_FILE)
-    config = load_config(run / CONFIG_FILE, with_fastmri(overrides, fastmri, saved))
-    _check_resumable(saved, config)
-    # weights_only=False: a training checkpoint holds optimizer and RNG states (our own file)
-    step = int(torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)["step"])
-    if config.train.steps < step:
-        raise CommandError(
-            f"cannot resume with train.steps={config.train.steps}: the run is at step {step}; "
-            f"pass --set train.steps=N with N >= {step}"
-        )
-    if strategy is not None and strategy != saved.strategy.name:
-        raise CommandError(
-            f"cannot resume with --strategy {strategy}: the run trains with {saved.strategy.name!r}"
-        )
-    return config
 
 
 # ------------------------------------------------------------------------------------------------
@@ -303,13 +279,23 @@ def load_run_config(
     return load_config(run / CONFIG_FILE, with_fastmri(list(overrides), fastmri, saved))
 
 
-def _weights_file(run: Path, weights: str) -> Path:
-    best, last = run / "best.pt", run / "checkpoint.pt"
-    if weights == "best" and best.is_file():
-        return best
-    if last.is_file():
-        return last
-    raise CommandError(f"{str(run)!r} has no trained weights yet (no best.pt or checkpoint.pt)")
+def _load_weights(model: nn.Module, run: Path, weights: str, command: str) -> dict[str, Any]:
+    """Load the run's weights into ``model`` (:func:`unrolled.load_run_weights`).
+
+    A file that cannot be used is skipped for the next (``best.pt``, ``checkpoint.pt``,
+    ``checkpoint.prev.pt``), said on stderr and in the run's ``events.log``.
+    """
+    folder = RunFolder(run, create=False)
+    if not (folder.best.is_file() or folder.has_checkpoint()):
+        raise CommandError(f"{str(run)!r} has no trained weights yet (no best.pt or checkpoint.pt)")
+    with input_errors():  # a model that does not fit the file (eval --set model.*=...)
+        info = unrolled.load_run_weights(model, run, weights)
+    if info["skipped"]:
+        text = f"{'; '.join(info['skipped'])}: using {info['file']} (step {info.get('step')})"
+        note(text)
+        with contextlib.suppress(OSError):  # a read-only run folder: stderr says it already
+            folder.note(f"{command}: {text}")
+    return info
 
 
 def _baseline_models(config: RunConfig, data: unrolled.TaskDataset) -> dict[str, nn.Module]:
@@ -352,8 +338,8 @@ def evaluate_run(
     split = split or config.eval.split
     data = make_task(config, split)
     model = build_model(config, data)
-    source = _weights_file(run, weights or config.eval.weights)
-    info = unrolled.load_model(model, source)
+    info = _load_weights(model, run, weights or config.eval.weights, "eval")
+    source = Path(info["file"])
     model.to(device)
     kwargs: dict[str, Any] = {"batch_size": config.eval.batch_size, "device": device}
     kwargs["max_samples"] = config.eval.samples
@@ -480,6 +466,18 @@ def _print_report(
 # ------------------------------------------------------------------------------------------------
 # recon
 # ------------------------------------------------------------------------------------------------
+def _check_writable(out: Path) -> None:
+    """Refuse an OUTPUT whose folder cannot be written, before any work (creating the folder)."""
+    out.parent.mkdir(parents=True, exist_ok=True)  # an OSError (EROFS, EACCES) names the path
+    if out.is_dir():
+        raise CommandError(f"OUTPUT {str(out)!r} is a folder: give the .h5 file to write")
+    if not os.access(out.parent, os.W_OK):
+        raise CommandError(
+            f"OUTPUT {str(out)!r}: its folder is not writable (read-only, or no permission): "
+            "choose another OUTPUT"
+        )
+
+
 def reconstruct_files(
     run_dir: str | os.PathLike[str],
     sources: Sequence[str | os.PathLike[str]],
@@ -515,10 +513,15 @@ def reconstruct_files(
         )
     files = recon_inputs(sources)
     outputs = recon_outputs(files, output)
+    import h5py
+
+    for src, out in zip(files, outputs):  # before any work: every input read, every output written
+        if not h5py.is_hdf5(src):
+            raise CommandError(f"INPUT {str(src)!r} is not an HDF5 file (a fastMRI .h5 file)")
+        _check_writable(out)
     datasets = [recon_dataset(config, src, image_size, cache) for src in files]
     model = build_model(config, datasets[0])
-    weights_path = _weights_file(run, weights)
-    unrolled.load_model(model, weights_path)
+    weights_path = Path(_load_weights(model, run, weights, "recon")["file"])
     model.to(device).eval()
     written, rows, unscored = [], [], []
     total = sum(len(d) for d in datasets)

@@ -44,6 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from .._console import CommandError
 from ._report import write_report
 from ._specs import TABLES, Job, configs
 from ._specs import jobs as make_jobs
@@ -159,16 +160,18 @@ def _check_args(args: argparse.Namespace) -> tuple[list[str], str]:
     for name in ("threads", "jobs"):
         value = getattr(args, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"--{name} must be a positive integer, got {value!r}")
+            raise CommandError(f"--{name} must be a positive integer, got {value!r}")
     import torch
 
     device = args.device
     if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"--device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+        raise CommandError(f"--device must be 'auto', 'cpu' or 'cuda', got {device!r}")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     elif device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but CUDA is not available; use --device cpu")
+        raise CommandError(
+            "--device cuda was asked for but CUDA is not available; use --device cpu"
+        )
     return tables, device
 
 

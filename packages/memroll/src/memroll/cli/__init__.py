@@ -22,9 +22,16 @@ command                                         what it does
 
 Each subcommand is a module of this package with ``register_parser(subparsers)``; the work is
 done by :mod:`memroll.runs`, :mod:`memroll.demo` and :mod:`memroll.bench`, which never import
-the command line back. Errors in the input (an unknown config key, a bad value, a missing file)
-end the command with exit status 2 and one line naming the problem; ``MEMROLL_TRACEBACK=1``
-shows the traceback.
+the command line back.
+
+Errors end the command with exit status 2 and one line naming the problem: the input (an
+unknown config key, a bad value, a missing file, a device that is not there: a
+:class:`~memroll._console.CommandError`, raised before any work or file is written), a run file
+that cannot be used (:class:`unrolled.RunFileError`: empty, corrupt, another format version,
+or a pickle that would need Python's full unpickler), a training whose loss diverged
+(``FloatingPointError``), and the ``OSError`` s the command can name (a full disk, a read-only
+file system, no permission, ...; :data:`~memroll._console.OS_ERRORS`). Anything else is a bug
+and shows its traceback; ``MEMROLL_TRACEBACK=1`` shows the traceback of the one-line errors too.
 """
 
 from __future__ import annotations
@@ -34,14 +41,28 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from typing import NoReturn
 
 import torch
 
+import unrolled
+
+from .._console import CommandError, check_device, os_error_line
 from . import bench, configs, demo, eval, prepare, recon, train
 
 __all__ = ["build_parser", "main"]
 
 SUBCOMMANDS = (train, eval, recon, prepare, bench, demo, configs)
+# the named conditions of the libraries, reported as one line (their messages say what to do)
+REPORTED = (CommandError, unrolled.RunFileError, FloatingPointError)
+
+
+class _Parser(argparse.ArgumentParser):
+    """``argparse`` with its errors as one line (the usage is one ``--help`` away)."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``PROG: error: MESSAGE (PROG --help ...)`` to stderr and exit with status 2."""
+        self.exit(2, f"{self.prog}: error: {message} ({self.prog} --help shows the usage)\n")
 
 
 def _version() -> str:
@@ -52,7 +73,7 @@ def _version() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the ``memroll`` argument parser, with every subcommand registered."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="memroll",
         description="Train physics-based unrolled networks with memory-saving strategies.",
     )
@@ -80,6 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.torch_threads)
     start = time.perf_counter()
     try:
+        if args.command in ("train", "eval", "recon") and args.device is not None:
+            check_device(args.device)  # before any work or file
         status = int(args.handler(args))
     except KeyboardInterrupt:
         print("memroll: interrupted", file=sys.stderr)
@@ -87,11 +110,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # the reader went away (`memroll configs | head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    except (ValueError, TypeError, FileNotFoundError, ImportError, FloatingPointError) as err:
-        if os.environ.get("MEMROLL_TRACEBACK"):
+    except REPORTED as err:
+        return _failed(args.command, err, str(err))
+    except OSError as err:
+        line = os_error_line(err)
+        if line is None:
             raise
-        print(f"memroll {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        return _failed(args.command, err, line)
     if args.command in ("train", "eval", "recon"):
         print(f"({args.command} took {time.perf_counter() - start:.1f} s)", flush=True)
     return status
+
+
+def _failed(command: str, err: BaseException, line: str) -> int:
+    """Report ``err`` as one line on stderr and return exit status 2.
+
+    With ``MEMROLL_TRACEBACK=1`` it raises ``err`` instead, with its traceback.
+    """
+    if os.environ.get("MEMROLL_TRACEBACK"):
+        raise err
+    text = " ".join(line.split())  # one line, whatever the message held
+    print(f"memroll {command}: error: {text}", file=sys.stderr)
+    return 2

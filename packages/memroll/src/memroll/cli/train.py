@@ -5,12 +5,20 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
 from .._console import CommandError
 from ..config import RunConfig, config_path, load_config
-from ..runs import resume_config, split_overrides, train_config, with_fastmri
+from ..runs import (
+    resume_config,
+    resume_header,
+    resume_point,
+    split_overrides,
+    train_config,
+    with_fastmri,
+)
 
 __all__ = ["add_split_arguments", "register_parser"]
 
@@ -84,8 +92,15 @@ def _resumed(args: argparse.Namespace, overrides: list[str]) -> tuple[RunConfig,
             "give either CONFIG (a new run) or --resume RUN_DIR (continue a run), not both"
         )
     folder = Path(args.resume)
-    config = resume_config(folder, overrides, args.fastmri, args.strategy)
-    return config, folder, None, f"memroll train --resume {folder}"
+    point = resume_point(folder)  # the checkpoint it resumes from (said when a fallback)
+    config = resume_config(folder, overrides, args.fastmri, args.strategy, step=point.step)
+    command = ["memroll", "train", "--resume", str(folder)]
+    for option in ("set", "device", "fastmri", "strategy"):
+        values = getattr(args, option)
+        for value in values if isinstance(values, list) else [values]:
+            if value is not None:
+                command += [f"--{option}", str(value)]
+    return config, folder, None, resume_header(point, shlex.join(command))
 
 
 def _new(args: argparse.Namespace, overrides: list[str]) -> tuple[RunConfig, Path, str, str]:

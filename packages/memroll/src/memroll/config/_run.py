@@ -46,6 +46,7 @@ import torch
 
 import unrolled
 
+from .._console import CommandError, input_errors
 from ._options import check_options
 from ._registry import get_model_entry, new_model
 from ._schema import from_dict, set_dotted, to_dict
@@ -299,7 +300,7 @@ def config_path(source: str | Path) -> Path:
     name = path.stem if path.suffix == ".toml" and len(path.parts) == 1 else str(source)
     if name in shipped:
         return shipped[name]
-    raise ValueError(
+    raise CommandError(
         f"no config file {str(source)!r}: give a path to a TOML file or the name of a shipped "
         f"config ({', '.join(shipped)}); `memroll configs` lists them"
     )
@@ -311,18 +312,21 @@ def load_config(source: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
     ``source`` is a path or a shipped config's name; ``overrides`` are ``"model.iterations=4"``
     assignments.
     """
-    path = config_path(source)
-    tomllib = toml_module()
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"{path}: not valid TOML ({err})") from None
-    for assignment in overrides:
-        set_dotted(data, assignment)
-    try:
-        return config_from_data(data)
-    except ValueError as err:
-        raise ValueError(f"{path}: {err}") from None
+    with input_errors():  # a CommandError (a ValueError) naming the problem
+        path = config_path(source)
+        tomllib = toml_module()
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"{path}: not valid TOML ({err})") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}: not a text file (a TOML config is text)") from None
+        for assignment in overrides:
+            set_dotted(data, assignment)
+        try:
+            return config_from_data(data)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
 
 
 def dump_config(config: RunConfig, header: str = "") -> str:
@@ -337,7 +341,9 @@ def make_task(config: RunConfig, split: str, **overrides: Any) -> unrolled.TaskD
     """Return the ``split`` of the configuration's task (``overrides`` replace task options)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    return unrolled.make_dataset(config.task.name, split, **{**config.task.options, **overrides})
+    with input_errors():  # the task's refusal of an option is the config's problem
+        options = {**config.task.options, **overrides}
+        return unrolled.make_dataset(config.task.name, split, **options)
 
 
 def build_model(config: RunConfig, data: unrolled.TaskDataset) -> unrolled.UnrolledModel:
@@ -346,4 +352,5 @@ def build_model(config: RunConfig, data: unrolled.TaskDataset) -> unrolled.Unrol
     It is initialised from ``train.seed``: the same seed gives the same initial weights.
     """
     torch.manual_seed(config.train.seed)
-    return new_model(config.model.name, config.model.options, data)
+    with input_errors():  # the model's refusal of an option is the config's problem
+        return new_model(config.model.name, config.model.options, data)

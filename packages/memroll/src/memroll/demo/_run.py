@@ -51,6 +51,7 @@ import torch
 import unrolled
 
 from .. import plots
+from .._console import CommandError
 from ..config import RunConfig, build_model, dump_config, load_config, make_task
 from ..runs import evaluate_run
 from ._jobs import LAUNCH_ORDER, PROBE_STEPS, Job, probe_overrides, run_jobs
@@ -159,7 +160,7 @@ def _set_up(args: argparse.Namespace) -> _Demo:
     overrides = list(QUICK) if args.quick else []
     if args.steps is not None:
         if args.steps < 1:
-            raise ValueError(f"--steps must be a positive integer, got {args.steps}")
+            raise CommandError(f"--steps must be a positive integer, got {args.steps}")
         overrides.append(f"train.steps={args.steps}")
     config = load_config(CONFIG, overrides)
     if args.jobs is not None:
@@ -167,7 +168,7 @@ def _set_up(args: argparse.Namespace) -> _Demo:
     else:  # one GPU runs one training at a time; CPU cores one each
         jobs = 1 if str(args.device).startswith("cuda") else min(2, os.cpu_count() or 1)
     if jobs < 1:
-        raise ValueError(f"--jobs must be a positive integer, got {jobs}")
+        raise CommandError(f"--jobs must be a positive integer, got {jobs}")
     demo = _Demo(config, out, args.device, jobs, start)
     out.mkdir(parents=True, exist_ok=True)
     demo.config_file.write_text(dump_config(config, "the configuration memroll demo trained"))

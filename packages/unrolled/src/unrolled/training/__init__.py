@@ -10,8 +10,10 @@ name                               what it is
 :class:`TrainOptions`,             its options and the deterministic data order of a step
 :func:`batch_indices`,
 :class:`StepSampler`
-:class:`TrainResult`,              its result; the run folder's files; RNG states
-:class:`RunFolder`
+:class:`TrainResult`,              its result; the run folder's files (two checkpoints, logs,
+:class:`RunFolder`,                events); RNG states as tensors and plain values
+:func:`rng_state`,
+:func:`set_rng_state`
 :func:`make_engine`,               one optimizer step: one Adam for the model, or GLEAM's greedy
 :class:`PlainEngine`,              modules through :class:`greedytrain.GreedyTrainer`
 :class:`GreedyEngine`,
@@ -23,14 +25,21 @@ name                               what it is
 :func:`nrmse`, :func:`get_loss`
 :func:`fastmri_metrics`,           fastMRI's NMSE, PSNR and SSIM of one volume (the target
 :func:`fastmri_center_crop`        volume's maximum as data range) and its centre crop
-:func:`save_model`,                model files with their non-persistent buffers
-:func:`load_model`,
+:func:`save_model`,                model files with their non-persistent buffers; a run's
+:func:`load_model`,                weights with fallback from a corrupt ``best.pt`` to the
+:func:`load_run_weights`,          checkpoints
 :func:`extra_buffers`,
 :func:`load_buffers`
+:func:`read_file`,                 reading any file of a run with ``weights_only=True``: a file
+:class:`RunFileError`              that is empty, corrupt, of another format version, or needs
+                                   Python's full unpickler is refused (nothing in it runs)
 :class:`MemoryProbe`,              peak memory (CPU ``VmHWM``, CUDA max allocated) and step times
 :func:`timed`, :func:`median`
-:func:`atomic_path`,               atomic file writing (temporary file, fsync, ``os.replace``)
-:func:`atomic_write_text`
+:func:`atomic_path`,               atomic file writing (temporary file with the user's umask,
+:func:`atomic_write_text`,         fsync, ``os.replace``; a failure removes it and says how much
+:func:`atomic_save`,               was written), appends cut back on failure, weights-only
+:func:`append_text`,               state (:func:`to_plain`)
+:func:`to_plain`
 =================================  ==============================================================
 """
 
@@ -54,11 +63,15 @@ from ._evaluate import (
 from ._fastmri_metrics import SSIM_WINDOW, fastmri_center_crop, fastmri_metrics
 from ._io import (
     CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    FILE_VERSIONS,
     MODEL_FORMAT,
+    MODEL_VERSION,
+    RunFileError,
     extra_buffers,
     load_buffers,
     load_model,
-    save_model,
+    read_file,
 )
 from ._loop import train
 from ._memory import MemoryProbe, median, timed
@@ -67,17 +80,25 @@ from ._options import SCHEDULERS, StepSampler, TrainOptions, batch_indices
 from ._run import (
     RunFolder,
     TrainResult,
+    append_text,
     atomic_path,
+    atomic_save,
     atomic_write_text,
+    load_run_weights,
     rng_state,
+    save_model,
     seed_everything,
     set_rng_state,
+    to_plain,
 )
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "CHECKPOINT_VERSION",
+    "FILE_VERSIONS",
     "METRICS",
     "MODEL_FORMAT",
+    "MODEL_VERSION",
     "SCHEDULERS",
     "SSIM_WINDOW",
     "Engine",
@@ -85,11 +106,14 @@ __all__ = [
     "MemoryProbe",
     "MetricsTable",
     "PlainEngine",
+    "RunFileError",
     "RunFolder",
     "StepSampler",
     "TrainOptions",
     "TrainResult",
+    "append_text",
     "atomic_path",
+    "atomic_save",
     "atomic_write_text",
     "aux_loss_weight",
     "batch_indices",
@@ -101,6 +125,7 @@ __all__ = [
     "get_loss",
     "load_buffers",
     "load_model",
+    "load_run_weights",
     "make_engine",
     "median",
     "model_loss",
@@ -108,6 +133,7 @@ __all__ = [
     "nrmse",
     "psnr",
     "psnr_per_stage",
+    "read_file",
     "resolve_collate",
     "rng_state",
     "save_model",
@@ -116,5 +142,6 @@ __all__ = [
     "ssim",
     "ssim_torch",
     "timed",
+    "to_plain",
     "train",
 ]

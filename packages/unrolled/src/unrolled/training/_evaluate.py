@@ -8,6 +8,7 @@ in dB, SSIM and nRMSE per sample.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -23,6 +24,7 @@ import greedytrain
 from .._base import UnrolledModel
 from .._batch import Batch
 from ._metrics import nrmse, psnr, ssim
+from ._run import atomic_write_text
 
 __all__ = [
     "METRICS",
@@ -155,11 +157,12 @@ class MetricsTable:
         return out
 
     def to_csv(self, path: str | os.PathLike[str]) -> None:
-        """Write the rows as CSV (``sample, psnr, ssim, nrmse``)."""
-        with open(path, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=["sample", *METRICS], lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(self.rows)
+        """Write the rows as CSV (``sample, psnr, ssim, nrmse``), atomically."""
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=["sample", *METRICS], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write_text(path, out.getvalue())
 
 
 def _metric_rows(x_hat: Tensor, target: Tensor, offset: int) -> list[dict[str, float]]:

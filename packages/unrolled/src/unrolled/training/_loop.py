@@ -33,9 +33,13 @@ Run folder (``run_dir``)
 file                  content
 ====================  ============================================================================
 ``checkpoint.pt``     full training state (every ``checkpoint_every`` steps and at the end),
-                      written atomically (temporary file, fsync, ``os.replace``)
+                      written atomically (temporary file, fsync, ``os.replace``), tensors and
+                      plain values only (it loads with ``weights_only=True``)
+``checkpoint.prev.pt`` the checkpoint before it: ``resume=True`` falls back to it when
+                      ``checkpoint.pt`` is missing, truncated or corrupt (and says so)
 ``best.pt``           the model with the lowest validation nRMSE so far (atomic);
                       :func:`load_model` reads it
+``events.log``        one dated line per resume (the checkpoint read, the files skipped)
 ``log.csv``           ``step, epoch, loss, lr, time_s`` (greedy: also ``loss_module_<m>``), one row
                       every ``log_every`` steps
 ``val.csv``           ``step, psnr, ssim, nrmse, best`` at every validation
@@ -49,20 +53,17 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
-
-import greedytrain
 
 from .._base import UnrolledModel
 from .._batch import Batch
 from .._strategy import Strategy, as_strategy
 from ._engines import Engine, GreedyEngine, aux_loss_weight, make_engine
 from ._evaluate import check_dataset, evaluate, resolve_collate
-from ._io import CHECKPOINT_FORMAT, extra_buffers, load_buffers, save_model
+from ._io import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, extra_buffers, load_buffers
 from ._memory import MemoryProbe, median, timed
 from ._metrics import get_loss
 from ._options import StepSampler, TrainOptions, batch_indices
@@ -71,13 +72,13 @@ from ._run import (
     TrainResult,
     atomic_write_text,
     rng_state,
+    save_model,
     seed_everything,
     set_rng_state,
 )
 
 __all__ = ["train"]
 
-CHECKPOINT_VERSION = 1
 # options that must match when a run resumes (the others may change: steps, device, workers, ...)
 _RESUME_KEYS = (
     "batch_size",
@@ -159,18 +160,8 @@ def _device(name: str) -> torch.device:
     return device
 
 
-def _read_checkpoint(path: Path) -> dict[str, Any]:
-    # weights_only=False: optimizer and Python RNG states need the full unpickler; read only
-    # checkpoints written by unrolled.train
-    data = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{str(path)!r} is not a checkpoint written by unrolled.train")
-    if data.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(
-            f"{str(path)!r} has checkpoint version {data.get('version')!r}; this unrolled reads "
-            f"version {CHECKPOINT_VERSION}"
-        )
-    return data
+def _name(run: RunFolder) -> str | None:
+    return None if run.read_from is None else run.read_from.name
 
 
 def _check_resume(saved: dict[str, Any], opts: TrainOptions, strategy: Strategy) -> None:
@@ -200,16 +191,16 @@ def _open_run(opts: TrainOptions, strategy: Strategy) -> tuple[RunFolder | None,
     if opts.run_dir is None:
         return None, None
     run = RunFolder(opts.run_dir)
-    if run.checkpoint.exists() and not opts.resume:
+    if run.has_checkpoint() and not opts.resume:
         raise ValueError(
             f"{str(run.path)!r} already holds a run (checkpoint.pt): pass resume=True to "
             "continue it, or choose another run_dir"
         )
     if not opts.resume:
         return run, None
-    if not run.checkpoint.exists():
+    if not run.has_checkpoint():
         raise ValueError(f"resume=True but {str(run.checkpoint)!r} does not exist")
-    saved = _read_checkpoint(run.checkpoint)
+    saved = run.read_checkpoint()  # checkpoint.pt, else checkpoint.prev.pt (RunFileError)
     _check_resume(saved, opts, strategy)
     return run, saved
 
@@ -321,9 +312,22 @@ class _Session:
         if isinstance(self.engine, GreedyEngine):
             self.columns += [f"loss_module_{m}" for m in range(self.engine.trainer.num_modules)]
         if self.run is not None:  # the logs as of the checkpoint (a killed run may have gone on)
+            if saved is not None:
+                self._note_resume(self.run)
             logged = [r for r in self.history if self._logged(r["step"])]
             self.run.rewrite(self.run.log, logged, self.columns)
             self.run.rewrite(self.run.val, self.val_history, _VAL_COLUMNS)
+
+    def _note_resume(self, run: RunFolder) -> None:
+        """Clear what a killed writer left, and write the resume into ``events.log``."""
+        left = run.remove_temporaries()
+        read = run.read_from.name if run.read_from is not None else run.checkpoint.name
+        text = f"resumed at step {self.start} from {read}"
+        if run.unusable:
+            text += f" ({'; '.join(run.unusable)})"
+        if left:
+            text += f"; removed the temporary files of an interrupted write: {', '.join(left)}"
+        run.note(text)
 
     def _certified(self) -> bool:
         """Tell whether the bounds reversible training needs are known already.
@@ -461,8 +465,13 @@ class _Session:
             self.run.append(self.run.val, row, _VAL_COLUMNS)
 
     def checkpoint(self, step: int, run: RunFolder) -> None:
-        """Write the whole training state to ``checkpoint.pt``, atomically."""
-        greedytrain.atomic_save(
+        """Write the whole training state to ``checkpoint.pt``, atomically.
+
+        The checkpoint it replaces becomes ``checkpoint.prev.pt``. The state is tensors and plain
+        values only (the engine's NumPy RNG states become tensors), so the file loads with
+        ``torch.load(..., weights_only=True)``.
+        """
+        run.write_checkpoint(
             {
                 "format": CHECKPOINT_FORMAT,
                 "version": CHECKPOINT_VERSION,
@@ -477,8 +486,7 @@ class _Session:
                 "history": self.history,
                 "val_history": self.val_history,
                 "best": self.best,
-            },
-            run.checkpoint,
+            }
         )
 
     def result(self) -> TrainResult:
@@ -499,6 +507,8 @@ class _Session:
             run_dir=None if self.run is None else str(self.run.path),
             resumed_from=None if self.saved is None else self.start,
             options=asdict(self.opts),
+            resumed_file=None if self.run is None or self.saved is None else _name(self.run),
+            unusable=[] if self.run is None else list(self.run.unusable),
         )
         if self.run is not None:
             text = json.dumps(result.summary(), indent=2, default=str) + "\n"
