@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 from typing import Any
-
-import torch
 
 import unrolled
 
-from .._console import CommandError, say
+from .._console import CommandError, check_device, input_errors, say
 
 __all__ = ["register_parser"]
 
@@ -51,8 +50,13 @@ def register_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Fill the cache (:func:`unrolled.prepare_coil_maps`) and say what was done."""
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise CommandError(f"--device {args.device}: this machine has no CUDA GPU; use cpu")
+    check_device(args.device)
+    if not Path(args.root).exists():
+        raise CommandError(f"{args.root!r} does not exist: pass a fastMRI .h5 file or folder")
+    with input_errors():  # the user's options, before any work
+        unrolled.tasks.MapSettings(
+            method=args.method, image_size=args.image_size, calibration=args.calibration
+        )
     start = time.perf_counter()
     done = unrolled.prepare_coil_maps(
         args.root,
