@@ -70,8 +70,8 @@ class ReversibleSequence(InvertibleModule):
         errors accumulate over at most k inversions. Memory: ``ceil(depth / k)`` states.
     check_drift : "auto", float or None
         Drift control of the backward pass (see "Drift control" below). ``"auto"`` (default):
-        the cheap checks with a tolerance from the state's dtype (``1e-4`` in float32, ``1e-9``
-        in float64). A float: every check at every layer with that relative tolerance.
+        the cheap checks with a tolerance from the state's dtype (``1e-5`` in float32, ``1e-10``
+        in float64; :func:`revlayers.auto_tolerance`). A float: every check at every layer with that relative tolerance.
         ``None``: no checks.
     on_drift : {"raise", "recompute"}, optional
         What a failed check does: raise :class:`DriftError` naming the layer and a likely cause,
