@@ -10,7 +10,7 @@ from _revlayers_helpers import SmallNet, compare_with_backprop
 from torch import Tensor, nn
 
 import revlayers as rl
-from revlayers._drift import DriftPolicy, checkpoint_drift_error, layer_drift_error
+from revlayers._drift import DriftPolicy, drift_error
 
 
 def _off_by(eps: float, exact: bool) -> rl.Invertible:
@@ -152,8 +152,8 @@ def test_drift_error_messages_name_tf32_for_float32_on_cuda_with_tf32_allowed(
     cuda = types.SimpleNamespace(dtype=torch.float32, device=torch.device("cuda"))
     auto = DriftPolicy.from_arguments("auto", None)
     torch.backends.cuda.matmul.fp32_precision = "tf32"
-    layer = layer_drift_error(3, "Invertible(cg)", 1e-3, auto, cuda)  # type: ignore[arg-type]
-    stored = checkpoint_drift_error(0, "AdditiveCoupling(g)", 2e-3, "input", 9, auto, cuda)  # type: ignore[arg-type]
+    layer = drift_error(3, "Invertible(cg)", 1e-3, auto, cuda)  # type: ignore[arg-type]
+    stored = drift_error(0, "AdditiveCoupling(g)", 2e-3, auto, cuda, where="input", top=9)  # type: ignore[arg-type]
     for error in (layer, stored):
         assert "Likely cause: TF32" in str(error)
         assert "full_precision" in str(error)
@@ -163,7 +163,7 @@ def test_drift_error_messages_name_tf32_for_float32_on_cuda_with_tf32_allowed(
         types.SimpleNamespace(dtype=torch.float32, device=torch.device("cpu")),
         types.SimpleNamespace(dtype=torch.float64, device=torch.device("cuda")),
     ):
-        assert "TF32" not in str(layer_drift_error(3, "x", 1e-3, auto, other))  # type: ignore[arg-type]
+        assert "TF32" not in str(drift_error(3, "x", 1e-3, auto, other))  # type: ignore[arg-type]
     torch.backends.cuda.matmul.fp32_precision = "ieee"
     torch.backends.cudnn.conv.fp32_precision = "ieee"
-    assert "TF32" not in str(layer_drift_error(3, "x", 1e-3, auto, cuda))  # type: ignore[arg-type]
+    assert "TF32" not in str(drift_error(3, "x", 1e-3, auto, cuda))  # type: ignore[arg-type]

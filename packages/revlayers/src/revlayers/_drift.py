@@ -29,8 +29,7 @@ __all__ = [
     "DriftPolicy",
     "ReverseDiagnostics",
     "auto_tolerance",
-    "checkpoint_drift_error",
-    "layer_drift_error",
+    "drift_error",
 ]
 
 #: Relative drift tolerated by ``check_drift="auto"``, per real dtype of the state, from
@@ -183,61 +182,69 @@ def _causes(dtype: torch.dtype, device: torch.device, default: str) -> str:
     return "Likely cause: " + default
 
 
-def layer_drift_error(
+_LAYER_CAUSE = (
+    "its inverse does not invert its forward (test it with revlayers.check_inverse), or its "
+    "inverse solver stopped early (CG or fixed point not converged; a small mu in a CG "
+    "data-consistency step amplifies that error by 1/mu)."
+)
+_CHECKPOINT_CAUSE = (
+    "rounding errors grew along the reverse pass (MEL Sec. 4), or a layer's inverse is "
+    "approximate (mark it exact_inverse=False so it is checked where it happens)."
+)
+
+
+def drift_error(
     index: int,
     name: str,
     drift: float,
     policy: DriftPolicy,
     state: torch.Tensor,
+    *,
+    where: str | None = None,
+    top: int = 0,
 ) -> DriftError:
-    """Build the error of a failed layer check (``f(x_rebuilt)`` is not ``y``)."""
-    tol = policy.tolerance_for(state.dtype)
-    causes = _causes(
-        state.dtype,
-        state.device,
-        "its inverse does not invert its forward (test it with revlayers.check_inverse), or its "
-        "inverse solver stopped early (CG or fixed point not converged; a small mu in a CG "
-        "data-consistency step amplifies that error by 1/mu).",
-    )
-    return DriftError(
-        f"ReversibleSequence: layer {index} ({name}) does not reproduce the state it was rebuilt "
-        f"from: ||f(x_rebuilt) - y|| / ||y|| = {drift:.3g} > {policy.describe()} "
-        f"(tolerance {tol:g}). {causes} Fix the layer, or pass on_drift='recompute' to "
-        "recompute the segment from its stored input.",
-        layer_index=index,
-        layer_name=name,
-        kind="layer",
-        drift=drift,
-        tolerance=tol,
-    )
+    """Build the :class:`DriftError` of a failed check, naming the layer and a likely cause.
 
+    Parameters
+    ----------
+    index, name : int, str
+        The layer.
+    drift : float
+        The measured relative drift.
+    policy : DriftPolicy
+        The checks' settings (their tolerance).
+    state : Tensor
+        The state checked (its dtype and device suggest TF32 as a cause).
+    where : {"input", "output"}, optional
+        ``None``: the layer check failed (``f(x_rebuilt)`` is not ``y``); else the checkpoint
+        check compared that side of the layer with the stored state.
+    top : int
+        With ``where``: the highest layer of the segment reversed.
 
-def checkpoint_drift_error(
-    index: int,
-    name: str,
-    drift: float,
-    where: str,
-    top: int,
-    policy: DriftPolicy,
-    state: torch.Tensor,
-) -> DriftError:
-    """Build the error of a failed checkpoint check (rebuilt state is not the stored one)."""
+    Returns
+    -------
+    DriftError
+        The error, with ``kind`` ``"layer"`` or ``"checkpoint"``.
+    """
     tol = policy.tolerance_for(state.dtype)
-    causes = _causes(
-        state.dtype,
-        state.device,
-        "rounding errors grew along the reverse pass (MEL Sec. 4), or a layer's inverse is "
-        "approximate (mark it exact_inverse=False so it is checked where it happens).",
-    )
+    layer = f"layer {index} ({name})"
+    limit = f"{policy.describe()} (tolerance {tol:g})"
+    if where is None:
+        text = (
+            f"ReversibleSequence: {layer} does not reproduce the state it was rebuilt from: "
+            f"||f(x_rebuilt) - y|| / ||y|| = {drift:.3g} > {limit}. "
+            f"{_causes(state.dtype, state.device, _LAYER_CAUSE)} Fix the layer, or pass "
+            "on_drift='recompute' to recompute the segment from its stored input."
+        )
+    else:
+        text = (
+            f"ReversibleSequence: the {where} of {layer} rebuilt by the reverse pass differs "
+            f"from the one the stored state gives: relative error {drift:.3g} > {limit} after "
+            f"reversing layers {top}..{index}. "
+            f"{_causes(state.dtype, state.device, _CHECKPOINT_CAUSE)} Store checkpoints more "
+            "often (checkpoint_every=...), or pass on_drift='recompute'."
+        )
+    kind = "layer" if where is None else "checkpoint"
     return DriftError(
-        f"ReversibleSequence: the {where} of layer {index} ({name}) rebuilt by the reverse pass "
-        f"differs from the one the stored state gives: relative error {drift:.3g} > "
-        f"{policy.describe()} (tolerance {tol:g}) after reversing layers {top}..{index}. "
-        f"{causes} Store checkpoints more often (checkpoint_every=...), or pass "
-        "on_drift='recompute'.",
-        layer_index=index,
-        layer_name=name,
-        kind="checkpoint",
-        drift=drift,
-        tolerance=tol,
+        text, layer_index=index, layer_name=name, kind=kind, drift=drift, tolerance=tol
     )

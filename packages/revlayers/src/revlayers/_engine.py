@@ -71,8 +71,8 @@ class ReversibleSequence(InvertibleModule):
     check_drift : "auto", float or None
         Drift control of the backward pass (see "Drift control" below). ``"auto"`` (default):
         the cheap checks with a tolerance from the state's dtype (``1e-5`` in float32, ``1e-10``
-        in float64; :func:`revlayers.auto_tolerance`). A float: every check at every layer with that relative tolerance.
-        ``None``: no checks.
+        in float64; :func:`revlayers.auto_tolerance`). A float: every check at every layer with
+        that relative tolerance. ``None``: no checks.
     on_drift : {"raise", "recompute"}, optional
         What a failed check does: raise :class:`DriftError` naming the layer and a likely cause,
         or discard the segment's gradients, recompute its states forward from its stored input

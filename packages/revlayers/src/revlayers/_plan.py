@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ._base import InvertibleModule, frozen_stats, norm_layers, replay
-from ._drift import DriftPolicy, ReverseDiagnostics, checkpoint_drift_error, layer_drift_error
+from ._drift import DriftPolicy, ReverseDiagnostics, drift_error
 from ._errors import DriftError
 from ._reverse import (
     ReverseContext,
@@ -310,7 +310,7 @@ class _Segment:
         if check_layer and not used_stored and res.residual is not None:
             self.report.record(i, res.residual, tol)
             if not res.residual <= tol:
-                raise layer_drift_error(i, name, res.residual, policy, res.x)
+                raise drift_error(i, name, res.residual, policy, res.x)
         if i != self.a:
             return
         if used_stored:  # generic step from the stored input: compare f(x_stored) with rebuilt y
@@ -319,4 +319,4 @@ class _Segment:
             drift, where = relative_error(res.x - x_bottom, x_bottom), "input"
         self.report.record(i, drift, tol)
         if not drift <= tol:
-            raise checkpoint_drift_error(i, name, drift, where, self.b - 1, policy, res.x)
+            raise drift_error(i, name, drift, policy, res.x, where=where, top=self.b - 1)
