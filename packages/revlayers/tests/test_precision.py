@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 import revlayers as rl
+from revlayers._precision import reduced_precision_allowed
 
 SETTINGS = ("cuda.matmul", "cudnn.conv", "mkldnn.matmul", "mkldnn.conv")
 
@@ -72,6 +73,22 @@ def test_full_precision_switches_reduced_modes_off_inside_and_restores_them(
     with pytest.raises(RuntimeError, match="inside"), rl.full_precision("cuda"):
         raise RuntimeError("inside")  # an exception in the block restores the settings too
     assert {p: _setting(p) for p in SETTINGS} == before
+
+
+def test_matmuls_only_and_what_the_drift_hint_sees(tf32_settings: None) -> None:
+    before = _reduced()
+    cuda = torch.device("cuda")
+    assert reduced_precision_allowed(torch.float32, cuda)
+    assert not reduced_precision_allowed(torch.float64, cuda)
+    with rl.full_precision(cuda, convolutions=False):
+        assert _setting("cuda.matmul") == "ieee"
+        assert _setting("cudnn.conv") == "tf32"  # the layers' channel mixing is a matmul
+        # while a block has switched the setting, the user's own (TF32) still counts as allowed
+        assert reduced_precision_allowed(torch.float32, cuda)
+    assert {p: _setting(p) for p in SETTINGS} == before
+    for path in SETTINGS:
+        _set(path, "ieee")
+    assert not reduced_precision_allowed(torch.float32, cuda)
 
 
 def test_full_precision_leaves_full_precision_settings_untouched(tf32_settings: None) -> None:

@@ -23,7 +23,7 @@ def mix_channels(matrix: Tensor, x: Tensor) -> Tensor:
     """
     flat = x.reshape(x.shape[0], x.shape[1], -1)
     m = matrix.to(x.dtype) if x.is_complex() else matrix
-    with full_precision(x):
+    with full_precision(x, convolutions=False):
         out = torch.matmul(m, flat)
     return out.reshape(x.shape)
 
@@ -36,7 +36,7 @@ def channel_gradient(a: Tensor, b: Tensor) -> Tensor:
     """
     fa = a.reshape(a.shape[0], a.shape[1], -1)
     fb = b.reshape(b.shape[0], b.shape[1], -1)
-    with full_precision(a):
+    with full_precision(a, convolutions=False):
         if fa.is_complex():
             return torch.matmul(fa.conj(), fb.transpose(1, 2)).sum(0).real
         return torch.matmul(fa, fb.transpose(1, 2)).sum(0)
@@ -93,7 +93,7 @@ class HouseholderConv(InvertibleModule):
         """Return the orthogonal ``(C, C)`` matrix ``U = H_K ... H_1`` (in full precision)."""
         v = self.vectors
         u = torch.eye(self.channels, dtype=v.dtype, device=v.device)
-        with full_precision(v):
+        with full_precision(v, convolutions=False):
             for k in range(self.reflections):
                 # H u = u - 2 v (v^T u) / ||v||^2, applied left to right: H_1 first.
                 u = u - (2.0 / torch.dot(v[k], v[k])) * torch.outer(v[k], v[k] @ u)
