@@ -26,6 +26,7 @@ __all__ = [
     "declared_tensors",
     "frozen_stats",
     "has_forward_hooks",
+    "is_tracking_norm",
     "norm_layers",
     "replay",
     "replaying",
@@ -65,16 +66,19 @@ def replay() -> Iterator[None]:
         _REPLAY.active = previous
 
 
-def norm_layers(module: nn.Module) -> list[nn.Module]:
-    """Batch/instance norms of ``module`` that update running statistics in its forward pass."""
-    return [
-        m
-        for m in module.modules()
-        if isinstance(m, nn.modules.batchnorm._NormBase)
+def is_tracking_norm(m: nn.Module) -> bool:
+    """Whether ``m`` is a batch/instance norm that updates running statistics when called."""
+    return (
+        isinstance(m, nn.modules.batchnorm._NormBase)
         and m.training
         and m.track_running_stats
         and m.running_mean is not None
-    ]
+    )
+
+
+def norm_layers(module: nn.Module) -> list[nn.Module]:
+    """Batch/instance norms of ``module`` that update running statistics in its forward pass."""
+    return [m for m in module.modules() if is_tracking_norm(m)]
 
 
 @contextmanager
@@ -189,10 +193,15 @@ class InvertibleModule(nn.Module):
         list of Tensor
             The tensors, without repeats.
         """
+        params: list[Tensor] = []
+        extra: list[Tensor] = []
+        for m in self.modules():  # one walk: parameters first, then declared tensors
+            params.extend(m.parameters(recurse=False))
+            if isinstance(m, InvertibleModule):
+                extra.extend(m.declared)
         seen: set[int] = set()
         out: list[Tensor] = []
-        extra = (t for m in self.modules() if isinstance(m, InvertibleModule) for t in m.declared)
-        for t in (*self.parameters(), *extra):
+        for t in (*params, *extra):
             if t.requires_grad and id(t) not in seen:
                 seen.add(id(t))
                 out.append(t)

@@ -27,7 +27,7 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
-from ._base import InvertibleModule, frozen_stats, norm_layers, replay
+from ._base import InvertibleModule, frozen_stats, is_tracking_norm, replay
 from ._drift import DriftPolicy, ReverseDiagnostics, drift_error
 from ._errors import DriftError
 from ._reverse import (
@@ -39,15 +39,21 @@ from ._reverse import (
     unalias,
 )
 
-__all__ = ["Plan", "refuse_random_layers"]
+__all__ = ["Plan", "inspect_layer"]
 
 
 def _ptr(t: Tensor) -> int:
     return int(t.untyped_storage().data_ptr())
 
 
-def refuse_random_layers(index: int, layer: InvertibleModule, label: str) -> None:
-    """Raise ``ValueError`` if ``layer`` draws random numbers in training mode (dropout, RReLU)."""
+def inspect_layer(layer: InvertibleModule, label: str) -> list[nn.Module]:
+    """Refuse layers that draw random numbers in training mode; return the tracking norms.
+
+    One walk over the layer's modules: dropout with ``p > 0`` and RReLU in training mode raise
+    ``ValueError`` (a recomputation would draw another mask); batch/instance norms that update
+    running statistics are returned, so that replays restore them.
+    """
+    norms: list[nn.Module] = []
     for name, m in layer.named_modules():
         random = (isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0) or isinstance(
             m, nn.RReLU
@@ -61,6 +67,9 @@ def refuse_random_layers(index: int, layer: InvertibleModule, label: str) -> Non
                 "wrong gradients (and a wrong inverse). Remove it, set p=0, or call .eval() on "
                 "that submodule."
             )
+        if is_tracking_norm(m):
+            norms.append(m)
+    return norms
 
 
 class _Reports(Protocol):
@@ -121,9 +130,7 @@ class Plan:
 
     def prepare(self) -> None:
         """Refuse random layers and find the norms whose statistics the replays must restore."""
-        for i, layer in enumerate(self.layers):
-            refuse_random_layers(i, layer, self.label(i))
-        self.norms = [norm_layers(layer) for layer in self.layers]
+        self.norms = [inspect_layer(layer, self.label(i)) for i, layer in enumerate(self.layers)]
 
     def stored_indices(self) -> list[int]:
         """Return the indices of the layers whose inputs the forward pass keeps."""
