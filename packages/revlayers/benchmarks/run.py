@@ -133,10 +133,12 @@ def worker(spec: dict) -> dict:
     x0 = torch.randn(cfg["batch"], cfg["channels"], cfg["size"], cfg["size"], generator=gen)
     x0 = x0.to(device)
 
+    cpu_times: list[float] = []
+
     def step() -> float:
         if device == "cuda":
             torch.cuda.synchronize()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         x = x0.clone().requires_grad_()  # memcnn frees its input; RevLib needs requires_grad
         y = model(x)
         loss = y.square().mean()
@@ -145,6 +147,7 @@ def worker(spec: dict) -> dict:
         opt.step()
         if device == "cuda":
             torch.cuda.synchronize()
+        cpu_times.append(time.process_time() - cpu_start)
         return time.perf_counter() - start
 
     baseline_kib = _rss_kib("VmRSS")
@@ -170,6 +173,8 @@ def worker(spec: dict) -> dict:
         "base_mb": base_mb,
         "time_s": statistics.median(times[1:]),
         "times": times,
+        # CPU time of this one-thread process: what another job on the machine does not add
+        "cpu_s": statistics.median(cpu_times[1:]),
     }
 
 
@@ -302,18 +307,20 @@ def _report(rows: list[dict], cfg: dict, device: str, out: Path, repeats: int) -
         + "; step MB = peak minus the resident size before the first step (medians over "
         f"repetitions). Time: median of {cfg['steps']} steps after one warm-up in each of "
         f"{repeats} round-robin repetition(s); ratios are same-repetition ratios, given as mean "
-        "[min-max] over the repetitions. Gradient error: relative to plain backprop over all "
-        "parameters, and the worst single tensor (last repetition).",
+        "[min-max] over the repetitions. CPU time: the process's own (one thread), which other "
+        "jobs on a shared machine inflate much less than wall time. Gradient error: relative to "
+        "plain backprop over all parameters, and the worst single tensor (last repetition).",
         "",
         "| stack | method | depth | peak MB | step MB | mem / backprop | time s (median) "
-        "| time / backprop | time / RevLib | grad err (all) | grad err (worst) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| time / backprop | time / RevLib | CPU time / backprop | CPU time / RevLib "
+        "| grad err (all) | grad err (worst) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key in keys:
         runs = [r for r in ok if (r["family"], r["method"], r["depth"]) == key]
         if not runs:
             error = next(r["error"] for r in rows if (r["family"], r["method"], r["depth"]) == key)
-            lines.append(f"| {key[0]} | {key[1]} | {key[2]} | failed: {error} ||||||||")
+            lines.append(f"| {key[0]} | {key[1]} | {key[2]} | failed: {error} ||||||||||")
             continue
         peak = statistics.median(r["peak_mb"] for r in runs)
         step = statistics.median(r["peak_mb"] - r["base_mb"] for r in runs)
@@ -323,7 +330,9 @@ def _report(rows: list[dict], cfg: dict, device: str, out: Path, repeats: int) -
         lines.append(
             f"| {key[0]} | {key[1]} | {key[2]} | {peak:.0f} | {step:.0f} | {mem:.2f} | "
             f"{seconds:.2f} | {_spread(_ratios(ok, key, 'backprop', 'time_s'))} | "
-            f"{_spread(_ratios(ok, key, 'revlib', 'time_s'))} | {err[0]:.1e} | {err[1]:.1e} |"
+            f"{_spread(_ratios(ok, key, 'revlib', 'time_s'))} | "
+            f"{_spread(_ratios(ok, key, 'backprop', 'cpu_s'))} | "
+            f"{_spread(_ratios(ok, key, 'revlib', 'cpu_s'))} | {err[0]:.1e} | {err[1]:.1e} |"
         )
     depths = cfg["depths"]
     lines += ["", f"Peak memory at depth {depths[-1]} / depth {depths[0]} (flat in depth = 1):", ""]
