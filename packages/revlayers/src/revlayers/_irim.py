@@ -13,7 +13,7 @@ from ._base import InvertibleModule, has_forward_hooks
 from ._coupling import AdditiveCoupling
 from ._householder import HouseholderConv, channel_gradient, mix_channels
 from ._reverse import ReverseContext, ReverseStep
-from ._validate import positive_int
+from ._validate import integer, one_of, positive_int
 
 __all__ = ["IRIMBlock", "IRIMResidual"]
 
@@ -45,8 +45,7 @@ class IRIMResidual(nn.Module):
         kernel_size: int = 3,
     ) -> None:
         super().__init__()
-        if dims not in _CONV:
-            raise ValueError(f"IRIMResidual expects dims to be 1, 2 or 3, got {dims!r}.")
+        one_of("IRIMResidual", "dims", dims, (1, 2, 3), expected="to be 1, 2 or 3")
         for name, value in (
             ("in_channels", in_channels),
             ("out_channels", out_channels),
@@ -123,10 +122,8 @@ class IRIMBlock(InvertibleModule):
         super().__init__()
         positive_int("IRIMBlock", "channels", channels)
         first = channels // 2 if split is None else split
-        if isinstance(first, bool) or not isinstance(first, int) or not 0 < first < channels:
-            raise ValueError(
-                f"IRIMBlock expects 0 < split < channels = {channels}, got split={split!r}."
-            )
+        within = f"to be an int with 0 < split < channels = {channels} (or None: channels // 2)"
+        integer("IRIMBlock", "split", first, low=1, high=channels - 1, expected=within)
         self.rotation = HouseholderConv(channels, reflections=reflections, dims=dims)
         self.coupling = AdditiveCoupling(
             IRIMResidual(first, channels - first, hidden_channels, downsample, dims),

@@ -34,10 +34,11 @@ def integer(
     value: object,
     *,
     low: int | None = None,
+    high: int | None = None,
     expected: str | None = None,
     hint: str = "",
 ) -> int:
-    """Return ``value`` as an ``int >= low``; a bool, float or other kind raises ``TypeError``.
+    """Return ``value`` as an int in ``[low, high]``; a bool, float or other kind: ``TypeError``.
 
     Parameters
     ----------
@@ -47,8 +48,8 @@ def integer(
         The argument's name, as the user wrote it.
     value : object
         What the caller passed.
-    low : int, optional
-        Inclusive lower bound (``None``: unbounded); below it ``ValueError``.
+    low, high : int, optional
+        Inclusive bounds (``None``: unbounded); outside them ``ValueError``.
     expected : str, optional
         Replaces the phrase after the name (default ``"to be an int >= {low}"``).
     hint : str
@@ -62,19 +63,23 @@ def integer(
     phrase = expected or ("to be an int" if low is None else f"to be an int >= {low}")
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(_message(who, name, phrase, value, hint))
-    if low is not None and int(value) < low:
+    if (low is not None and int(value) < low) or (high is not None and int(value) > high):
         raise ValueError(_message(who, name, phrase, value, hint))
     return int(value)
 
 
-def positive_int(who: str, name: str, value: object, **options: str) -> int:
-    """Return ``value`` as an ``int >= 1`` (``options``: see :func:`integer`)."""
-    return integer(who, name, value, low=1, **options)
+def positive_int(
+    who: str, name: str, value: object, *, expected: str | None = None, hint: str = ""
+) -> int:
+    """Return ``value`` as an ``int >= 1`` (arguments as for :func:`integer`)."""
+    return integer(who, name, value, low=1, expected=expected, hint=hint)
 
 
-def nonnegative_int(who: str, name: str, value: object, **options: str) -> int:
-    """Return ``value`` as an ``int >= 0`` (``options``: see :func:`integer`)."""
-    return integer(who, name, value, low=0, **options)
+def nonnegative_int(
+    who: str, name: str, value: object, *, expected: str | None = None, hint: str = ""
+) -> int:
+    """Return ``value`` as an ``int >= 0`` (arguments as for :func:`integer`)."""
+    return integer(who, name, value, low=0, expected=expected, hint=hint)
 
 
 def _interval(low: float | None, high: float | None) -> str:
