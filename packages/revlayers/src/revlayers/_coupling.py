@@ -196,11 +196,12 @@ class _Coupling(InvertibleModule):
 
     def forward_step(self, x: Tensor, context: tuple[object, ...], overwrite: bool) -> Tensor:
         """Run the forward pass, written into ``x`` when the engine owns it (no copy of ``x1``)."""
-        if not overwrite or torch.is_grad_enabled() or has_forward_hooks(self):
+        if torch.is_grad_enabled() or has_forward_hooks(self):
             return self(x, *context)
-        cond, upd = self._split(x)
+        y = x if overwrite else x.clone()  # one copy instead of a new half and a concatenation
+        cond, upd = self._split(y)
         self._couple_(upd, self._call_g(cond, context))
-        return x
+        return y
 
     def reverse_step(self, y: Tensor, grad_y: Tensor, step: ReverseContext) -> ReverseStep:
         """One forward and one backward of ``g``, results written into ``y`` and ``grad_y``.

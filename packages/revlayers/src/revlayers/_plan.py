@@ -114,6 +114,11 @@ class Plan:
             elif isinstance(item, nn.Module):
                 self._add(p for p in item.parameters() if p.requires_grad)
         self.tensors = [tuple(layer.learnable_tensors()) for layer in self.layers]
+        # layers on the generic reverse step: at a stored state they take the stored input
+        # instead of inverting (their checkpoint check is then f(x_stored) against y)
+        self.generic = [
+            type(layer).reverse_step is InvertibleModule.reverse_step for layer in self.layers
+        ]
         for tensors in self.tensors:
             self._add(tensors)
         self.norms: list[list[nn.Module]] = []
@@ -254,7 +259,8 @@ class _Segment:
         for i in range(b - 1, a - 1, -1):
             if states is not None and i + 1 < b:
                 state, own_state = states[i + 1], False
-            x_known = states[i] if states is not None else (x_bottom if i == a else None)
+            bottom = i == a and plan.generic[i]
+            x_known = states[i] if states is not None else (x_bottom if bottom else None)
             check_layer = checking and plan.policy.checks_layer(plan.layers[i].exact_inverse)
             step = ReverseContext(
                 self.values,
@@ -262,7 +268,7 @@ class _Segment:
                 plan.tensors[i],
                 plan.label(i),
                 x_known,
-                want_residual=check_layer or (checking and i == a),
+                want_residual=check_layer or (checking and bottom),
                 overwrite_state=own_state,
                 overwrite_grad=own_grad,
             )
