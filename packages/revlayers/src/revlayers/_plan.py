@@ -274,10 +274,10 @@ class _Segment:
             )
             with frozen_stats(plan.norms[i]):
                 res = plan.layers[i].reverse_step(state, grad, step)
-            if checking:
-                self._check(i, res, x_known, x_bottom, check_layer)
             own_state, own_grad = self._ownership(res)
             self._accumulate(local, res, step.label, own_state or own_grad)
+            if checking:  # after the gradients are safe: the check may reuse an owned x_a
+                self._check(i, res, x_known, x_bottom, check_layer, own_state)
             state, grad = res.x, res.grad_x
         return grad, local
 
@@ -315,6 +315,7 @@ class _Segment:
         x_known: Tensor | None,
         x_bottom: Tensor,
         check_layer: bool,
+        owned: bool,
     ) -> None:
         """Run the layer check (approximate layers, or all) and, at ``a``, the checkpoint check."""
         policy, name = self.plan.policy, self.plan.layers[i].layer_name()
@@ -329,7 +330,10 @@ class _Segment:
         if used_stored:  # generic step from the stored input: compare f(x_stored) with rebuilt y
             drift, where = (res.residual if res.residual is not None else 0.0), "output"
         else:
-            drift, where = relative_error(res.x - x_bottom, x_bottom), "input"
+            # the rebuilt x_a is not used after this check (the pass goes on from the stored
+            # x_a): an owned one takes the difference in place
+            diff = res.x.sub_(x_bottom) if owned else res.x - x_bottom
+            drift, where = relative_error(diff, x_bottom), "input"
         self.report.record(i, drift, tol)
         if not drift <= tol:
             raise drift_error(i, name, drift, policy, res.x, where=where, top=self.b - 1)
