@@ -422,3 +422,107 @@ def test_module_in_context_receives_gradients() -> None:
     seq.memory_saving = False
     seq(xr, op).square().sum().backward()
     assert rel(g_rev, op.weight.grad) <= 1e-10
+
+
+# -- in-place reverse steps: what the engine may and may not overwrite -------------------------
+
+
+class _Bias(nn.Module):
+    """g(x1) = tanh(x1) + b with b shaped like the state's half: autograd hands dL/dy2 back as
+    dL/db, a view of the engine's gradient buffer."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.b = nn.Parameter(torch.randn(shape, dtype=torch.float64))
+
+    def forward(self, x1: Tensor) -> Tensor:
+        return torch.tanh(x1) + self.b
+
+
+def test_gradients_aliasing_the_engines_buffers_survive_later_in_place_steps() -> None:
+    b = nn.Parameter(torch.randn(1, 4, 4, 4, dtype=torch.float64))
+    layers: list[rl.InvertibleModule] = [
+        rl.AdditiveCoupling(_Bias((1, 2, 4, 4)), pass_context=False),
+        rl.Invertible(lambda x: x + b, lambda y: y - b, parameters=[b], pass_context=False),
+        rl.AdditiveCoupling(_Bias((1, 2, 4, 4)), pass_context=False, update="first"),
+        rl.AffineCoupling(SmallNet(2, 4).double(), pass_context=False),
+        rl.AdditiveCoupling(_Bias((1, 2, 4, 4)), pass_context=False),
+    ]
+    seq = rl.ReversibleSequence(layers)
+    x = torch.randn(1, 4, 4, 4, dtype=torch.float64, requires_grad=True)
+    errors = compare_with_backprop(seq, x)
+    assert max(errors.values()) <= 1e-10, errors
+    b.grad = None
+    seq(x).square().sum().backward()
+    g_rev = b.grad.clone()  # type: ignore[union-attr]
+    b.grad = None
+    seq.memory_saving = False
+    seq(x).square().sum().backward()
+    assert rel(g_rev, b.grad) <= 1e-10
+
+
+def test_engine_never_writes_into_input_output_gradient_or_context() -> None:
+    identity = rl.Invertible(lambda x, c: x, lambda y, c: y, name="identity")
+    layers: list[rl.InvertibleModule] = [
+        identity,
+        rl.AdditiveCoupling(SmallNet(2, 2, 1)),
+        rl.AffineCoupling(SmallNet(2, 4, 1), update="first"),
+        rl.IRIMBlock(4, hidden_channels=4, downsample=2),
+        rl.AdditiveCoupling(SmallNet(2, 2, 1), update="first"),
+        identity,
+    ]
+    for every in (None, 1, 2):
+        seq = rl.ReversibleSequence(layers, checkpoint_every=every).double()
+        x = torch.randn(2, 4, 8, 8, dtype=torch.float64, requires_grad=True)
+        c = torch.randn(1, 1, 8, 8, dtype=torch.float64, requires_grad=True)
+        x_before, c_before = x.detach().clone(), c.detach().clone()
+        y = seq(x, c)
+        y_before = y.detach().clone()
+        grad = torch.randn_like(y)
+        grad_before = grad.clone()
+        y.backward(grad, retain_graph=True)
+        for now, before in ((x, x_before), (c, c_before), (y, y_before), (grad, grad_before)):
+            assert torch.equal(now.detach(), before)
+        first = x.grad.clone()  # type: ignore[union-attr]
+        y.backward(grad)  # the saved states are intact: a second backward gives the same
+        torch.testing.assert_close(x.grad, 2 * first, rtol=1e-12, atol=0)
+        errors = compare_with_backprop(seq, x, c)
+        assert max(errors.values()) <= 1e-10, errors
+
+
+def test_forward_hooks_of_couplings_still_run() -> None:
+    coupling = rl.AdditiveCoupling(SmallNet(2, 2), pass_context=False)
+    calls: list[int] = []
+    coupling.register_forward_hook(lambda module, args, out: calls.append(1))
+    seq = rl.ReversibleSequence([rl.HouseholderConv(4), coupling, rl.HouseholderConv(4)])
+    x = torch.randn(1, 4, 4, 4, requires_grad=True)
+    seq(x).sum().backward()
+    assert calls == [1]
+
+
+class _Scaled(rl.InvertibleModule):
+    """A user layer with its own reverse step written against the public protocol."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(1.5, dtype=torch.float64))
+
+    def forward(self, x: Tensor, *context: object) -> Tensor:
+        return x * self.scale
+
+    def inverse(self, y: Tensor, *context: object) -> Tensor:
+        return y / self.scale
+
+    def reverse_step(self, y: Tensor, grad_y: Tensor, step: rl.ReverseContext) -> rl.ReverseStep:
+        with torch.no_grad():
+            x = y / self.scale
+            grads = [(self.scale, (grad_y * x).sum())]
+            return rl.ReverseStep(x, grad_y * self.scale, grads)
+
+
+def test_a_user_reverse_step_through_the_public_protocol() -> None:
+    layers = [rl.HouseholderConv(4).double(), _Scaled(), rl.HouseholderConv(4).double()]
+    seq = rl.ReversibleSequence(layers)
+    x = torch.randn(2, 4, 3, 3, dtype=torch.float64, requires_grad=True)
+    errors = compare_with_backprop(seq, x)
+    assert max(errors.values()) <= 1e-12, errors

@@ -260,6 +260,50 @@ CASES: list[tuple[str, Callable[[], object], type[Exception], str]] = [
         TypeError,
         r"layer 0 \(Invertible\(<lambda>\)\).forward returned tuple",
     ),
+    # booleans and other kinds where numbers are expected (revlayers' _validate.py)
+    ("bool_channels", lambda: rl.HouseholderConv(True), TypeError, "channels to be an int >= 2"),  # type: ignore[arg-type]
+    (
+        "float_max_iter",
+        lambda: rl.InvertibleResidual(_id, None, max_iter=2.5),
+        TypeError,
+        "max_iter to be an int >= 1, got 2.5",
+    ),  # type: ignore[arg-type]
+    (
+        "bool_checkpoint",
+        lambda: rl.ReversibleSequence([rl.HouseholderConv(4)], checkpoint_every=True),
+        TypeError,
+        "checkpoint_every to be an int >= 1",
+    ),  # type: ignore[arg-type]
+    (
+        "bool_drift",
+        lambda: rl.ReversibleSequence([rl.HouseholderConv(4)], check_drift=True),
+        TypeError,
+        'check_drift to be a finite relative tolerance > 0 .*, "auto" or None, got True',
+    ),  # type: ignore[arg-type]
+    (
+        "string_drift",
+        lambda: rl.ReversibleSequence([rl.HouseholderConv(4)], check_drift="always"),
+        TypeError,
+        "check_drift to be a finite relative tolerance",
+    ),  # type: ignore[arg-type]
+    (
+        "bool_dims",
+        lambda: rl.HouseholderConv(4, dims=True),
+        ValueError,
+        "dims to be 1, 2 or 3",
+    ),  # type: ignore[arg-type]
+    (
+        "exact_inverse",
+        lambda: rl.Invertible(_id, _id, exact_inverse="yes"),
+        TypeError,
+        "exact_inverse to be True or False, got 'yes'",
+    ),  # type: ignore[arg-type]
+    (
+        "clamp_inf",
+        lambda: rl.AffineCoupling(_half, clamp=float("inf")),
+        ValueError,
+        "clamp to be a number > 0",
+    ),
     # check_inverse
     (
         "check_module",

@@ -7,11 +7,14 @@ The layers are :class:`InvertibleModule` s (``forward(x, *context)``, ``inverse(
 from ._base import InvertibleModule, replaying
 from ._checks import check_inverse
 from ._coupling import AdditiveCoupling, AffineCoupling
+from ._drift import ReverseDiagnostics, auto_tolerance
 from ._engine import ReversibleSequence
 from ._errors import ConvergenceError, DriftError
 from ._householder import HouseholderConv
 from ._irim import IRIMBlock, IRIMResidual
+from ._precision import full_precision
 from ._residual import InverseResult, InvertibleResidual
+from ._reverse import ReverseContext, ReverseStep
 from ._wrap import Invertible
 
 # the one place the version is written: hatchling reads it for the wheel (pyproject's
@@ -30,8 +33,13 @@ __all__ = [
     "Invertible",
     "InvertibleModule",
     "InvertibleResidual",
+    "ReverseContext",
+    "ReverseDiagnostics",
+    "ReverseStep",
     "ReversibleSequence",
     "__version__",
+    "auto_tolerance",
     "check_inverse",
+    "full_precision",
     "replaying",
 ]

@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ._base import _frozen_stats, _relative, _replay
+from ._base import frozen_stats, norm_layers, replay
+from ._reverse import relative_error
+from ._validate import finite_number
 
 __all__ = ["check_inverse"]
 
@@ -42,9 +44,9 @@ def check_inverse(
         )
     if not isinstance(x, Tensor):
         raise TypeError(f"check_inverse expects x to be a tensor, got {type(x).__name__}.")
-    if tol is not None and not (isinstance(tol, (int, float)) and tol > 0):
-        raise ValueError(f"check_inverse expects tol > 0 or None, got {tol!r}.")
-    with torch.no_grad(), _replay(), _frozen_stats(module):
+    if tol is not None:
+        finite_number("check_inverse", "tol", tol, low=0.0, expected="> 0 or None")
+    with torch.no_grad(), replay(), frozen_stats(norm_layers(module)):
         y = module(x, *context)
         x_rec = getattr(module, "inverse")(y, *context)  # noqa: B009 - nn.Module attribute typing
     if not isinstance(x_rec, Tensor) or x_rec.shape != x.shape:
@@ -53,7 +55,7 @@ def check_inverse(
             f"{getattr(x_rec, 'shape', type(x_rec).__name__)}, expected a tensor of shape "
             f"{tuple(x.shape)}."
         )
-    error = _relative(x_rec - x, x)
+    error = relative_error(x_rec - x, x)
     if tol is not None and not error <= tol:
         raise ValueError(
             f"check_inverse: {type(module).__name__} is not inverted by its inverse: relative "

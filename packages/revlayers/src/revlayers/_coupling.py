@@ -20,20 +20,42 @@ give both the inverse and every gradient during the reverse pass (i-RIM's refere
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal, cast
+from typing import TYPE_CHECKING, Literal, TypedDict
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from ._base import InvertibleModule, _Context, _grad, _relative, _Reversed, _unique
+from ._base import InvertibleModule, has_forward_hooks, store_callable, stored_callable
+from ._reverse import (
+    ReverseContext,
+    ReverseStep,
+    grad_with_audit,
+    relative_error,
+    unalias,
+    unique,
+)
+from ._validate import finite_number, integer, nonnegative_int, one_of, positive_int
 
-__all__ = ["AdditiveCoupling", "AffineCoupling"]
+if TYPE_CHECKING:  # typing.Unpack is Python >= 3.11; only the type checker needs it
+    from typing_extensions import Unpack
+
+__all__ = ["AdditiveCoupling", "AffineCoupling", "CouplingOptions"]
 
 _UPDATES = ("second", "first")
 
 
+class CouplingOptions(TypedDict, total=False):
+    """The keyword options every coupling takes (see :class:`AdditiveCoupling`)."""
+
+    split: int | None
+    pass_through: int
+    dim: int
+    update: Literal["second", "first"]
+    pass_context: bool
+
+
 class _Coupling(InvertibleModule):
-    """Shared split/join logic and the fused reverse step of couplings."""
+    """Shared split logic and the fused, in-place reverse step of couplings."""
 
     def __init__(
         self,
@@ -52,29 +74,23 @@ class _Coupling(InvertibleModule):
                 f"{name} expects g to be a callable (an nn.Module or function) mapping x1 to the "
                 f"coupling output, got {type(g).__name__}."
             )
-        if split is not None and (
-            not isinstance(split, int) or isinstance(split, bool) or split < 1
-        ):
-            raise ValueError(
-                f"{name} expects split to be a positive int (channels of the first part) or None "
-                f"(half of the non-pass-through channels), got {split!r}."
+        if split is not None:
+            expected = (
+                "to be a positive int (channels of the first part) or None (half of the "
+                "non-pass-through channels)"
             )
-        if not isinstance(pass_through, int) or isinstance(pass_through, bool) or pass_through < 0:
-            raise ValueError(
-                f"{name} expects pass_through to be an int >= 0 (channels copied unchanged), got "
-                f"{pass_through!r}."
-            )
-        if not isinstance(dim, int) or isinstance(dim, bool):
-            raise TypeError(f"{name} expects dim to be an int, got {type(dim).__name__}.")
-        if update not in _UPDATES:
-            raise ValueError(
-                f"{name} expects update to be one of {list(_UPDATES)} (which part g updates), "
-                f"got {update!r}."
-            )
-        if isinstance(g, nn.Module):
-            self.g = g
-        else:
-            self._g_fn = g
+            positive_int(name, "split", split, expected=expected)
+        copied = "to be an int >= 0 (channels copied unchanged)"
+        nonnegative_int(name, "pass_through", pass_through, expected=copied)
+        integer(name, "dim", dim)
+        one_of(
+            name,
+            "update",
+            update,
+            _UPDATES,
+            expected=f"to be one of {list(_UPDATES)} (which part g updates)",
+        )
+        store_callable(self, "g", g)
         self.split = split
         self.pass_through = pass_through
         self.dim = dim
@@ -87,11 +103,12 @@ class _Coupling(InvertibleModule):
             f"update={self.update!r}, pass_context={self.pass_context}"
         )
 
-    def _label(self) -> str:
-        g = self._g
+    def layer_name(self) -> str:
+        """Name the class and the coupling function, e.g. ``AdditiveCoupling(SmallNet)``."""
+        g = stored_callable(self, "g")
         return f"{type(self).__name__}({getattr(g, '__name__', type(g).__name__)})"
 
-    # -- split and join -------------------------------------------------------------------------
+    # -- split ------------------------------------------------------------------------------
     def _sizes(self, x: Tensor) -> list[int]:
         name = type(self).__name__
         if not isinstance(x, Tensor):
@@ -116,75 +133,95 @@ class _Coupling(InvertibleModule):
             sizes.append(self.pass_through)
         return sizes
 
-    def _split(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+    def _split(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Return views of the conditioning and the updated part of ``x``."""
         parts = torch.split(x, self._sizes(x), dim=self.dim)
-        rest = parts[2] if len(parts) == 3 else None
-        if self.update == "second":
-            return parts[0], parts[1], rest
-        return parts[1], parts[0], rest
+        return (parts[0], parts[1]) if self.update == "second" else (parts[1], parts[0])
 
-    def _join(self, cond: Tensor, upd: Tensor, rest: Tensor | None) -> Tensor:
-        parts = [cond, upd] if self.update == "second" else [upd, cond]
-        if rest is not None:
-            parts.append(rest)
+    def _coupled(
+        self, x: Tensor, context: tuple[object, ...], law: Callable[..., Tensor]
+    ) -> Tensor:
+        """``x`` with its updated part replaced by ``law(upd, g(cond))`` (a new tensor)."""
+        cond, upd = self._split(x)
+        new = law(upd, self._call_g(cond, context))
+        sizes = self._sizes(x)
+        first, second = (cond, new) if self.update == "second" else (new, cond)
+        parts = [first, second]
+        if self.pass_through:
+            parts.append(x.narrow(self.dim, sizes[0] + sizes[1], sizes[2]))
         return torch.cat(parts, dim=self.dim)
 
-    @property
-    def _g(self) -> Callable[..., object]:
-        fn = self.__dict__.get("_g_fn")
-        return fn if fn is not None else cast(Callable[..., object], self._modules["g"])
-
     def _call_g(self, x1: Tensor, context: tuple[object, ...]) -> object:
-        return self._g(x1, *context) if self.pass_context else self._g(x1)
+        g = stored_callable(self, "g")
+        return g(x1, *context) if self.pass_context else g(x1)
 
-    # -- the coupling law (subclasses) ----------------------------------------------------------
+    # -- the coupling law (subclasses) ------------------------------------------------------
     def _couple(self, x2: Tensor, gout: object) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def _uncouple(self, y2: Tensor, gout: object) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    # -- InvertibleModule -----------------------------------------------------------------------
+    def _couple_(self, x2: Tensor, gout: object) -> None:
+        """Write the coupling law into ``x2`` (no graph)."""
+        x2.copy_(self._couple(x2, gout))
+
+    def _reverse_law(
+        self, upd: Tensor, g_upd: Tensor, h: Tensor, gout: object, step: ReverseContext
+    ) -> tuple[list[Tensor | None], float | None]:
+        """Turn ``upd`` (y2) into x2 and ``g_upd`` into dL/dx2 in place; gradients of the rest.
+
+        Returns the gradients of ``[h, *step.leaves, *tensors]`` (in that order, as
+        :func:`~revlayers._reverse.unique` leaves them) and the residual if asked for.
+        """
+        upd_x = self._uncouple(upd, _detach(gout)).detach().requires_grad_()
+        with torch.enable_grad():
+            out = self._couple(upd_x, gout)
+        wrt = unique([upd_x, h, *step.leaves, *step.tensors_of(self)])
+        grads = unalias(grad_with_audit([out], wrt, [g_upd], step.label), [g_upd])
+        residual = relative_error(out.detach() - upd, upd) if step.want_residual else None
+        upd.copy_(upd_x.detach())
+        if grads[0] is not None:
+            g_upd.copy_(grads[0])
+        return grads[1:], residual
+
+    # -- InvertibleModule -------------------------------------------------------------------
     def forward(self, x: Tensor, *context: object) -> Tensor:
-        cond, upd, rest = self._split(x)
-        return self._join(cond, self._couple(upd, self._call_g(cond, context)), rest)
+        """``y`` with ``y1 = x1`` and ``y2`` given by the coupling law."""
+        return self._coupled(x, context, self._couple)
 
     def inverse(self, y: Tensor, *context: object) -> Tensor:
-        cond, upd, rest = self._split(y)
-        return self._join(cond, self._uncouple(upd, self._call_g(cond, context)), rest)
+        """``x`` with ``x1 = y1`` and ``x2`` recovered from ``y2`` and ``g(y1)``."""
+        return self._coupled(y, context, self._uncouple)
 
-    def _reverse(
-        self,
-        y: Tensor,
-        grad_y: Tensor,
-        context: _Context,
-        x_known: Tensor | None,
-        want_residual: bool,
-    ) -> _Reversed:
-        # One forward and one backward of g: g reads only y1 = x1, so evaluating it on the
-        # output gives the inverse and, with the same graph, every gradient.
-        cond, upd_y, rest = self._split(y.detach())
-        g_cond, g_upd, g_rest = self._split(grad_y)
+    def forward_step(self, x: Tensor, context: tuple[object, ...], overwrite: bool) -> Tensor:
+        """Run the forward pass, written into ``x`` when the engine owns it (no copy of ``x1``)."""
+        if torch.is_grad_enabled() or has_forward_hooks(self):
+            return self(x, *context)
+        y = x if overwrite else x.clone()  # one copy instead of a new half and a concatenation
+        cond, upd = self._split(y)
+        self._couple_(upd, self._call_g(cond, context))
+        return y
+
+    def reverse_step(self, y: Tensor, grad_y: Tensor, step: ReverseContext) -> ReverseStep:
+        """One forward and one backward of ``g``, results written into ``y`` and ``grad_y``.
+
+        ``g`` reads only ``y1 = x1``, so evaluating it on the output gives the inverse and, with
+        the same graph, every gradient (i-RIM's trick). Where the engine owns ``y`` and
+        ``grad_y`` the rebuilt input and its gradient overwrite them (no concatenation).
+        """
+        x = y if step.overwrite_state else y.detach().clone()
+        grad_x = grad_y if step.overwrite_grad else grad_y.clone()
+        cond, upd = self._split(x)
+        g_cond, g_upd = self._split(grad_x)
         h = cond.detach().requires_grad_()
-        tensors = self.learnable_tensors()
         with torch.enable_grad():
-            gout = self._call_g(h, context.values)
-        with torch.no_grad():
-            upd_x = self._uncouple(upd_y, _detach(gout))
-        with torch.enable_grad():
-            upd_xr = upd_x.detach().requires_grad_()
-            out = self._couple(upd_xr, gout)
-        wrt = _unique([upd_xr, h, *context.leaves, *tensors])
-        grads = _grad([out], wrt, [g_upd], context.label)
-        grad_upd = grads[0] if grads[0] is not None else torch.zeros_like(upd_x)
-        grad_cond = g_cond if grads[1] is None else g_cond + grads[1]
-        residual = _relative(out.detach() - upd_y, y) if want_residual else None
-        return _Reversed(
-            x=self._join(cond, upd_x, rest),
-            grad_x=self._join(grad_cond, grad_upd, g_rest),
-            grads=list(zip(wrt[2:], grads[2:])),
-            residual=residual,
-        )
+            gout = self._call_g(h, step.values)
+        grads, residual = self._reverse_law(upd, g_upd, h, gout, step)
+        if grads[0] is not None:
+            g_cond.add_(grads[0])
+        others = unique([h, *step.leaves, *step.tensors_of(self)])[1:]
+        return ReverseStep(x, grad_x, list(zip(others, grads[1:])), residual)
 
 
 def _detach(value: object) -> object:
@@ -235,6 +272,26 @@ class AdditiveCoupling(_Coupling):
     def _uncouple(self, y2: Tensor, gout: object) -> Tensor:
         return y2 - self._check_shift(gout, y2)
 
+    def _couple_(self, x2: Tensor, gout: object) -> None:
+        x2.add_(self._check_shift(gout, x2))
+
+    def _reverse_law(
+        self, upd: Tensor, g_upd: Tensor, h: Tensor, gout: object, step: ReverseContext
+    ) -> tuple[list[Tensor | None], float | None]:
+        # dL/dx2 = dL/dy2 and dL/d(shift) = dL/dy2: backpropagate g alone, subtract in place
+        shift = self._check_shift(gout, upd)
+        wrt = unique([h, *step.leaves, *step.tensors_of(self)])
+        grads = grad_with_audit([shift], wrt, [g_upd], step.label)
+        shift = shift.detach()
+        residual = None
+        if step.want_residual:
+            x2 = upd - shift
+            residual = relative_error(x2 + shift - upd, upd)
+            upd.copy_(x2)
+        else:
+            upd.sub_(shift)
+        return grads, residual
+
     def _check_shift(self, gout: object, like: Tensor) -> Tensor:
         if not isinstance(gout, Tensor):
             raise TypeError(
@@ -274,23 +331,12 @@ class AffineCoupling(_Coupling):
         g: Callable[..., object],
         *,
         clamp: float = 2.0,
-        split: int | None = None,
-        pass_through: int = 0,
-        dim: int = 1,
-        update: Literal["second", "first"] = "second",
-        pass_context: bool = True,
+        **options: Unpack[CouplingOptions],
     ) -> None:
-        super().__init__(
-            g,
-            split=split,
-            pass_through=pass_through,
-            dim=dim,
-            update=update,
-            pass_context=pass_context,
+        super().__init__(g, **options)
+        self.clamp = finite_number(
+            "AffineCoupling", "clamp", clamp, low=0.0, expected="to be a number > 0"
         )
-        if isinstance(clamp, bool) or not isinstance(clamp, (int, float)) or not clamp > 0:
-            raise ValueError(f"AffineCoupling expects clamp to be a number > 0, got {clamp!r}.")
-        self.clamp = float(clamp)
 
     def extra_repr(self) -> str:
         return f"clamp={self.clamp}, " + super().extra_repr()
@@ -326,7 +372,7 @@ class AffineCoupling(_Coupling):
         return s, t
 
     def log_scale(self, s: Tensor) -> Tensor:
-        """The bounded log-scale ``clamp * tanh(s / clamp)`` applied to the raw output ``s``."""
+        """Bound the raw log-scale ``s``: ``clamp * tanh(s / clamp)``."""
         return self.clamp * torch.tanh(s / self.clamp)
 
     def _couple(self, x2: Tensor, gout: object) -> Tensor:
@@ -336,3 +382,7 @@ class AffineCoupling(_Coupling):
     def _uncouple(self, y2: Tensor, gout: object) -> Tensor:
         s, t = self._scale_shift(gout, y2)
         return (y2 - t) * torch.exp(-self.log_scale(s))
+
+    def _couple_(self, x2: Tensor, gout: object) -> None:
+        s, t = self._scale_shift(gout, x2)
+        x2.mul_(torch.exp(self.log_scale(s))).add_(t)

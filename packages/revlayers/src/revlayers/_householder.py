@@ -3,31 +3,32 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._base import InvertibleModule, _Context, _relative, _Reversed
+from ._base import InvertibleModule
+from ._precision import full_precision
+from ._reverse import ReverseContext, ReverseStep, relative_error
+from ._validate import integer, one_of
 
-__all__ = ["HouseholderConv"]
+__all__ = ["HouseholderConv", "channel_gradient", "mix_channels"]
 
 
-_CONVS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+def mix_channels(matrix: Tensor, x: Tensor) -> Tensor:
+    """Apply a ``(C, C)`` channel matrix to ``x`` of shape ``(B, C, *spatial)``: ``M x`` per pixel.
 
-
-def _rotate(matrix: Tensor, x: Tensor) -> Tensor:
-    """Apply a ``(C, C)`` channel matrix to ``x`` of shape ``(B, C, *spatial)``.
-
-    Real states use a 1x1 convolution (returns a fresh tensor, not a view); complex states a
-    batched matrix product with the matrix cast to the complex dtype.
+    A matrix product over the channels, computed in full float32 precision whatever the TF32
+    settings (:func:`~revlayers.full_precision`), so that an orthogonal ``M`` followed by
+    ``M^T`` gives back ``x`` to float32 rounding on any GPU. Complex states are mixed by the
+    real matrix cast to their dtype. Returns a new tensor.
     """
-    spatial = x.dim() - 2
-    if not x.is_complex() and spatial in _CONVS:
-        return _CONVS[spatial](x, matrix.reshape(*matrix.shape, *([1] * spatial)))
     flat = x.reshape(x.shape[0], x.shape[1], -1)
-    return torch.matmul(matrix.to(x.dtype), flat).reshape(x.shape)
+    m = matrix.to(x.dtype) if x.is_complex() else matrix
+    with full_precision(x, convolutions=False):
+        out = torch.matmul(m, flat)
+    return out.reshape(x.shape)
 
 
-def _outer_sum(a: Tensor, b: Tensor) -> Tensor:
+def channel_gradient(a: Tensor, b: Tensor) -> Tensor:
     """``sum_{batch, pixels} Re(conj(a) b^T)``: the real gradient of a channel matrix.
 
     For ``z = M w`` with real ``M`` and upstream gradient ``a = dL/dz`` (torch's convention for
@@ -35,9 +36,10 @@ def _outer_sum(a: Tensor, b: Tensor) -> Tensor:
     """
     fa = a.reshape(a.shape[0], a.shape[1], -1)
     fb = b.reshape(b.shape[0], b.shape[1], -1)
-    if fa.is_complex():
-        return torch.matmul(fa.conj(), fb.transpose(1, 2)).sum(0).real
-    return torch.matmul(fa, fb.transpose(1, 2)).sum(0)
+    with full_precision(a, convolutions=False):
+        if fa.is_complex():
+            return torch.matmul(fa.conj(), fb.transpose(1, 2)).sum(0).real
+        return torch.matmul(fa, fb.transpose(1, 2)).sum(0)
 
 
 class HouseholderConv(InvertibleModule):
@@ -70,16 +72,15 @@ class HouseholderConv(InvertibleModule):
 
     def __init__(self, channels: int, reflections: int = 3, dims: int = 2) -> None:
         super().__init__()
-        for name, value, low in (("channels", channels, 2), ("reflections", reflections, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(
-                    f"HouseholderConv expects {name} to be an int >= {low}, got {value!r}."
-                )
-        if dims not in (1, 2, 3):
-            raise ValueError(
-                f"HouseholderConv expects dims to be 1, 2 or 3 (spatial dimensions of the state), "
-                f"got {dims!r}."
-            )
+        integer("HouseholderConv", "channels", channels, low=2)
+        integer("HouseholderConv", "reflections", reflections, low=1)
+        one_of(
+            "HouseholderConv",
+            "dims",
+            dims,
+            (1, 2, 3),
+            expected="to be 1, 2 or 3 (spatial dimensions of the state)",
+        )
         self.channels = channels
         self.reflections = reflections
         self.dims = dims
@@ -89,14 +90,28 @@ class HouseholderConv(InvertibleModule):
         return f"channels={self.channels}, reflections={self.reflections}, dims={self.dims}"
 
     def matrix(self) -> Tensor:
-        """The orthogonal ``(C, C)`` matrix ``U = H_K ... H_1``."""
-        u = torch.eye(self.channels, dtype=self.vectors.dtype, device=self.vectors.device)
-        for v in self.vectors:
-            # H u = u - 2 v (v^T u) / ||v||^2, applied left to right: H_1 first.
-            u = u - (2.0 / torch.dot(v, v)) * torch.outer(v, v @ u)
+        """Return the orthogonal ``(C, C)`` matrix ``U = H_K ... H_1`` (in full precision)."""
+        v = self.vectors
+        u = torch.eye(self.channels, dtype=v.dtype, device=v.device)
+        with full_precision(v, convolutions=False):
+            for k in range(self.reflections):
+                # H u = u - 2 v (v^T u) / ||v||^2, applied left to right: H_1 first.
+                u = u - (2.0 / torch.dot(v[k], v[k])) * torch.outer(v[k], v[k] @ u)
         return u
 
-    def _check(self, x: Tensor) -> None:
+    def matrix_and_graph(self) -> tuple[Tensor, Tensor]:
+        """``U`` detached and ``U`` with a graph to the vectors (for :meth:`vectors_grad`)."""
+        with torch.enable_grad():
+            u_graph = self.matrix()
+        return u_graph.detach(), u_graph
+
+    def vectors_grad(self, u_graph: Tensor, grad_u: Tensor) -> Tensor:
+        """``dL/dvectors`` from ``dL/dU`` through the Householder product."""
+        (g,) = torch.autograd.grad(u_graph, [self.vectors], grad_u)
+        return g
+
+    def check_state(self, x: Tensor) -> None:
+        """Raise ``TypeError``/``ValueError`` unless ``x`` is a ``(batch, C, *spatial)`` state."""
         if not isinstance(x, Tensor):
             raise TypeError(f"HouseholderConv expects a tensor, got {type(x).__name__}.")
         if x.dim() != 2 + self.dims or x.shape[1] != self.channels:
@@ -113,34 +128,23 @@ class HouseholderConv(InvertibleModule):
             )
 
     def forward(self, x: Tensor, *context: object) -> Tensor:
-        self._check(x)
-        return _rotate(self.matrix(), x)
+        """``U x`` over the channels."""
+        self.check_state(x)
+        return mix_channels(self.matrix(), x)
 
     def inverse(self, y: Tensor, *context: object) -> Tensor:
-        self._check(y)
-        return _rotate(self.matrix().T, y)
+        """``U^T y`` over the channels."""
+        self.check_state(y)
+        return mix_channels(self.matrix().T, y)
 
-    def _reverse(
-        self,
-        y: Tensor,
-        grad_y: Tensor,
-        context: _Context,
-        x_known: Tensor | None,
-        want_residual: bool,
-    ) -> _Reversed:
-        self._check(y)
-        with torch.no_grad():
-            u = self.matrix()
-            x = _rotate(u.T, y)
-            grad_x = _rotate(u.T, grad_y)
+    def reverse_step(self, y: Tensor, grad_y: Tensor, step: ReverseContext) -> ReverseStep:
+        """``x = U^T y``, ``dL/dx = U^T dL/dy``, ``dL/dU = dL/dy x^T`` (no recomputation)."""
+        self.check_state(y)
+        u, u_graph = self.matrix_and_graph()
+        x = mix_channels(u.T, y)
+        grad_x = mix_channels(u.T, grad_y)
         grads: list[tuple[Tensor, Tensor | None]] = []
         if self.vectors.requires_grad:
-            with torch.enable_grad():
-                u_graph = self.matrix()
-            (g,) = torch.autograd.grad(u_graph, [self.vectors], _outer_sum(grad_y, x))
-            grads.append((self.vectors, g))
-        residual = None
-        if want_residual:
-            with torch.no_grad():
-                residual = _relative(_rotate(u, x) - y, y)
-        return _Reversed(x, grad_x, grads, residual)
+            grads.append((self.vectors, self.vectors_grad(u_graph, channel_gradient(grad_y, x))))
+        residual = relative_error(mix_channels(u, x) - y, y) if step.want_residual else None
+        return ReverseStep(x, grad_x, grads, residual)

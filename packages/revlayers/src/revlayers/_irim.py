@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from ._base import InvertibleModule, _Context, _Reversed
+from ._base import InvertibleModule, has_forward_hooks
 from ._coupling import AdditiveCoupling
-from ._householder import HouseholderConv, _outer_sum, _rotate
+from ._householder import HouseholderConv, channel_gradient, mix_channels
+from ._reverse import ReverseContext, ReverseStep
+from ._validate import integer, one_of, positive_int
 
 __all__ = ["IRIMBlock", "IRIMResidual"]
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _CONV_T = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
-
-
-def _positive_int(owner: str, name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{owner} expects {name} to be an int >= 1, got {value!r}.")
-    return value
 
 
 class IRIMResidual(nn.Module):
@@ -47,16 +45,15 @@ class IRIMResidual(nn.Module):
         kernel_size: int = 3,
     ) -> None:
         super().__init__()
-        if dims not in _CONV:
-            raise ValueError(f"IRIMResidual expects dims to be 1, 2 or 3, got {dims!r}.")
+        one_of("IRIMResidual", "dims", dims, (1, 2, 3), expected="to be 1, 2 or 3")
         for name, value in (
             ("in_channels", in_channels),
             ("out_channels", out_channels),
             ("hidden_channels", hidden_channels),
             ("downsample", downsample),
         ):
-            _positive_int("IRIMResidual", name, value)
-        if _positive_int("IRIMResidual", "kernel_size", kernel_size) % 2 == 0:
+            positive_int("IRIMResidual", name, value)
+        if positive_int("IRIMResidual", "kernel_size", kernel_size) % 2 == 0:
             raise ValueError(
                 f"IRIMResidual expects an odd kernel_size (same-size padding), got {kernel_size}."
             )
@@ -123,12 +120,10 @@ class IRIMBlock(InvertibleModule):
         split: int | None = None,
     ) -> None:
         super().__init__()
-        _positive_int("IRIMBlock", "channels", channels)
+        positive_int("IRIMBlock", "channels", channels)
         first = channels // 2 if split is None else split
-        if isinstance(first, bool) or not isinstance(first, int) or not 0 < first < channels:
-            raise ValueError(
-                f"IRIMBlock expects 0 < split < channels = {channels}, got split={split!r}."
-            )
+        within = f"to be an int with 0 < split < channels = {channels} (or None: channels // 2)"
+        integer("IRIMBlock", "split", first, low=1, high=channels - 1, expected=within)
         self.rotation = HouseholderConv(channels, reflections=reflections, dims=dims)
         self.coupling = AdditiveCoupling(
             IRIMResidual(first, channels - first, hidden_channels, downsample, dims),
@@ -137,8 +132,9 @@ class IRIMBlock(InvertibleModule):
         )
         self.downsample = downsample
 
-    def _check(self, x: Tensor) -> None:
-        self.rotation._check(x)
+    def check_state(self, x: Tensor) -> None:
+        """Raise ``TypeError``/``ValueError`` unless ``x`` is a state this block accepts."""
+        self.rotation.check_state(x)
         spatial = tuple(x.shape[2:])
         if any(s % self.downsample for s in spatial):
             raise ValueError(
@@ -147,39 +143,48 @@ class IRIMBlock(InvertibleModule):
             )
 
     def forward(self, x: Tensor, *context: object) -> Tensor:
-        self._check(x)
+        """``U^T coupling(U x)``."""
+        self.check_state(x)
         u = self.rotation.matrix()
-        return _rotate(u.T, self.coupling(_rotate(u, x)))
+        return mix_channels(u.T, self.coupling(mix_channels(u, x)))
 
     def inverse(self, y: Tensor, *context: object) -> Tensor:
-        self._check(y)
+        """``U^T coupling^{-1}(U y)``."""
+        self.check_state(y)
         u = self.rotation.matrix()
-        return _rotate(u.T, self.coupling.inverse(_rotate(u, y)))
+        return mix_channels(u.T, self.coupling.inverse(mix_channels(u, y)))
 
-    def _reverse(
-        self,
-        y: Tensor,
-        grad_y: Tensor,
-        context: _Context,
-        x_known: Tensor | None,
-        want_residual: bool,
-    ) -> _Reversed:
-        self._check(y)
-        with torch.no_grad():
-            u = self.rotation.matrix()
-            y_rot = _rotate(u, y)  # y' = U y
-            grad_y_rot = _rotate(u, grad_y)  # y = U^T y'  =>  dL/dy' = U dL/dy
-        inner = self.coupling._reverse(y_rot, grad_y_rot, context, None, want_residual)
-        with torch.no_grad():
-            x = _rotate(u.T, inner.x)  # x = U^T x'
-            grad_x = _rotate(u.T, inner.grad_x)  # x' = U x  =>  dL/dx = U^T dL/dx'
-        grads = list(inner.grads)
+    def forward_step(self, x: Tensor, context: tuple[object, ...], overwrite: bool) -> Tensor:
+        """Run the forward pass without a graph; the coupling writes into the rotated state."""
+        if torch.is_grad_enabled() or has_forward_hooks(self):
+            return self(x, *context)
+        self.check_state(x)
+        u = self.rotation.matrix()
+        rotated = self.coupling.forward_step(mix_channels(u, x), (), True)
+        return mix_channels(u.T, rotated)
+
+    def reverse_step(self, y: Tensor, grad_y: Tensor, step: ReverseContext) -> ReverseStep:
+        """Undo ``U^T``, the coupling's fused step in place, undo ``U``; six channel products."""
+        self.check_state(y)
         vectors = self.rotation.vectors
-        if vectors.requires_grad:
-            # U enters twice: x' = U x and y = U^T y'. dL/dU = gx' x^T + y' gy^T.
-            grad_u = _outer_sum(inner.grad_x, x) + _outer_sum(grad_y, y_rot).T
-            with torch.enable_grad():
-                u_graph = self.rotation.matrix()
-            (g,) = torch.autograd.grad(u_graph, [vectors], grad_u)
-            grads.append((vectors, g))
-        return _Reversed(x, grad_x, grads, inner.residual)
+        u, u_graph = self.rotation.matrix_and_graph()
+        y_rot = mix_channels(u, y)  # y' = U y
+        grad_y_rot = mix_channels(u, grad_y)  # y = U^T y'  =>  dL/dy' = U dL/dy
+        # U enters twice: x' = U x and y = U^T y', so dL/dU = gx' x^T + y' gy^T; the second
+        # term now, before the coupling overwrites y'
+        grad_u = channel_gradient(grad_y, y_rot).T if vectors.requires_grad else None
+        inner_step = replace(
+            step,
+            tensors=tuple(t for t in step.tensors_of(self) if t is not vectors),
+            x_known=None,
+            overwrite_state=True,
+            overwrite_grad=True,
+        )
+        inner = self.coupling.reverse_step(y_rot, grad_y_rot, inner_step)
+        x = mix_channels(u.T, inner.x)  # x = U^T x'
+        grad_x = mix_channels(u.T, inner.grad_x)  # x' = U x  =>  dL/dx = U^T dL/dx'
+        grads = list(inner.grads)
+        if grad_u is not None:
+            grad_u = grad_u + channel_gradient(inner.grad_x, x)
+            grads.append((vectors, self.rotation.vectors_grad(u_graph, grad_u)))
+        return ReverseStep(x, grad_x, grads, inner.residual)

@@ -12,8 +12,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from ._base import InvertibleModule, replaying
+from ._base import InvertibleModule, replaying, store_callable, stored_callable
 from ._errors import ConvergenceError
+from ._reverse import relative_error
+from ._validate import finite_number, one_of, positive_int
 
 __all__ = ["InverseResult", "InvertibleResidual"]
 
@@ -44,12 +46,6 @@ class InverseResult:
     converged: bool
 
 
-def _norm_ratio(num: Tensor, den: Tensor) -> float:
-    d = torch.linalg.vector_norm(den).item()
-    n = torch.linalg.vector_norm(num).item()
-    return n / d if d > 0 else n
-
-
 def _banach(
     f: Callable[[Tensor], Tensor], z0: Tensor, tol: float, max_iter: int
 ) -> tuple[Tensor, int, float]:
@@ -58,7 +54,7 @@ def _banach(
     residual = math.inf
     for it in range(1, max_iter + 1):
         z_new = f(z)
-        residual = _norm_ratio(z_new - z, z_new)
+        residual = relative_error(z_new - z, z_new)
         z = z_new
         if residual <= tol:
             return z, it, residual
@@ -136,8 +132,16 @@ class InvertibleResidual(InvertibleModule):
     pass_context : bool
         Call ``g(x, *context)`` (default) or ``g(x)``.
 
+    Notes
+    -----
+    The inverse is a solve stopped at ``tol``, so ``exact_inverse`` is ``False``: with
+    ``check_drift="auto"`` a :class:`~revlayers.ReversibleSequence` checks this layer's
+    reconstruction at every reverse step.
+
     Shapes: ``x``, ``y`` any shape and dtype ``g`` accepts (real or complex).
     """
+
+    exact_inverse = False
 
     def __init__(
         self,
@@ -160,11 +164,14 @@ class InvertibleResidual(InvertibleModule):
                     f"InvertibleResidual expects lipschitz to be a float in (0, 1) or None, got "
                     f"{type(lipschitz).__name__}."
                 )
-            if not 0 < lipschitz < 1:
-                raise ValueError(
-                    f"InvertibleResidual expects lipschitz in (0, 1) so that x + g(x) is "
-                    f"invertible, got {lipschitz}."
-                )
+            finite_number(
+                "InvertibleResidual",
+                "lipschitz",
+                lipschitz,
+                low=0.0,
+                high=1.0,
+                expected="in (0, 1) so that x + g(x) is invertible",
+            )
             if not isinstance(g, nn.Module):
                 raise TypeError(
                     "InvertibleResidual(lipschitz=...) normalises the layers of g, so g must be an "
@@ -176,28 +183,24 @@ class InvertibleResidual(InvertibleModule):
                 f"InvertibleResidual expects solver to be a callable solver(f, z0), got "
                 f"{type(solver).__name__}."
             )
-        if tol is not None and not (isinstance(tol, (int, float)) and tol > 0):
-            raise ValueError(f"InvertibleResidual expects tol > 0 or None, got {tol!r}.")
-        if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-            raise ValueError(
-                f"InvertibleResidual expects max_iter to be an int >= 1, got {max_iter!r}."
-            )
-        if on_nonconvergence not in _POLICIES:
-            raise ValueError(
-                f"InvertibleResidual expects on_nonconvergence in {list(_POLICIES)}, got "
-                f"{on_nonconvergence!r}."
-            )
-        if isinstance(g, nn.Module):
-            self.g = g
-        else:
-            self._g_fn = g
+        if tol is not None:
+            finite_number("InvertibleResidual", "tol", tol, low=0.0, expected="> 0 or None")
+        positive_int("InvertibleResidual", "max_iter", max_iter)
+        one_of(
+            "InvertibleResidual",
+            "on_nonconvergence",
+            on_nonconvergence,
+            _POLICIES,
+            expected=f"in {list(_POLICIES)}",
+        )
+        store_callable(self, "g", g)
         self.lipschitz = lipschitz
         self.solver = solver
         self.tol = tol
         self.max_iter = max_iter
         self.on_nonconvergence = on_nonconvergence
         self.pass_context = pass_context
-        self._extra_tensors = _declared("InvertibleResidual", parameters)
+        self.declare(parameters)
         self._scales: list[tuple[nn.Module, _SpectralScale]] = []
         if lipschitz is not None and isinstance(g, nn.Module):
             self._normalise(g, float(lipschitz))
@@ -222,17 +225,18 @@ class InvertibleResidual(InvertibleModule):
                 parametrize.register_parametrization(m, "weight", scale)
                 self._scales.append((m, scale))
 
-    def _label(self) -> str:
-        g = self.__dict__.get("_g_fn") or self._modules.get("g")
+    def layer_name(self) -> str:
+        """Name the class and ``g``, e.g. ``InvertibleResidual(Sequential)``."""
+        g = stored_callable(self, "g")
         return f"InvertibleResidual({getattr(g, '__name__', type(g).__name__)})"
 
     def extra_repr(self) -> str:
         return f"lipschitz={self.lipschitz}, max_iter={self.max_iter}"
 
     def _call_g(self, x: Tensor, context: tuple[object, ...]) -> Tensor:
-        fn = self.__dict__.get("_g_fn")
-        g: Callable[..., Tensor] = fn if fn is not None else self._modules["g"]  # type: ignore[assignment]
-        return g(x, *context) if self.pass_context else g(x)
+        g = stored_callable(self, "g")
+        out = g(x, *context) if self.pass_context else g(x)
+        return out  # type: ignore[return-value]
 
     def forward(self, x: Tensor, *context: object) -> Tensor:
         if self.training and self._scales and not replaying():
@@ -268,7 +272,7 @@ class InvertibleResidual(InvertibleModule):
                 )
             x = found
             iterations = int(getattr(out, "iterations", -1)) if not isinstance(out, Tensor) else -1
-            residual = _norm_ratio(step(x) - x, x)
+            residual = relative_error(step(x) - x, x)
         return InverseResult(x, iterations, residual, residual <= tol)
 
     def inverse(self, y: Tensor, *context: object) -> Tensor:
@@ -276,7 +280,7 @@ class InvertibleResidual(InvertibleModule):
         if not result.converged:
             tol = self._tolerance(y)
             message = (
-                f"{self._label()}: the fixed-point inverse stopped at relative residual "
+                f"{self.layer_name()}: the fixed-point inverse stopped at relative residual "
                 f"{result.residual:.3g} > tol={tol:g} after {result.iterations} iterations. "
                 "Raise max_iter, loosen tol, pass a faster solver (Anderson), or lower lipschitz "
                 "(convergence rate is Lip(g))."
@@ -287,27 +291,3 @@ class InvertibleResidual(InvertibleModule):
                 )
             warnings.warn(message, RuntimeWarning, stacklevel=2)
         return result.x
-
-
-def _declared(owner: str, items: Iterable[Tensor | nn.Module]) -> tuple[Tensor, ...]:
-    if isinstance(items, (Tensor, nn.Module)):
-        items = [items]
-    try:
-        seq = list(items)
-    except TypeError:
-        raise TypeError(
-            f"{owner} expects parameters to be an iterable of tensors or nn.Modules, got "
-            f"{type(items).__name__}."
-        ) from None
-    out: list[Tensor] = []
-    for item in seq:
-        if isinstance(item, nn.Module):
-            out.extend(item.parameters())
-        elif isinstance(item, Tensor):
-            out.append(item)
-        else:
-            raise TypeError(
-                f"{owner} expects parameters to hold tensors or nn.Modules, got an item of type "
-                f"{type(item).__name__}."
-            )
-    return tuple(out)

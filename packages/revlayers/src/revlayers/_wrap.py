@@ -6,8 +6,8 @@ from collections.abc import Callable, Iterable
 
 from torch import Tensor, nn
 
-from ._base import InvertibleModule
-from ._residual import _declared
+from ._base import InvertibleModule, store_callable, stored_callable
+from ._validate import boolean
 
 __all__ = ["Invertible"]
 
@@ -48,6 +48,10 @@ class Invertible(InvertibleModule):
         Pass the context arguments on to ``f`` and ``f_inverse`` (default).
     name : str, optional
         Name used in error messages (default: ``f.__name__``).
+    exact_inverse : bool
+        ``True`` (default) when ``f_inverse`` undoes ``f`` up to rounding; ``False`` for an
+        iterative inverse (CG, fixed point) stopped at a tolerance, whose reconstruction the
+        engine then checks at every reverse step with ``check_drift="auto"``.
     """
 
     def __init__(
@@ -58,6 +62,7 @@ class Invertible(InvertibleModule):
         parameters: Iterable[Tensor | nn.Module] = (),
         pass_context: bool = True,
         name: str | None = None,
+        exact_inverse: bool = True,
     ) -> None:
         super().__init__()
         for arg, value in (("f", f), ("f_inverse", f_inverse)):
@@ -66,32 +71,31 @@ class Invertible(InvertibleModule):
                     f"Invertible expects {arg} to be callable (a function or nn.Module), got "
                     f"{type(value).__name__}."
                 )
-        if isinstance(f, nn.Module):
-            self.f = f
-        else:
-            self._f_fn = f
-        if isinstance(f_inverse, nn.Module):
-            self.f_inverse = f_inverse
-        else:
-            self._f_inverse_fn = f_inverse
-        self._extra_tensors = _declared("Invertible", parameters)
+        store_callable(self, "f", f)
+        store_callable(self, "f_inverse", f_inverse)
+        self.declare(parameters)
         self.pass_context = pass_context
+        self.exact_inverse = boolean("Invertible", "exact_inverse", exact_inverse)
         self.name = name if name is not None else getattr(f, "__name__", type(f).__name__)
 
-    def _label(self) -> str:
+    def layer_name(self) -> str:
+        """``Invertible(<name>)``."""
         return f"Invertible({self.name})"
 
     def extra_repr(self) -> str:
-        return f"name={self.name!r}, declared_tensors={len(self._extra_tensors)}"
+        return (
+            f"name={self.name!r}, declared_tensors={len(self.declared)}, "
+            f"exact_inverse={self.exact_inverse}"
+        )
 
-    def _fn(self, which: str) -> Callable[..., Tensor]:
-        fn = self.__dict__.get(f"_{which}_fn")
-        return fn if fn is not None else self._modules[which]  # type: ignore[return-value]
+    def _call(self, which: str, x: Tensor, context: tuple[object, ...]) -> Tensor:
+        fn = stored_callable(self, which)
+        return fn(x, *context) if self.pass_context else fn(x)  # type: ignore[return-value]
 
     def forward(self, x: Tensor, *context: object) -> Tensor:
-        fn = self._fn("f")
-        return fn(x, *context) if self.pass_context else fn(x)
+        """``f(x, *context)``."""
+        return self._call("f", x, context)
 
     def inverse(self, y: Tensor, *context: object) -> Tensor:
-        fn = self._fn("f_inverse")
-        return fn(y, *context) if self.pass_context else fn(y)
+        """``f_inverse(y, *context)``."""
+        return self._call("f_inverse", y, context)
