@@ -12,10 +12,20 @@ name                               what it is
 :class:`StepSampler`
 :class:`TrainResult`,              its result; the run folder's files; RNG states
 :class:`RunFolder`
-:func:`make_engine`,               one optimizer step: one Adam for the model, or GLEAM's greedy
-:class:`PlainEngine`,              modules through :class:`greedytrain.GreedyTrainer`
-:class:`GreedyEngine`,
-:func:`model_loss`
+:func:`make_engine`,               one optimizer step: one Adam for the model (data parallel under
+:class:`PlainEngine`,              torchrun), or GLEAM's greedy modules through
+:class:`GreedyEngine`,             :class:`greedytrain.GreedyTrainer` (P-GLEAM over devices or
+:func:`model_loss`,                ranks)
+:func:`context_to`
+:class:`World`, :func:`connect`,   the processes of a torchrun job, each rank's share of a batch,
+:func:`rank_share`,                whole-volume validation batches (datasets with
+:func:`validation_batches`,        ``volume_ids()``, :class:`VolumeIndexed`)
+:func:`volume_ids`,
+:class:`VolumeIndexed`
+:class:`MixedPrecision`,           ``precision="bf16-mixed" | "fp16-mixed"``: networks under
+:data:`PRECISIONS`                 autocast, physics and invertible layers in float32
+:class:`TensorBoardLogger`,        ``logger="tensorboard"``
+:data:`LOGGERS`
 :func:`evaluate`,                  per-sample PSNR, SSIM, nRMSE and GLEAM's PSNR per stage
 :class:`MetricsTable`,
 :func:`psnr_per_stage`
@@ -32,11 +42,20 @@ name                               what it is
 =================================  ==============================================================
 """
 
+from ._distributed import (
+    VolumeIndexed,
+    World,
+    connect,
+    rank_share,
+    validation_batches,
+    volume_ids,
+)
 from ._engines import (
     Engine,
     GreedyEngine,
     PlainEngine,
     aux_loss_weight,
+    context_to,
     make_engine,
     model_loss,
     module_wrapper,
@@ -57,10 +76,12 @@ from ._io import (
     load_model,
     save_model,
 )
+from ._logger import LOGGERS, TensorBoardLogger
 from ._loop import train
 from ._memory import MemoryProbe, median, timed
 from ._metrics import get_loss, nrmse, psnr, ssim, ssim_torch
 from ._options import SCHEDULERS, StepSampler, TrainOptions, batch_indices
+from ._precision import PRECISIONS, MixedPrecision
 from ._run import (
     RunFolder,
     TrainResult,
@@ -73,23 +94,31 @@ from ._run import (
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "LOGGERS",
     "METRICS",
     "MODEL_FORMAT",
+    "PRECISIONS",
     "SCHEDULERS",
     "Engine",
     "GreedyEngine",
     "MemoryProbe",
     "MetricsTable",
+    "MixedPrecision",
     "PlainEngine",
     "RunFolder",
     "StepSampler",
+    "TensorBoardLogger",
     "TrainOptions",
     "TrainResult",
+    "VolumeIndexed",
+    "World",
     "atomic_path",
     "atomic_write_text",
     "aux_loss_weight",
     "batch_indices",
     "check_dataset",
+    "connect",
+    "context_to",
     "evaluate",
     "extra_buffers",
     "get_loss",
@@ -102,6 +131,7 @@ __all__ = [
     "nrmse",
     "psnr",
     "psnr_per_stage",
+    "rank_share",
     "resolve_collate",
     "rng_state",
     "save_model",
@@ -111,4 +141,6 @@ __all__ = [
     "ssim_torch",
     "timed",
     "train",
+    "validation_batches",
+    "volume_ids",
 ]

@@ -160,6 +160,9 @@ class TrainResult:
         process is left out as warm-up when there are more).
     run_dir, resumed_from:
         The run folder and the step the run resumed from (``None`` for a fresh run).
+    world_size, backend:
+        The processes of the job (1 and ``None`` for a process alone; ``torch.distributed``'s
+        backend, ``"gloo"`` or ``"nccl"``, under ``torchrun``).
     """
 
     steps: int
@@ -175,6 +178,8 @@ class TrainResult:
     run_dir: str | None = None
     resumed_from: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    world_size: int = 1
+    backend: str | None = None
 
     @property
     def losses(self) -> list[float]:
@@ -209,5 +214,7 @@ class TrainResult:
             "median_step_time_s": self.median_step_time_s,
             "resumed_from": self.resumed_from,
             "run_dir": self.run_dir,
+            "world_size": self.world_size,
+            "backend": self.backend,
             "options": self.options,
         }
