@@ -186,7 +186,9 @@ class PlainEngine:
         """Every rank holds the whole model already (DDP keeps the replicas equal)."""
 
     def close(self) -> None:
-        """Nothing to release."""
+        """Drop the DistributedDataParallel wrapper, and with it this rank's process group."""
+        if isinstance(self.runner, DistributedDataParallel):
+            self.runner = self.runner.module
 
     def state_dict(self) -> dict[str, Any]:
         state = {

@@ -21,9 +21,11 @@ A rank that hangs (alive, not communicating) is not detected: the process group'
 from __future__ import annotations
 
 import contextlib
+import gc
 import itertools
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -95,10 +97,22 @@ class FailureWatch:
     interval:
         Seconds between heartbeats; a peer silent for three intervals after a failed
         communication is named as gone.
+    release:
+        Called when this rank stops: drop every reference to the process group (the
+        DistributedDataParallel wrapper), so that its connections close and the peers waiting
+        on them fail at once. gloo closes a connection only when the group object is freed (or
+        the process exits); destroying or aborting the group does not.
     """
 
-    def __init__(self, world: World, where: Callable[[], str], interval: float = 1.0):
+    def __init__(
+        self,
+        world: World,
+        where: Callable[[], str],
+        interval: float = 1.0,
+        release: Callable[[], None] | None = None,
+    ):
         self.world, self.where, self.interval = world, where, interval
+        self.release = release
         self.store = _job_store() if world.distributed else None
         self.prefix = f"memroll-unrolled/{next(_JOBS)}" if world.distributed else ""
         self._stop = threading.Event()
@@ -187,6 +201,9 @@ class FailureWatch:
             if not self.world.distributed:
                 raise
             self._handle(error)
+            # the traceback's finished frames would keep the process group alive (see release)
+            traceback.clear_frames(error.__traceback__)
+            gc.collect()
             raise
 
     def _handle(self, error: BaseException) -> None:
@@ -207,6 +224,9 @@ class FailureWatch:
     def abort(self) -> None:
         """Stop the heartbeat and close this rank's connections (its peers stop waiting)."""
         self.close()
+        if self.release is not None:
+            with contextlib.suppress(Exception):
+                self.release()
         with contextlib.suppress(Exception):
             if dist.is_initialized():
                 dist.destroy_process_group()

@@ -80,7 +80,7 @@ from ._logger import TensorBoardLogger, make_logger
 from ._memory import MemoryProbe, median, timed
 from ._metrics import get_loss
 from ._options import TrainOptions, batch_indices
-from ._precision import MixedPrecision
+from ._precision import MixedPrecision, reversible_defaults
 from ._run import (
     RunFolder,
     TrainResult,
@@ -259,8 +259,8 @@ class _Session:
     times: list[float] = field(default_factory=list)
     memory: tuple[int | None, int | None] = (None, None)
     memory_kind: str = ""
-    doing: str = "setting up"
-    done: int = 0
+    doing: str = ""
+    step_no: int = 0  # the step (1-based) being run, validated, checkpointed
 
     @classmethod
     def set_up(
@@ -291,7 +291,9 @@ class _Session:
                 f"batch_size={opts.batch_size} is larger than the {num_samples} training "
                 f"samples: use batch_size <= {num_samples}"
             )
-        chosen = as_strategy(strategy, **opts.strategy_options)
+        chosen = reversible_defaults(
+            as_strategy(strategy, **opts.strategy_options), model, opts.precision
+        )
         get_loss(opts.loss)
         resolve_device(opts.device)
         collate_fn = resolve_collate(train_data, collate, "train_data", opts.batch_size)
@@ -317,12 +319,12 @@ class _Session:
             model, opts, chosen, train_data, val_data, collate_fn, val_collate, num_samples,
             device, opened.get("run"), saved, world,
         )  # fmt: skip
-        session.watch = FailureWatch(world, session.where)
+        session.watch = FailureWatch(world, session.where, release=session.release)
         return session
 
     def where(self) -> str:
         """Say what this rank is doing, for the messages of a failed job."""
-        return f"{self.doing} at step {self.done + 1}"
+        return f"{self.doing} at step {self.step_no}" if self.doing else "while setting up"
 
     # ------------------------------------------------------------------ restore
     def restore(self) -> None:
@@ -373,7 +375,6 @@ class _Session:
         self.logger = make_logger(
             opts.logger, None if self.run is None else self.run.path, self.start
         )
-        self.done = self.start
 
     def _certified(self) -> bool:
         """Tell whether the bounds reversible training needs are known already.
@@ -414,11 +415,11 @@ class _Session:
         baseline = probe.current()
         try:
             for step, batch in enumerate(loader, start=self.start):
-                self.doing = "during the training step"
+                self.doing, self.step_no = "during the training step", step + 1
                 row = self._step(step, batch.to(self.device), probe)
                 bar.update(1)
                 bar.set_postfix(loss=f"{row['loss']:.4g}", refresh=False)
-                self.done = done = step + 1
+                done = step + 1
                 if self._validate_now(done):
                     self.validate(done)
                     nrmse = f"{self.val_history[-1]['nrmse']:.4g}"
@@ -579,6 +580,11 @@ class _Session:
     def finish(self) -> None:
         """Wait for every rank of a job to be done, so none leaves while another still needs it."""
         self.world.barrier()
+
+    def release(self) -> None:
+        """Drop this rank's hold on the process group (the engine's DDP wrapper)."""
+        if self.engine is not None:
+            self.engine.close()
 
     def close(self) -> None:
         """Remove the precision hooks, close the logger, the watch and (if ours) the job."""
