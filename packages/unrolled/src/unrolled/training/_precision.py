@@ -93,10 +93,12 @@ def reversible_defaults(strategy: Strategy, model: UnrolledModel, precision: str
 
 
 def _upcast(value: Any) -> Any:
+    """Return half-precision tensors (also in tuples, named tuples and lists) as float32."""
     if isinstance(value, Tensor):
         return value.float() if value.dtype in _HALF else value
     if isinstance(value, tuple):
-        return tuple(_upcast(v) for v in value)
+        items = [_upcast(v) for v in value]
+        return type(value)(*items) if hasattr(value, "_fields") else tuple(items)
     if isinstance(value, list):
         return [_upcast(v) for v in value]
     return value
