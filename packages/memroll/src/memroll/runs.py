@@ -70,11 +70,13 @@ def train_config(
     progress: bool = True,
     evaluate_after: bool = True,
     header: str = "",
+    main: bool = True,
 ) -> dict[str, Any]:
     """Train ``config`` into ``run_dir`` (``memroll train``).
 
     Returns ``train_result.json``'s content, plus ``"metrics"`` (the test-split summary) when
-    ``evaluate_after``.
+    ``evaluate_after``. In a torchrun job every rank calls it; only the ``main`` one (rank 0)
+    writes the run folder, prints and evaluates.
     """
     run = Path(run_dir)
     chosen = config.strategy.resolve(strategy)
@@ -87,11 +89,13 @@ def train_config(
     train_data = make_task(config, "train")
     val_data = make_task(config, "val")
     model = build_model(config, train_data)
-    run.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run / CONFIG_FILE, dump_config(config, header))
-    options = _train_options(config, run, resume, progress)
+    note = say if main else _quiet
+    if main:
+        run.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run / CONFIG_FILE, dump_config(config, header))
+    options = _train_options(config, run, resume, progress and main)
     _warm_up(model, train_data, val_data)
-    say(
+    note(
         f"{'resuming' if resume else 'training'} {config.name}: {config.model.name} "
         f"({unrolled.count_parameters(model):,} parameters) on {config.task.name}, strategy "
         f"{chosen.describe()}, {config.train.steps} steps -> {run}"
@@ -103,19 +107,24 @@ def train_config(
         if result.peak_memory_bytes is None or result.memory_baseline_bytes is None
         else result.peak_memory_bytes - result.memory_baseline_bytes
     )
-    say(
-        f"trained {result.steps} steps: final loss {result.final_loss:.4g}, peak training memory "
-        f"{megabytes(training)} ({result.memory_kind}), {result.median_step_time_s:.3f} s per "
-        "step (median)"
+    jobs = "" if result.world_size == 1 else f" on {result.world_size} processes (rank 0's)"
+    note(
+        f"trained {result.steps} steps{jobs}: final loss {result.final_loss:.4g}, peak training "
+        f"memory {megabytes(training)} ({result.memory_kind}), "
+        f"{result.median_step_time_s:.3f} s per step (median)"
     )
-    if evaluate_after:
+    if evaluate_after and main:
         summary["metrics"] = evaluate_run(run, device=config.train.device)
     recon = f"; memroll recon {run} IN.h5 OUT.h5 reconstructs fastMRI files"
-    say(
+    note(
         f"run folder {run}: memroll eval {run} scores it; memroll train --resume {run} --set "
         f"train.steps=N trains it further{recon if config.task.name in MRI_TASKS else ''}"
     )
     return summary
+
+
+def _quiet(*parts: object) -> None:
+    """Print nothing (the other ranks of a torchrun job)."""
 
 
 def _warm_up(

@@ -199,9 +199,10 @@ class World:
     def agree(self, decide: Callable[[], T]) -> T:
         """Run ``decide`` on rank 0 and give every rank its result (or its refusal).
 
-        The result travels pickled; a ``ValueError``, ``TypeError`` or ``FileNotFoundError`` on
-        rank 0 is raised with the same message on every rank (any other error on rank 0 is
-        raised there and reported to the others as a failure of rank 0).
+        The result travels pickled; a ``ValueError``, ``TypeError`` or ``FileNotFoundError`` (or a
+        subclass) on rank 0 is raised with the same message on every rank, as that class (any
+        other error on rank 0 is raised there and reported to the others as a failure of rank
+        0).
         """
         if not self.distributed:
             return decide()
@@ -211,7 +212,8 @@ class World:
             try:
                 box[0] = ("ok", decide())
             except tuple(_AGREED_ERRORS.values()) as error:
-                box[0] = ("error", type(error).__name__, str(error))
+                kind = next(n for n, c in _AGREED_ERRORS.items() if isinstance(error, c))
+                box[0] = ("error", kind, str(error))
                 failure = error
             except BaseException as error:
                 box[0] = ("failed", f"{type(error).__name__}: {error}")
