@@ -167,7 +167,7 @@ def train(
             session.restore()
             session.fit(callback)
             result = session.result()
-        session.finish()
+            session.finish()
         return result
     finally:
         session.close()
@@ -434,7 +434,7 @@ class _Session:
                     callback(dict(row))
         finally:
             bar.close()
-        self.doing = "after the last step"
+        self.doing = "after the training steps"
         self._engine().sync()  # every rank (and the model's device) holds the whole model
         self.memory = (probe.peak(), baseline)
         self.memory_kind = probe.kind
@@ -579,6 +579,7 @@ class _Session:
 
     def finish(self) -> None:
         """Wait for every rank of a job to be done, so none leaves while another still needs it."""
+        self.doing = "while finishing"
         self.world.barrier()
 
     def release(self) -> None:
