@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
+from ._precision import in_full_precision
 from ._result import FixedPointResult, OnFailure, StopMode
 from ._solve import (
     check_options,
@@ -97,6 +98,7 @@ class _ImplicitGrad(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @in_full_precision
     def backward(ctx: FunctionCtx, *grads: Tensor) -> tuple[Tensor | None, ...]:
         cfg: _BackwardConfig = ctx.cfg  # type: ignore[attr-defined]
         v = tuple(grads)
@@ -143,6 +145,7 @@ def _structure(cfg: _BackwardConfig, tensors: Any) -> State:
     return tuple(tensors) if cfg.is_tuple else tensors[0]
 
 
+@in_full_precision
 def implicit(
     f: Callable[..., State],
     z0: State,

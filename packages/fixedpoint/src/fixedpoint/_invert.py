@@ -8,6 +8,7 @@ from typing import Any, Literal, overload
 import torch
 from torch import Tensor
 
+from ._precision import in_full_precision
 from ._result import FixedPointResult, OnFailure, StopMode
 from ._solve import check_options, get_solver, solve
 from ._state import State, StateSpec, check_state, components, describe, rebuild
@@ -28,6 +29,7 @@ def invert_step(
 ) -> FixedPointResult: ...
 
 
+@in_full_precision
 def invert_step(
     g: Callable[[State], State],
     y: State,

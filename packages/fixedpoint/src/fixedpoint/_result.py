@@ -161,7 +161,7 @@ class FixedPointResult:
         hint : str, optional
             A remedy specific to the caller, appended to the message.
         stacklevel : int
-            As in :func:`warnings.warn`, counted from the caller of this method.
+            As in ``warnings.warn``, counted from the caller of this method.
 
         Returns
         -------

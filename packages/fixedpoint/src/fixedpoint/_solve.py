@@ -9,6 +9,7 @@ from typing import Any, TypeAlias
 from ._anderson import anderson
 from ._banach import banach
 from ._broyden import broyden
+from ._precision import in_full_precision
 from ._result import FixedPointResult, OnFailure, StopMode
 from ._state import State, StateFn
 from ._validate import boolean
@@ -123,6 +124,7 @@ def check_options(name: str, solver: Solver, options: dict[str, Any]) -> None:
         )
 
 
+@in_full_precision
 def solve(
     f: StateFn,
     z0: State,

@@ -8,6 +8,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from ._precision import in_full_precision
 from ._state import State, StateSpec, check_state, components, rebuild, sample_norm
 from ._validate import positive_int, tensor_params
 
@@ -45,6 +46,7 @@ def vjp_function(outputs: tuple[Tensor, ...], inputs: tuple[Tensor, ...]) -> VJP
     return vjp
 
 
+@in_full_precision
 def spectral_radius(
     f: Callable[..., State],
     z: State,

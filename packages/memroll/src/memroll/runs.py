@@ -95,6 +95,7 @@ def train_config(
     progress: bool = True,
     evaluate_after: bool = True,
     header: str = "",
+    main: bool = True,
 ) -> dict[str, Any]:
     """Train ``config`` into ``run_dir`` (``memroll train``).
 
@@ -102,20 +103,23 @@ def train_config(
     header comment of ``config.toml``; when resuming it is appended to the run's header.
 
     Returns ``train_result.json``'s content, plus ``"metrics"`` (the test-split summary) when
-    ``evaluate_after``.
+    ``evaluate_after``. In a torchrun job every rank calls it; only the ``main`` one (rank 0)
+    writes the run folder, prints and evaluates.
     """
     run = Path(run_dir)
     chosen, train_data, val_data, model = _checked(config, run, strategy, resume)
+    note = say if main else _quiet
     for data in (train_data, val_data):  # fastMRI: coil maps once, outside the measured loop
-        if isinstance(data, unrolled.tasks.FastMRITask) and data.prepare_maps(progress):
-            say(f"coil maps of the {data.split} split are in the cache (memroll prepare)")
-    run.mkdir(parents=True, exist_ok=True)
-    if resume:
-        header = "\n".join(filter(None, [config_header(run / CONFIG_FILE), header]))
-    atomic_write_text(run / CONFIG_FILE, dump_config(config, header))
-    options = _train_options(config, run, resume, progress)
+        if isinstance(data, unrolled.tasks.FastMRITask) and data.prepare_maps(progress and main):
+            note(f"coil maps of the {data.split} split are in the cache (memroll prepare)")
+    if main:
+        run.mkdir(parents=True, exist_ok=True)
+        if resume:
+            header = "\n".join(filter(None, [config_header(run / CONFIG_FILE), header]))
+        atomic_write_text(run / CONFIG_FILE, dump_config(config, header))
+    options = _train_options(config, run, resume, progress and main)
     _warm_up(model, train_data, val_data)
-    say(
+    note(
         f"{'resuming' if resume else 'training'} {config.name}: {config.model.name} "
         f"({unrolled.count_parameters(model):,} parameters) on {config.task.name}, strategy "
         f"{chosen.describe()}, {config.train.steps} steps -> {run}"
@@ -127,15 +131,16 @@ def train_config(
         if result.peak_memory_bytes is None or result.memory_baseline_bytes is None
         else result.peak_memory_bytes - result.memory_baseline_bytes
     )
-    say(
-        f"trained {result.steps} steps: final loss {result.final_loss:.4g}, peak training memory "
-        f"{megabytes(training)} ({result.memory_kind}), {result.median_step_time_s:.3f} s per "
-        "step (median)"
+    jobs = "" if result.world_size == 1 else f" on {result.world_size} processes (rank 0's)"
+    note(
+        f"trained {result.steps} steps{jobs}: final loss {result.final_loss:.4g}, peak training "
+        f"memory {megabytes(training)} ({result.memory_kind}), "
+        f"{result.median_step_time_s:.3f} s per step (median)"
     )
-    if evaluate_after:
+    if evaluate_after and main:
         summary["metrics"] = evaluate_run(run, device=config.train.device)
     recon = f"; memroll recon {run} IN.h5 OUT.h5 reconstructs fastMRI files"
-    say(
+    note(
         f"run folder {run}: memroll eval {run} scores it; memroll train --resume {run} --set "
         f"train.steps=N trains it further{recon if config.task.name in MRI_TASKS else ''}"
     )
@@ -182,6 +187,10 @@ def _checked(
     if problem is not None:
         raise CommandError(problem)
     return chosen, train_data, val_data, model
+
+
+def _quiet(*parts: object) -> None:
+    """Print nothing (the other ranks of a torchrun job)."""
 
 
 def _warm_up(

@@ -45,6 +45,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from physops._linop import LinearOperator, ensure_operator
+from physops._precision import in_full_precision
 from physops._validate import finite_number, integer, known_name, nonnegative_int
 
 __all__ = ["ConvergenceError", "ConvergenceWarning", "SolveResult", "cg", "least_squares"]
@@ -196,6 +197,7 @@ class _InverseOfA(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @in_full_precision
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
         with torch.no_grad():
             solution = _cg_iterations(ctx.apply_A, grad, None, ctx.settings)
@@ -262,6 +264,7 @@ def _report(result: SolveResult, policy: str, max_iter: int, tol: float) -> None
     warnings.warn(message, ConvergenceWarning, stacklevel=3)
 
 
+@in_full_precision
 def cg(
     apply_A: Callable[[Tensor], Tensor],
     b: Tensor,
@@ -279,7 +282,8 @@ def cg(
     Every sample is its own system: inner products are per sample (summed over all but the first
     ``batch_dims`` dimensions), each sample stops once
     :math:`\|b - A x\| \le \mathrm{tol}\,\|b\|`, and the loop ends when all have stopped or after
-    ``max_iter`` iterations.
+    ``max_iter`` iterations. Under ``torch.autocast`` the solve (and its backward) runs with
+    autocast off, a half-precision ``b`` brought up to float32 / complex64.
 
     Parameters
     ----------
@@ -355,6 +359,7 @@ def cg(
     return result
 
 
+@in_full_precision
 def least_squares(
     op: LinearOperator,
     y: Tensor,

@@ -16,6 +16,10 @@ Shape convention
 dimension, so one operator applies to ``(batch, *in_shape)`` tensors, ``(*in_shape)`` tensors or
 ``(n, batch, *in_shape)`` tensors alike.
 
+Under ``torch.autocast`` (mixed-precision training) every operator runs in full precision:
+``forward``, ``adjoint`` and ``normal`` of every subclass switch autocast off and bring
+half-precision inputs up to float32 / complex64 (:mod:`physops._precision`).
+
 Tensors an operator needs (masks, coil maps, kernels) are registered as buffers, or as parameters
 when the caller passes an :class:`torch.nn.Parameter`, so ``op.to(device)``, ``state_dict`` and
 optimisers see them. They are cast to the input's precision when applied: an operator built with
@@ -32,6 +36,8 @@ from typing import cast
 
 import torch
 from torch import Tensor, nn
+
+from physops._precision import in_full_precision
 
 __all__ = ["Identity", "LinearOperator"]
 
@@ -112,6 +118,14 @@ class LinearOperator(nn.Module, metaclass=abc.ABCMeta):
     >>> (3 * A.H @ A)(torch.ones(2))
     tensor([ 3., 12.])
     """
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        # Physics stays in full precision under mixed-precision training (physops._precision):
+        # every subclass's own forward, adjoint and normal run without autocast.
+        super().__init_subclass__(**kwargs)
+        for name in ("forward", "adjoint", "normal"):
+            if name in cls.__dict__:
+                setattr(cls, name, in_full_precision(cls.__dict__[name]))
 
     def __init__(
         self, in_shape: Sequence[int] | None = None, out_shape: Sequence[int] | None = None

@@ -10,12 +10,14 @@ import torch
 from torch import Tensor
 
 from physops._linop import LinearOperator, ensure_operator
+from physops._precision import in_full_precision
 from physops._validate import finite_number, integer, positive_int
 
 __all__ = ["power_iteration"]
 
 
 @torch.no_grad()
+@in_full_precision
 def power_iteration(
     op: LinearOperator,
     x_like: Tensor,

@@ -44,6 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from physops._fft import fftc, ifftc
+from physops._precision import in_full_precision
 from physops._validate import finite_number, integer, positive_int
 
 __all__ = ["FourierPtychography", "led_grid", "ptychography_object"]
@@ -302,6 +303,7 @@ class FourierPtychography(nn.Module):
             raise ValueError(f"{who} expects x of shape (*batch, {n}, {n}), got {tuple(x.shape)}.")
         return x
 
+    @in_full_precision
     def fields(self, x: Tensor) -> Tensor:
         r"""Low-resolution complex fields :math:`g_\ell` ``(*batch, L, n, n)``."""
         x = self._check(x, "FourierPtychography")
@@ -312,6 +314,7 @@ class FourierPtychography(nn.Module):
         pupil = cast(Tensor, self.pupil).to(device=x.device, dtype=x.real.dtype)
         return ifftc(crops * pupil) * (m / n)
 
+    @in_full_precision
     def fields_adjoint(self, v: Tensor) -> Tensor:
         r""":math:`\sum_\ell A_\ell^H v_\ell` for ``v`` of shape ``(*batch, L, n, n)``."""
         n, m = self.image_size, self.camera_size
@@ -326,6 +329,7 @@ class FourierPtychography(nn.Module):
         r"""Single-LED low-resolution images :math:`I_\ell = |g_\ell|^2` ``(*batch, L, n, n)``."""
         return self.fields(x).abs().square()
 
+    @in_full_precision
     def forward(self, x: Tensor) -> Tensor:
         r"""Compute the multiplexed measurements :math:`y_i = \sum_\ell w_{i\ell} I_\ell`."""
         intensities = self.intensities(x)
@@ -338,12 +342,14 @@ class FourierPtychography(nn.Module):
             got = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
             raise ValueError(f"{who} expects measurements y of shape {want}, got {got}.")
 
+    @in_full_precision
     def data_loss(self, x: Tensor, y: Tensor) -> Tensor:
         r""":math:`D(x) = \frac12 \sum \|y(x) - y^{\text{meas}}\|^2`, one value per sample."""
         pred = self(x)
         self._check_measurements(x, y, "FourierPtychography.data_loss")
         return 0.5 * (pred - y).square().sum(dim=(-3, -2, -1))
 
+    @in_full_precision
     def gradient(self, x: Tensor, y: Tensor) -> Tensor:
         r"""Compute the data-term gradient :math:`\nabla D(x)` (module docstring), differentiable.
 

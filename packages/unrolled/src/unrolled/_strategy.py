@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+import torch
+
 from ._validate import finite_number, one_of, positive_int, unknown_name
 
 __all__ = ["STRATEGIES", "Strategy", "as_strategy"]
@@ -55,6 +57,14 @@ class Strategy:
     backward:
         ``"implicit"`` (and LUSER/DEQ trained with it): ``"implicit"``, ``"jacobian_free"`` or
         ``"phantom"`` (see :func:`fixedpoint.implicit`).
+    devices:
+        ``"greedy"`` in one process: module m runs on ``devices[m % D]`` (single-process P-GLEAM,
+        e.g. ``("cuda:0", "cuda:1")``); ``None`` keeps every module on the training device.
+    replicas:
+        ``"greedy"`` under ``torch.distributed`` (``torchrun``): the W processes form
+        ``replicas`` pipelines of W / replicas ranks; modules are spread over the ranks of a
+        pipeline (P-GLEAM) and each pipeline takes its share of the batch (data parallel).
+        Default 1: every rank trains its modules on the whole batch.
     """
 
     name: StrategyName = "backprop"
@@ -64,6 +74,8 @@ class Strategy:
     modules: int | None = None
     inner: Literal["backprop", "checkpoint", "reversible", "implicit"] = "backprop"
     backward: Literal["implicit", "jacobian_free", "phantom"] = "implicit"
+    devices: tuple[str, ...] | None = None
+    replicas: int = 1
 
     def __post_init__(self) -> None:
         if self.name not in STRATEGIES:
@@ -76,11 +88,19 @@ class Strategy:
         positive_int("modules", self.modules, optional=True)
         one_of("inner strategy of greedy training", self.inner, _INNER, listing=True)
         one_of("backward", self.backward, _BACKWARD)
-        if self.name != "greedy" and self.modules is not None:
-            raise ValueError(
-                f"modules={self.modules} only applies to strategy='greedy', got strategy="
-                f"{self.name!r}"
-            )
+        positive_int("replicas", self.replicas)
+        for option, value, default in (
+            ("modules", self.modules, None),
+            ("devices", self.devices, None),
+            ("replicas", self.replicas, 1),
+        ):
+            if self.name != "greedy" and value != default:
+                raise ValueError(
+                    f"{option}={value!r} only applies to strategy='greedy', got strategy="
+                    f"{self.name!r}"
+                )
+        if self.devices is not None:
+            object.__setattr__(self, "devices", _check_devices(self.devices))
 
     @property
     def forward_name(self) -> str:
@@ -92,7 +112,9 @@ class Strategy:
         if self.name == "greedy":
             m = "N" if self.modules is None else str(self.modules)
             inner = "" if self.inner == "backprop" else f", inner={self.inner}"
-            return f"greedy(M={m}{inner})"
+            devices = "" if self.devices is None else f", devices={len(self.devices)}"
+            replicas = "" if self.replicas == 1 else f", replicas={self.replicas}"
+            return f"greedy(M={m}{inner}{devices}{replicas})"
         if self.name == "checkpoint":
             return f"checkpoint(every={self.checkpoint_every or 1})"
         if self.name == "reversible" and self.checkpoint_every:
@@ -100,6 +122,24 @@ class Strategy:
         if self.name == "implicit" and self.backward != "implicit":
             return f"implicit({self.backward})"
         return self.name
+
+
+def _check_devices(devices: object) -> tuple[str, ...]:
+    """``devices`` as a non-empty tuple of device names (``"cpu"``, ``"cuda:1"``, ...)."""
+    names = [devices] if isinstance(devices, str) else devices
+    if not isinstance(names, (list, tuple)) or not names:
+        raise ValueError(
+            f"devices must be a list of device names (e.g. ['cuda:0', 'cuda:1']), got {devices!r}"
+        )
+    out = []
+    for name in names:
+        try:
+            out.append(str(torch.device(name)))
+        except (RuntimeError, TypeError):
+            raise ValueError(
+                f"devices must name torch devices ('cpu', 'cuda:0', ...), got {name!r}"
+            ) from None
+    return tuple(out)
 
 
 def as_strategy(strategy: str | Strategy, **options: Any) -> Strategy:
@@ -116,5 +156,5 @@ def as_strategy(strategy: str | Strategy, **options: Any) -> Strategy:
     except TypeError as err:
         raise ValueError(
             f"invalid option for strategy {strategy!r}: {err}; valid options: checkpoint_every, "
-            "check_drift, on_drift, modules, inner, backward"
+            "check_drift, on_drift, modules, inner, backward, devices, replicas"
         ) from None

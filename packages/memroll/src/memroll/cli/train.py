@@ -1,4 +1,11 @@
-"""``memroll train CONFIG`` and ``memroll train --resume RUN_DIR``."""
+"""``memroll train CONFIG`` and ``memroll train --resume RUN_DIR``, alone or under torchrun.
+
+Under ``torchrun --nproc-per-node=N -m memroll train ...`` every process runs this command: the
+process group is initialised here (``gloo`` on CPU, ``nccl`` for a CUDA device), rank 0 names
+the run folder and alone writes it and prints, and :func:`unrolled.train` trains data parallel
+(``--strategy greedy``: P-GLEAM, modules spread over the ranks). A rank that fails stops the
+others, which print the failure with its rank and exit with status 1.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +13,12 @@ import argparse
 import datetime
 import json
 import shlex
+import sys
 from pathlib import Path
 from typing import Any
+
+from greedytrain.distributed import RankFailedError
+from unrolled.training import connect
 
 from .._console import CommandError
 from ..config import RunConfig, config_path, load_config
@@ -73,15 +84,25 @@ def run(args: argparse.Namespace) -> int:
         config, folder, strategy, header = _resumed(args, overrides)
     else:
         config, folder, strategy, header = _new(args, overrides)
-    train_config(
-        config,
-        folder,
-        strategy=strategy,
-        resume=args.resume is not None,
-        progress=not args.no_progress,
-        evaluate_after=not args.no_eval,
-        header=header,
-    )
+    world = connect(config.train.device)
+    try:
+        if args.resume is None and args.run_dir is None:
+            folder = world.agree(lambda: folder)  # rank 0's time stamp
+        train_config(
+            config,
+            folder,
+            strategy=strategy,
+            resume=args.resume is not None,
+            progress=not args.no_progress,
+            evaluate_after=not args.no_eval,
+            header=header,
+            main=world.is_main,
+        )
+    except RankFailedError as error:
+        print(f"memroll train: error: {error}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        world.close()
     return 0
 
 

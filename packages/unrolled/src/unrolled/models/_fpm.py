@@ -144,7 +144,7 @@ class FPMNet(UnrolledModel):
         Initial step size in units of :math:`1 / L_{\mathrm{ref}}` (module docstring) and
         whether it is trained (one per unroll).
     prior:
-        ``None`` (pure gradient steps) or a prior (:func:`unrolled.nn.build_prior`) after each step:
+        ``None`` (pure gradient steps) or a prior (:func:`unrolled.build_prior`) after each step:
         the invertible ``"coupling"`` / ``"iresnet"`` (valid for ``"reversible"``) or
         ``"resnet"``, ``"resblocks"``, ``"dncnn"``.
     features, layers, couplings:

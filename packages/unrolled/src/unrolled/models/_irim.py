@@ -141,7 +141,7 @@ class IRIM(UnrolledModel):
         ``"adjoint"`` (:math:`\eta_0 = A^H y`, :math:`s_0 = 0`). A given ``x0`` always starts
         :math:`\eta`.
     complex, dims, color_channels:
-        Image type (see :class:`~unrolled.nn.ImageAdapter`): complex 2D MRI by default;
+        Image type (see :class:`~unrolled.ImageAdapter`): complex 2D MRI by default;
         ``dims=3`` for volumes (3D convolutions in every block; the paper's i-RIM 3D).
 
     Shapes

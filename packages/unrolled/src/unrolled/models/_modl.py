@@ -82,7 +82,7 @@ class MoDL(_Unrolled):
     iterations:
         Number of unrolls N (GLEAM 2D: 8).
     prior:
-        The regulariser :math:`R_k` (:func:`unrolled.nn.build_prior`): ``"resnet"`` (5 convs + ReLU
+        The regulariser :math:`R_k` (:func:`unrolled.build_prior`): ``"resnet"`` (5 convs + ReLU
         with a skip, MoDL), ``"coupling"`` (RevNet-style invertible residual CNN, as GLEAM trains
         all its MoDL baselines) or ``"iresnet"`` (MEL). Default ``"coupling"``: valid for every
         strategy, so strategies compare on the same network.
@@ -103,7 +103,7 @@ class MoDL(_Unrolled):
         CG settings (CG stops early once the relative residual is below ``cg_tol``; reversible
         training needs a tight tolerance for the algebraic inverse to hold).
     complex, dims, color_channels:
-        Image type (see :class:`~unrolled.nn.ImageAdapter`): complex 2D MRI by default.
+        Image type (see :class:`~unrolled.ImageAdapter`): complex 2D MRI by default.
     couplings:
         Coupling layers per regulariser for ``prior="coupling"``.
 
@@ -149,7 +149,7 @@ class UnrolledPGD(_Unrolled):
     iterations:
         Number of unrolls N (GLEAM 2D: 8; LUSER's LU-DnCNN: 8).
     prior:
-        The proximal network (:func:`unrolled.nn.build_prior`): ``"resblocks"`` (GLEAM: 2 residual
+        The proximal network (:func:`unrolled.build_prior`): ``"resblocks"`` (GLEAM: 2 residual
         blocks of ReLU + conv, no normalisation), ``"dncnn"`` (LU-DnCNN), ``"resnet"``,
         ``"coupling"`` or ``"iresnet"`` (invertible, for ``strategy="reversible"``).
     features, layers:
@@ -161,7 +161,7 @@ class UnrolledPGD(_Unrolled):
     share_weights:
         One prox and one step for all iterations (LUSER's LU-DnCNN baseline shares them).
     complex, dims, color_channels:
-        Image type (see :class:`~unrolled.nn.ImageAdapter`).
+        Image type (see :class:`~unrolled.ImageAdapter`).
     """
 
     def __init__(

@@ -156,7 +156,7 @@ class RIM(UnrolledModel):
         ``"adjoint"`` (the image starts at :math:`A^H y`). A given ``x0`` always starts the image;
         the hidden states always start at zero.
     complex, dims, color_channels:
-        Image type (see :class:`~unrolled.nn.ImageAdapter`): complex 2D MRI by default;
+        Image type (see :class:`~unrolled.ImageAdapter`): complex 2D MRI by default;
         ``dims=3`` for volumes (3D convolutions).
 
     Shapes

@@ -99,7 +99,13 @@ class ImageAdapter:
         return x
 
     def from_net(self, h: Tensor) -> Tensor:
-        """Real channels ``(B, channels, *spatial)`` -> physics-side image."""
+        """Real channels ``(B, channels, *spatial)`` -> physics-side image.
+
+        Half-precision channels (a network's output under ``torch.autocast``) come back as
+        float32 / complex64: the physics runs in full precision.
+        """
+        if h.dtype in (torch.float16, torch.bfloat16):
+            h = h.float()
         if self.complex:
             return torch.view_as_complex(h.movedim(1, -1).contiguous())
         if self.color_channels is None:

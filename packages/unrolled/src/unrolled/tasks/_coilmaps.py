@@ -433,7 +433,7 @@ def prepare_coil_maps(
     device : str
         Where torch ESPIRiT runs (``"cuda"``: every slice of a batch at once on the GPU).
     image_size, calibration, acceleration, center_fraction
-        The task options (:func:`unrolled.tasks.multicoil_mri`) that decide the crop and the
+        The task options (``unrolled.tasks.multicoil_mri``) that decide the crop and the
         calibration region: give the values the training uses, so that it finds the entries.
     slices_per_batch : int, optional
         Slices estimated together (default: what fits in 2 GiB on a CPU, in half the free

@@ -14,10 +14,20 @@ name                               what it is
 :class:`RunFolder`,                events); RNG states as tensors and plain values
 :func:`rng_state`,
 :func:`set_rng_state`
-:func:`make_engine`,               one optimizer step: one Adam for the model, or GLEAM's greedy
-:class:`PlainEngine`,              modules through :class:`greedytrain.GreedyTrainer`
-:class:`GreedyEngine`,
-:func:`model_loss`
+:func:`make_engine`,               one optimizer step: one Adam for the model (data parallel under
+:class:`PlainEngine`,              torchrun), or GLEAM's greedy modules through
+:class:`GreedyEngine`,             :class:`greedytrain.GreedyTrainer` (P-GLEAM over devices or
+:func:`model_loss`,                ranks)
+:func:`context_to`
+:class:`World`, :func:`connect`,   the processes of a torchrun job, each rank's share of a batch,
+:func:`rank_share`,                whole-volume validation batches (datasets with
+:func:`validation_batches`,        ``volume_ids()``, :class:`VolumeIndexed`)
+:func:`volume_ids`,
+:class:`VolumeIndexed`
+:class:`MixedPrecision`,           ``precision="bf16-mixed" | "fp16-mixed"``: networks under
+:data:`PRECISIONS`                 autocast, physics and invertible layers in float32
+:class:`TensorBoardLogger`,        ``logger="tensorboard"``
+:data:`LOGGERS`
 :func:`evaluate`,                  per-sample PSNR, SSIM, nRMSE and GLEAM's PSNR per stage
 :class:`MetricsTable`,
 :func:`psnr_per_stage`
@@ -43,11 +53,20 @@ name                               what it is
 =================================  ==============================================================
 """
 
+from ._distributed import (
+    VolumeIndexed,
+    World,
+    connect,
+    rank_share,
+    validation_batches,
+    volume_ids,
+)
 from ._engines import (
     Engine,
     GreedyEngine,
     PlainEngine,
     aux_loss_weight,
+    context_to,
     make_engine,
     model_loss,
     module_wrapper,
@@ -73,10 +92,12 @@ from ._io import (
     load_model,
     read_file,
 )
+from ._logger import LOGGERS, TensorBoardLogger
 from ._loop import train
 from ._memory import MemoryProbe, median, timed
 from ._metrics import get_loss, nrmse, psnr, ssim, ssim_torch
 from ._options import SCHEDULERS, StepSampler, TrainOptions, batch_indices
+from ._precision import PRECISIONS, MixedPrecision
 from ._run import (
     RunFolder,
     TrainResult,
@@ -96,21 +117,27 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
     "FILE_VERSIONS",
+    "LOGGERS",
     "METRICS",
     "MODEL_FORMAT",
     "MODEL_VERSION",
+    "PRECISIONS",
     "SCHEDULERS",
     "SSIM_WINDOW",
     "Engine",
     "GreedyEngine",
     "MemoryProbe",
     "MetricsTable",
+    "MixedPrecision",
     "PlainEngine",
     "RunFileError",
     "RunFolder",
     "StepSampler",
+    "TensorBoardLogger",
     "TrainOptions",
     "TrainResult",
+    "VolumeIndexed",
+    "World",
     "append_text",
     "atomic_path",
     "atomic_save",
@@ -118,6 +145,8 @@ __all__ = [
     "aux_loss_weight",
     "batch_indices",
     "check_dataset",
+    "connect",
+    "context_to",
     "evaluate",
     "extra_buffers",
     "fastmri_center_crop",
@@ -133,6 +162,7 @@ __all__ = [
     "nrmse",
     "psnr",
     "psnr_per_stage",
+    "rank_share",
     "read_file",
     "resolve_collate",
     "rng_state",
@@ -144,4 +174,6 @@ __all__ = [
     "timed",
     "to_plain",
     "train",
+    "validation_batches",
+    "volume_ids",
 ]

@@ -11,31 +11,44 @@ The loss of a model on a batch :math:`(y, A, x)`:
 
 (:func:`model_loss`). The greedy engine hands the stages to :class:`greedytrain.GreedyTrainer`;
 each module runs its stages with the strategy's ``inner`` mode (:func:`module_wrapper`).
+
+Several processes (:mod:`._distributed`): the plain engine wraps the model's loss in
+:class:`~torch.nn.parallel.DistributedDataParallel` (each rank its share of the batch, gradients
+averaged); the greedy engine runs P-GLEAM through
+:class:`greedytrain.distributed.DistributedGreedyTrainer` (modules spread over the ranks of each
+of ``strategy.replicas`` pipelines). Mixed precision (:mod:`._precision`): forward and loss under
+autocast, the loss scaled for float16 (per module for greedy).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 import greedytrain
+from greedytrain.distributed import DistributedGreedyTrainer
 from revlayers import ReversibleSequence
 
-from .._base import Stage, UnrolledModel
+from .._base import Stage, StageContext, UnrolledModel
 from .._batch import Batch
 from .._checkpoint import checkpoint_segments
 from .._strategy import Strategy
+from ._distributed import World
 from ._options import TrainOptions
+from ._precision import MixedPrecision
 
 __all__ = [
     "Engine",
     "GreedyEngine",
     "PlainEngine",
     "aux_loss_weight",
+    "context_to",
     "make_engine",
     "model_loss",
     "module_wrapper",
@@ -92,43 +105,106 @@ def model_loss(
     return loss_fn(model(batch.y, batch.physics, batch.x0), batch.target)
 
 
-class PlainEngine:
-    """Backprop, checkpoint, reversible and implicit: one Adam over the whole model."""
+class _Loss(nn.Module):
+    """The model's training loss on a batch as a module (what DistributedDataParallel wraps)."""
 
-    def __init__(self, model: UnrolledModel, loss_fn: Callable[..., Tensor], opts: TrainOptions):
+    def __init__(self, model: UnrolledModel, loss_fn: Callable[..., Tensor]):
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: Batch) -> Tensor:
+        return model_loss(self.model, batch, self.loss_fn)
+
+
+def _fp32(model: nn.Module) -> MixedPrecision:
+    device = next((t.device for t in [*model.parameters(), *model.buffers()]), "cpu")
+    return MixedPrecision(model, "fp32", torch.device(device))
+
+
+class PlainEngine:
+    """Backprop, checkpoint, reversible and implicit: one Adam over the whole model.
+
+    With a distributed ``world`` the loss module runs inside ``DistributedDataParallel``
+    (``find_unused_parameters=False``: every trainable parameter gets a gradient each step, also
+    through the custom autograd Functions of the reversible, implicit and CG steps, which
+    return them as ordinary gradients); the logged loss is the mean over the ranks.
+    """
+
+    def __init__(
+        self,
+        model: UnrolledModel,
+        loss_fn: Callable[..., Tensor],
+        opts: TrainOptions,
+        *,
+        world: World | None = None,
+        precision: MixedPrecision | None = None,
+    ):
         self.model, self.loss_fn, self.opts = model, loss_fn, opts
+        self.world = world if world is not None else World()
+        self.precision = precision if precision is not None else _fp32(model)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = _adam(self.params, opts)
         self.scheduler = _make_scheduler(self.optimizer, opts)
+        self.scaler = self.precision.scaler()
+        self.runner: nn.Module = _Loss(model, loss_fn)
+        if self.world.distributed:
+            self.runner = DistributedDataParallel(self.runner, device_ids=None)
+        #: This rank's share of each batch: ``(part, parts)``.
+        self.data_share = (self.world.rank, self.world.size)
 
     def step(self, batch: Batch, step: int) -> tuple[float, dict[str, float]]:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        loss = model_loss(self.model, batch, self.loss_fn)
-        _check_finite(loss, step)
-        loss.backward()
+        with self.precision.step():
+            with self.precision.autocast():
+                loss = self.runner(batch)
+            if not self.world.distributed:
+                _check_finite(loss, step)
+            (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+        value = self.world.mean(loss.detach())  # every rank: the loss of the whole batch
+        _check_finite(value, step)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
         if self.opts.clip_grad_norm is not None:
             nn.utils.clip_grad_norm_(self.params, self.opts.clip_grad_norm)
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.scheduler is not None:
             self.scheduler.step()
-        return float(loss.detach()), {}
+        return float(value), {}
 
     @property
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
+    def sync(self) -> None:
+        """Every rank holds the whole model already (DDP keeps the replicas equal)."""
+
+    def close(self) -> None:
+        """Drop the DistributedDataParallel wrapper, and with it this rank's process group."""
+        if isinstance(self.runner, DistributedDataParallel):
+            self.runner = self.runner.module
+
     def state_dict(self) -> dict[str, Any]:
-        return {
+        state = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
         }
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler") is not None:
+            self.scaler.load_state_dict(state["scaler"])
 
 
 def _check_finite(loss: Tensor, step: int) -> None:
@@ -191,8 +267,36 @@ def module_wrapper(strategy: Strategy) -> Callable[[Sequence[nn.Module]], nn.Mod
     return None  # backprop; implicit stages switch their own backward (set_equilibrium_backward)
 
 
+def _physics_on(physics: nn.Module, device: torch.device) -> nn.Module:
+    """``physics`` if its tensors are on ``device``, else a copy moved there."""
+    tensors = [*physics.parameters(), *physics.buffers()]
+    if all(t.device == device for t in tensors):
+        return physics
+    return copy.deepcopy(physics).to(device)
+
+
+def context_to(obj: Any, device: torch.device) -> Any:
+    """Move a greedy module's context ``(y, physics)`` or target to ``device``.
+
+    The operator is copied to the module's device (``physics.to`` would move the one every
+    module shares); a context already there is returned as it is.
+    """
+    if isinstance(obj, StageContext):
+        return StageContext(obj.y.to(device), _physics_on(obj.physics, device))
+    if isinstance(obj, Tensor):
+        return obj.to(device)
+    return obj
+
+
 class GreedyEngine:
-    """GLEAM Alg. 1 through :class:`greedytrain.GreedyTrainer`."""
+    """GLEAM Alg. 1 through :class:`greedytrain.GreedyTrainer`; P-GLEAM across devices or ranks.
+
+    In one process, ``strategy.devices`` places module m on ``devices[m % D]`` (the operator is
+    copied to each device, :func:`context_to`). With a distributed ``world`` the modules are
+    spread over the ranks of ``strategy.replicas`` pipelines
+    (:class:`greedytrain.distributed.DistributedGreedyTrainer`); each pipeline takes its share
+    of the batch, and :meth:`sync` gives every rank the modules the others trained.
+    """
 
     def __init__(
         self,
@@ -200,27 +304,72 @@ class GreedyEngine:
         loss_fn: Callable[..., Tensor],
         opts: TrainOptions,
         strategy: Strategy,
+        *,
+        world: World | None = None,
+        precision: MixedPrecision | None = None,
     ):
         self.model = model
-        self.trainer = greedytrain.GreedyTrainer(
-            model.stages,
-            loss_fn,
-            lambda params: _adam(params, opts),
-            modules=strategy.modules,
-            scheduler_factory=(
+        self.world = world if world is not None else World()
+        self.precision = precision if precision is not None else _fp32(model)
+        self.devices = strategy.devices
+        self.home = torch.device(opts.device)
+        self._at_home = False
+        common: dict[str, Any] = {
+            "scheduler_factory": (
                 None
                 if opts.scheduler == "none"
                 else (lambda optimizer: _make_scheduler(optimizer, opts))
             ),
-            clip_grad_norm=opts.clip_grad_norm,
-            output_fn=model.readout,
-            module_wrapper=module_wrapper(strategy),
-        )
+            "clip_grad_norm": opts.clip_grad_norm,
+            "output_fn": model.readout,
+            "module_wrapper": module_wrapper(strategy),
+            "amp": self.precision.enabled,
+            "amp_dtype": self.precision.dtype,
+        }
+
+        def factory(params: list[nn.Parameter]) -> torch.optim.Optimizer:
+            return _adam(params, opts)
+
+        self.trainer: greedytrain.GreedyTrainer
+        if self.world.distributed:
+            self.trainer = DistributedGreedyTrainer(
+                model.stages,
+                loss_fn,
+                factory,
+                modules=strategy.modules,
+                replicas=strategy.replicas,
+                device=torch.device(opts.device),
+                **common,
+            )
+            self.data_share = (self.trainer.replica, strategy.replicas)
+        else:
+            devices = None if strategy.devices is None else list(strategy.devices)
+            self.trainer = greedytrain.GreedyTrainer(
+                model.stages,
+                loss_fn,
+                factory,
+                modules=strategy.modules,
+                devices=devices,
+                context_to=context_to if devices is not None else None,
+                **common,
+            )
+            self.data_share = (0, 1)
+
+    def _place(self, home: bool) -> None:
+        """Move every module to the model's device (``home``) or back to its own device."""
+        devices = self.devices or ()
+        for m, runner in enumerate(self.trainer.runners):
+            runner.to(self.home if home else torch.device(devices[m % len(devices)]))
+        self._at_home = home
 
     def step(self, batch: Batch, step: int) -> tuple[float, dict[str, float]]:
         self.model.train()
-        state0, context = self.model.prepare(batch.y, batch.physics, batch.x0)
-        losses = self.trainer.train_step(state0, context, batch.target)
+        if self._at_home:
+            self._place(home=False)
+        with self.precision.step():
+            losses = self.trainer.train_step(
+                *self.model.prepare(batch.y, batch.physics, batch.x0), batch.target
+            )
         for loss in losses:
             if not math.isfinite(loss):
                 raise FloatingPointError(
@@ -236,7 +385,28 @@ class GreedyEngine:
                 return float(optimizer.param_groups[0]["lr"])
         return float("nan")
 
+    def sync(self) -> None:
+        """Give every rank (and the training device) the whole trained model.
+
+        Under P-GLEAM each module's weights are broadcast from the rank of the first pipeline
+        that trains it (collective); with ``devices`` every module moves to the model's device
+        (and back to its own before the next step, :meth:`step` does it through greedytrain).
+        """
+        trainer = self.trainer
+        if isinstance(trainer, DistributedGreedyTrainer):
+            offset = trainer.replica * trainer.positions
+            for m, runner in enumerate(trainer.runners):
+                self.world.broadcast_module(runner, src=trainer.owner_of(m) - offset)
+        elif self.devices is not None and not self._at_home:
+            self._place(home=True)
+
+    def close(self) -> None:
+        """Stop the P-GLEAM heartbeat of this rank."""
+        if isinstance(self.trainer, DistributedGreedyTrainer):
+            self.trainer.close()
+
     def state_dict(self) -> dict[str, Any]:
+        """Return the trainer's state (collective under P-GLEAM: whole on rank 0, else None)."""
         return {"greedy": self.trainer.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -253,8 +423,15 @@ def make_engine(
     loss_fn: Callable[[Tensor, Tensor], Tensor],
     opts: TrainOptions,
     strategy: Strategy,
+    *,
+    world: World | None = None,
+    precision: MixedPrecision | None = None,
 ) -> Engine:
-    """Return the optimizer step of ``strategy``: GLEAM's greedy engine, else one Adam."""
+    """Return the optimizer step of ``strategy``: GLEAM's greedy engine, else one Adam.
+
+    ``world`` (default: this process alone) makes it data parallel or P-GLEAM; ``precision``
+    (default float32) its mixed precision.
+    """
     if strategy.name == "greedy":
-        return GreedyEngine(model, loss_fn, opts, strategy)
-    return PlainEngine(model, loss_fn, opts)
+        return GreedyEngine(model, loss_fn, opts, strategy, world=world, precision=precision)
+    return PlainEngine(model, loss_fn, opts, world=world, precision=precision)

@@ -99,21 +99,26 @@ def _loader(
     batch_size: int,
     num_workers: int,
     max_samples: int | None,
-) -> tuple[DataLoader, int]:
+    batches: Sequence[Sequence[int]] | None = None,
+) -> tuple[DataLoader, int, list[list[int]]]:
+    """Return the loader, the number of samples and the batches (lists of dataset indices)."""
     n = check_dataset(data, name)
     n = n if max_samples is None else min(n, max_samples)
     if n == 0:
         raise ValueError(f"{name} is empty")
     collate_fn = resolve_collate(data, collate, name, batch_size)
-    batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+    if batches is None:
+        chosen = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+    else:
+        chosen = [[int(i) for i in b] for b in batches if len(b)]
     loader = DataLoader(
         data,
-        batch_sampler=batches,
+        batch_sampler=chosen,
         collate_fn=collate_fn,
         num_workers=num_workers,
         generator=torch.Generator().manual_seed(0),  # leaves the global RNG alone
     )
-    return loader, n
+    return loader, n, chosen
 
 
 # ------------------------------------------------------------------------------------------------
@@ -165,14 +170,14 @@ class MetricsTable:
         atomic_write_text(path, out.getvalue())
 
 
-def _metric_rows(x_hat: Tensor, target: Tensor, offset: int) -> list[dict[str, float]]:
+def _metric_rows(x_hat: Tensor, target: Tensor, samples: Sequence[int]) -> list[dict[str, float]]:
     values = {
         "psnr": psnr(x_hat, target),
         "ssim": ssim(x_hat, target),
         "nrmse": nrmse(x_hat, target),
     }
     return [
-        {"sample": offset + i, **{m: float(values[m][i]) for m in METRICS}}
+        {"sample": samples[i], **{m: float(values[m][i]) for m in METRICS}}
         for i in range(target.shape[0])
     ]
 
@@ -187,6 +192,7 @@ def evaluate(
     collate: Callable[[list[Any]], Batch] | None = None,
     num_workers: int = 0,
     max_samples: int | None = None,
+    batches: Sequence[Sequence[int]] | None = None,
 ) -> MetricsTable:
     """PSNR, SSIM and nRMSE of ``model``'s reconstruction of every sample of ``data``.
 
@@ -195,17 +201,21 @@ def evaluate(
 
     Runs in eval mode under ``torch.no_grad`` (the model's mode is restored), in dataset order,
     on the first ``max_samples`` samples (default all). ``data`` as for :func:`unrolled.train`.
+    ``batches`` (lists of dataset indices; empty ones are skipped) replaces that order, e.g. one
+    rank's share of a distributed validation; each row's ``sample`` is its dataset index.
     """
-    loader, _ = _loader(data, collate, "data", batch_size, num_workers, max_samples)
+    loader, _, chosen = _loader(
+        data, collate, "data", batch_size, num_workers, max_samples, batches
+    )
     device = torch.device(device)
     was_training = model.training
     model.eval()
     rows: list[dict[str, float]] = []
     try:
-        for batch in loader:
+        for indices, batch in zip(chosen, loader):
             batch = batch.to(device)
             x_hat = model(batch.y, batch.physics, batch.x0)
-            rows += _metric_rows(x_hat, batch.target, len(rows))
+            rows += _metric_rows(x_hat, batch.target, indices)
     finally:
         model.train(was_training)
     return MetricsTable(rows)
@@ -239,7 +249,7 @@ def psnr_per_stage(
         m = modules if modules is not None else model.strategy.modules
         sizes = greedytrain.split_stages(n_stages, n_stages if m is None else m, split)
         ends = [sum(sizes[: k + 1]) - 1 for k in range(len(sizes))]
-    loader, n = _loader(data, collate, "data", batch_size, 0, max_samples)
+    loader, n, _ = _loader(data, collate, "data", batch_size, 0, max_samples)
     device = torch.device(device)
     was_training = model.training
     model.eval()

@@ -4,7 +4,7 @@ Every file unrolled writes (``best.pt``, ``checkpoint.pt``) holds tensors and pl
 only, and every file it reads is loaded with ``torch.load(..., weights_only=True)``: PyTorch's
 restricted unpickler, which builds no other object and calls no other function. A file that needs
 Python's full unpickler (a crafted pickle whose ``__reduce__`` would run a command, a checkpoint
-of unrolled 0.1 that held NumPy arrays) is refused by :func:`read_file` with a
+of unrolled 0.1 that held NumPy arrays) is refused by ``unrolled.training.read_file`` with a
 :class:`RunFileError` saying what it refers to; nothing in it runs. So is an empty, truncated or
 corrupt file, a file of another kind, and a file of another format version (naming both).
 """
@@ -227,7 +227,7 @@ def load_model(
     """Load weights into ``model`` from a model file.
 
     The file is a ``best.pt`` (:func:`save_model`) or a training ``checkpoint.pt``, read by
-    :func:`read_file` (weights only: nothing in the file runs); returns the file's other entries
+    ``unrolled.training.read_file`` (weights only: nothing in the file runs); returns the file's other entries
     (``step``, ``metrics``, ...).
 
     Raises
@@ -235,7 +235,7 @@ def load_model(
     FileNotFoundError
         There is no file at ``path``.
     RunFileError
-        The file cannot be used (see :func:`read_file`).
+        The file cannot be used (see ``unrolled.training.read_file``).
     ValueError
         The file holds another model class, or weights of other shapes.
     """

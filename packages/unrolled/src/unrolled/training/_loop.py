@@ -44,8 +44,12 @@ file                  content
                       every ``log_every`` steps
 ``val.csv``           ``step, psnr, ssim, nrmse, best`` at every validation
 ``train_result.json`` :meth:`TrainResult.summary`: steps, final loss, best validation, peak
-                      memory, median time per step, options
+                      memory, median time per step, world size and backend, options
+``tensorboard/``      with ``logger="tensorboard"``: TensorBoard event files (:mod:`._logger`)
 ====================  ============================================================================
+
+Under ``torchrun`` every process calls :func:`train` with the same arguments; ``batch_size``
+is the global batch, and rank 0 alone reads and writes the run folder (:mod:`._distributed`).
 """
 
 from __future__ import annotations
@@ -56,17 +60,28 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 
 from .._base import UnrolledModel
 from .._batch import Batch
 from .._strategy import Strategy, as_strategy
+from ._distributed import (
+    World,
+    check_share,
+    connect,
+    own_rng_state,
+    resolve_device,
+    step_loader,
+    validation_means,
+)
 from ._engines import Engine, GreedyEngine, aux_loss_weight, make_engine
-from ._evaluate import check_dataset, evaluate, resolve_collate
+from ._evaluate import check_dataset, resolve_collate
+from ._failures import FailureWatch
 from ._io import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, extra_buffers, load_buffers
+from ._logger import TensorBoardLogger, make_logger
 from ._memory import MemoryProbe, median, timed
 from ._metrics import get_loss
-from ._options import StepSampler, TrainOptions, batch_indices
+from ._options import TrainOptions, batch_indices
+from ._precision import MixedPrecision, reversible_defaults
 from ._run import (
     RunFolder,
     TrainResult,
@@ -125,7 +140,10 @@ def train(
     collate, val_collate:
         ``collate(samples) -> Batch`` when the datasets have no ``collate`` of their own.
     callback:
-        Called after every step with that step's log row (``step``, ``loss``, ``lr``, ...).
+        Called after every step with that step's log row (``step``, ``epoch``, ``loss``, ``lr``,
+        ``time_s``, greedy's ``loss_module_<m>``), on every rank of a distributed job: the hook
+        for monitoring of your own (an experiment tracker, early stopping by raising). The
+        built-in monitors are the run folder's CSV files and ``logger="tensorboard"``.
     **options:
         :class:`TrainOptions` fields (``steps``, ``batch_size``, ``loss``, ``lr``, ...).
 
@@ -141,23 +159,19 @@ def train(
         (without ``resume=True``), or a resume with different options.
     FloatingPointError
         The loss became NaN or infinite (the parameters were not updated).
+    greedytrain.distributed.RankFailedError
+        In a distributed job, on the other ranks when one rank failed (naming it and its error).
     """
     session = _Session.set_up(model, train_data, val_data, strategy, collate, val_collate, options)
-    session.restore()
-    session.fit(callback)
-    return session.result()
-
-
-def _device(name: str) -> torch.device:
     try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise ValueError(
-            f"device must name a torch device ('cpu', 'cuda:0'), got {name!r}"
-        ) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} but CUDA is not available; use device='cpu'")
-    return device
+        with session.watch.guard():
+            session.restore()
+            session.fit(callback)
+            result = session.result()
+            session.finish()
+        return result
+    finally:
+        session.close()
 
 
 def _name(run: RunFolder) -> str | None:
@@ -175,10 +189,13 @@ def _check_resume(saved: dict[str, Any], opts: TrainOptions, strategy: Strategy)
                 "resume with the run's options (only steps, device, num_workers, progress, "
                 "val_every, checkpoint_every and log_every may change)"
             )
-    if saved["strategy"] != asdict(strategy):
+    placement = ("devices", "replicas")  # where modules run, not what is trained
+    saved_strategy = {**asdict(Strategy()), **saved["strategy"]}
+    old = {k: v for k, v in saved_strategy.items() if k not in placement}
+    if old != {k: v for k, v in asdict(strategy).items() if k not in placement}:
         raise ValueError(
             f"cannot resume: strategy {strategy.describe()!r} differs from the run's "
-            f"{Strategy(**saved['strategy']).describe()!r}"
+            f"{Strategy(**{**saved['strategy'], 'devices': None, 'replicas': 1}).describe()!r}"
         )
     if saved["step"] > opts.steps:
         raise ValueError(
@@ -218,9 +235,13 @@ class _Session:
     val_collate: Callable[[list[Any]], Batch] | None
     num_samples: int
     device: torch.device
-    run: RunFolder | None
+    run: RunFolder | None  # rank 0's only: the other ranks of a job write nothing
     saved: dict[str, Any] | None
+    world: World = field(default_factory=World)
+    watch: FailureWatch = field(init=False)
     engine: Engine | None = None
+    precision: MixedPrecision | None = None
+    logger: TensorBoardLogger | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     val_history: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] | None = None
@@ -229,6 +250,8 @@ class _Session:
     times: list[float] = field(default_factory=list)
     memory: tuple[int | None, int | None] = (None, None)
     memory_kind: str = ""
+    doing: str = ""
+    step_no: int = 0  # the step (1-based) being run, validated, checkpointed
 
     @classmethod
     def set_up(
@@ -241,7 +264,7 @@ class _Session:
         val_collate: Callable[[list[Any]], Batch] | None,
         options: dict[str, Any],
     ) -> _Session:
-        """Check every argument (before anything is written or moved) and open the run."""
+        """Check the arguments (before anything is written or moved), join the job, open the run."""
         opts = TrainOptions.from_kwargs(options)
         if not isinstance(model, UnrolledModel):
             raise TypeError(
@@ -259,19 +282,40 @@ class _Session:
                 f"batch_size={opts.batch_size} is larger than the {num_samples} training "
                 f"samples: use batch_size <= {num_samples}"
             )
-        chosen = as_strategy(strategy, **opts.strategy_options)
+        chosen = reversible_defaults(
+            as_strategy(strategy, **opts.strategy_options), model, opts.precision
+        )
         get_loss(opts.loss)
-        device = _device(opts.device)
+        resolve_device(opts.device)
         collate_fn = resolve_collate(train_data, collate, "train_data", opts.batch_size)
         if val_data is not None:
             check_dataset(val_data, "val_data")
             size = opts.val_batch_size or opts.batch_size
             resolve_collate(val_data, val_collate, "val_data", size)
-        run, saved = _open_run(opts, chosen)
-        return cls(
+        world = connect(opts.device)
+        try:
+            check_share(opts, chosen, world)
+            device = resolve_device(world.device(opts.device))
+            opened: dict[str, RunFolder | None] = {}
+
+            def decide() -> dict[str, Any] | None:  # rank 0 opens the run folder
+                opened["run"], saved = _open_run(opts, chosen)
+                return saved
+
+            saved = world.agree(decide)
+        except BaseException:
+            world.close()
+            raise
+        session = cls(
             model, opts, chosen, train_data, val_data, collate_fn, val_collate, num_samples,
-            device, run, saved,
+            device, opened.get("run"), saved, world,
         )  # fmt: skip
+        session.watch = FailureWatch(world, session.where, release=session.release)
+        return session
+
+    def where(self) -> str:
+        """Say what this rank is doing, for the messages of a failed job."""
+        return f"{self.doing} at step {self.step_no}" if self.doing else "while setting up"
 
     # ------------------------------------------------------------------ restore
     def restore(self) -> None:
@@ -287,6 +331,7 @@ class _Session:
             load_buffers(model, saved["buffers"])
         else:
             seed_everything(opts.seed)
+        self.world.broadcast_module(model)  # a job starts from rank 0's weights
         if chosen.forward_name == "reversible" and not self._certified():
             first_indices = batch_indices(0, self.num_samples, opts.batch_size, opts.seed)
             first = self.collate([self.train_data[i] for i in first_indices]).to(self.device)
@@ -302,12 +347,15 @@ class _Session:
                 "an auxiliary loss), which strategy 'reversible' does not keep: use "
                 "'checkpoint', or set aux_loss_weight=0"
             )
-        self.engine = make_engine(model, get_loss(opts.loss), opts, chosen)
+        self.precision = MixedPrecision(model, opts.precision, self.device)
+        self.engine = make_engine(
+            model, get_loss(opts.loss), opts, chosen, world=self.world, precision=self.precision
+        )
         if saved is not None:
             self.engine.load_state_dict(saved["engine"])
             self.history, self.val_history = saved["history"], saved["val_history"]
             self.best = saved["best"]
-            set_rng_state(saved["rng"])
+            set_rng_state(own_rng_state(saved, self.world))
         self.columns = ["step", "epoch", "loss", "lr", "time_s"]
         if isinstance(self.engine, GreedyEngine):
             self.columns += [f"loss_module_{m}" for m in range(self.engine.trainer.num_modules)]
@@ -317,6 +365,9 @@ class _Session:
             logged = [r for r in self.history if self._logged(r["step"])]
             self.run.rewrite(self.run.log, logged, self.columns)
             self.run.rewrite(self.run.val, self.val_history, _VAL_COLUMNS)
+        self.logger = make_logger(
+            opts.logger, None if self.run is None else self.run.path, self.start
+        )
 
     def _note_resume(self, run: RunFolder) -> None:
         """Clear what a killed writer left, and write the resume into ``events.log``."""
@@ -353,32 +404,23 @@ class _Session:
         from tqdm.auto import tqdm
 
         opts = self.opts
-        start = self.start
-        loader = DataLoader(
-            self.train_data,
-            batch_sampler=StepSampler(
-                start, opts.steps, self.num_samples, opts.batch_size, opts.seed
-            ),
-            collate_fn=self.collate,
-            num_workers=opts.num_workers,
-            # a private generator: creating the loader's iterator must not consume the global RNG,
-            # or a resumed run would draw different random numbers than an uninterrupted one
-            generator=torch.Generator().manual_seed(opts.seed),
-        )
-        description = f"train {self.strategy.describe()}"
         bar = tqdm(
             total=opts.steps,
-            initial=start,
-            disable=not opts.progress,
-            desc=description,
+            initial=self.start,
+            disable=not (opts.progress and self.world.is_main),
+            desc=f"train {self.strategy.describe()}",
             unit="step",
+        )
+        loader = step_loader(
+            self.train_data, self.collate, opts, self.start, self._engine().data_share
         )
         probe = MemoryProbe(self.device)
         probe.reset()
         baseline = probe.current()
         try:
-            for step, batch in enumerate(loader, start=start):
-                row = self._step(step, batch.to(self.device))
+            for step, batch in enumerate(loader, start=self.start):
+                self.doing, self.step_no = "during the training step", step + 1
+                row = self._step(step, batch.to(self.device), probe)
                 bar.update(1)
                 bar.set_postfix(loss=f"{row['loss']:.4g}", refresh=False)
                 done = step + 1
@@ -386,15 +428,18 @@ class _Session:
                     self.validate(done)
                     nrmse = f"{self.val_history[-1]['nrmse']:.4g}"
                     bar.set_postfix(loss=f"{row['loss']:.4g}", val_nrmse=nrmse)
-                if self.run is not None and (
+                if opts.run_dir is not None and (
                     done == opts.steps
                     or (opts.checkpoint_every is not None and done % opts.checkpoint_every == 0)
                 ):
-                    self.checkpoint(done, self.run)
+                    self.checkpoint(done)
                 if callback is not None:
+                    self.doing = "in the callback"
                     callback(dict(row))
         finally:
             bar.close()
+        self.doing = "after the training steps"
+        self._engine().sync()  # every rank (and the model's device) holds the whole model
         self.memory = (probe.peak(), baseline)
         self.memory_kind = probe.kind
 
@@ -408,7 +453,7 @@ class _Session:
         """The step the run starts from (the checkpoint's when resuming)."""
         return 0 if self.saved is None else int(self.saved["step"])
 
-    def _step(self, step: int, batch: Batch) -> dict[str, Any]:
+    def _step(self, step: int, batch: Batch, probe: MemoryProbe) -> dict[str, Any]:
         """One optimizer step (``step`` 0-based) and its log row."""
         engine = self._engine()
         lr = engine.lr  # the learning rate this step uses (schedulers step after it)
@@ -427,6 +472,8 @@ class _Session:
         self.history.append(row)
         if self.run is not None and self._logged(done):
             self.run.append(self.run.log, row, self.columns)
+            if self.logger is not None:
+                self.logger.log_step(row, probe.peak())
         return row
 
     def _validate_now(self, done: int) -> bool:
@@ -436,42 +483,61 @@ class _Session:
         )
 
     # ------------------------------------------------------------------ validate and save
-    def validate(self, step: int) -> None:
-        """Score the validation set; keep the model when its nRMSE is the best so far."""
-        opts, model = self.opts, self.model
-        table = evaluate(
-            model,
+    def _validation_means(self) -> dict[str, float]:
+        """Mean metrics of the validation samples (split over the ranks of a job)."""
+        opts = self.opts
+        return validation_means(
+            self.model,
             self.val_data,
+            self.world,
             batch_size=opts.val_batch_size or opts.batch_size,
             device=self.device,
             collate=self.val_collate,
             num_workers=opts.num_workers,
             max_samples=opts.val_samples,
         )
-        means = table.mean()
+
+    def validate(self, step: int) -> None:
+        """Score the validation set; keep the model when its nRMSE is the best so far."""
+        self.doing = "during validation"
+        self._engine().sync()
+        means = self._validation_means()
         improved = self.best is None or means["nrmse"] < self.best["nrmse"]
         row = {"step": step, **means, "best": improved}
         self.val_history.append(row)
         if improved:
             self.best = {"step": step, **means}
             if self.run is not None:
-                save_model(model, self.run.best, step=step, metrics=means)
-            else:
+                save_model(self.model, self.run.best, step=step, metrics=means)
+            elif self.opts.run_dir is None:
                 self.best_state = {
-                    "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-                    "buffers": extra_buffers(model),
+                    "model": {
+                        k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()
+                    },
+                    "buffers": extra_buffers(self.model),
                 }
         if self.run is not None:
             self.run.append(self.run.val, row, _VAL_COLUMNS)
+            if self.logger is not None:
+                self.logger.log_validation(row)
 
-    def checkpoint(self, step: int, run: RunFolder) -> None:
-        """Write the whole training state to ``checkpoint.pt``, atomically.
+    def checkpoint(self, step: int) -> None:
+        """Write the whole training state to ``checkpoint.pt``, atomically (rank 0).
 
         The checkpoint it replaces becomes ``checkpoint.prev.pt``. The state is tensors and plain
         values only (the engine's NumPy RNG states become tensors), so the file loads with
-        ``torch.load(..., weights_only=True)``.
+        ``torch.load(..., weights_only=True)``. In a job every rank takes part: the engine's
+        state and every rank's RNG state are gathered on rank 0 (``rng_ranks``), which writes
+        the file.
         """
-        run.write_checkpoint(
+        self.doing = "while writing the checkpoint"
+        engine = self._engine()
+        engine.sync()
+        engine_state = engine.state_dict()
+        rng_ranks = self.world.gather(rng_state())
+        if self.run is None:
+            return
+        self.run.write_checkpoint(
             {
                 "format": CHECKPOINT_FORMAT,
                 "version": CHECKPOINT_VERSION,
@@ -481,8 +547,9 @@ class _Session:
                 "model_class": type(self.model).__name__,
                 "model": self.model.state_dict(),
                 "buffers": extra_buffers(self.model),
-                "engine": self._engine().state_dict(),
-                "rng": rng_state(),
+                "engine": engine_state,
+                "rng": rng_ranks[0],
+                **({"rng_ranks": rng_ranks} if self.world.distributed else {}),
                 "history": self.history,
                 "val_history": self.val_history,
                 "best": self.best,
@@ -491,6 +558,7 @@ class _Session:
 
     def result(self) -> TrainResult:
         """Return the :class:`TrainResult` (in a run folder also ``train_result.json``)."""
+        self.doing = "while writing the result"
         peak, baseline = self.memory
         times = self.times
         result = TrainResult(
@@ -504,13 +572,37 @@ class _Session:
             memory_baseline_bytes=baseline,
             memory_kind=self.memory_kind,
             median_step_time_s=median(times[1:] if len(times) > 1 else times),
-            run_dir=None if self.run is None else str(self.run.path),
+            run_dir=None if self.opts.run_dir is None else str(self.opts.run_dir),
             resumed_from=None if self.saved is None else self.start,
             options=asdict(self.opts),
             resumed_file=None if self.run is None or self.saved is None else _name(self.run),
             unusable=[] if self.run is None else list(self.run.unusable),
+            world_size=self.world.size,
+            backend=self.world.backend,
         )
         if self.run is not None:
             text = json.dumps(result.summary(), indent=2, default=str) + "\n"
             atomic_write_text(self.run.result, text)
         return result
+
+    def finish(self) -> None:
+        """Wait for every rank of a job to be done, so none leaves while another still needs it."""
+        self.doing = "while finishing"
+        self.world.barrier()
+
+    def release(self) -> None:
+        """Drop this rank's hold on the process group (the engine's DDP wrapper)."""
+        if self.engine is not None:
+            self.engine.close()
+
+    def close(self) -> None:
+        """Remove the precision hooks, close the logger, the watch and (if ours) the job."""
+        if self.precision is not None:
+            self.precision.close()
+        if self.engine is not None:
+            self.engine.close()
+        if self.logger is not None:
+            self.logger.close()
+        if self.watch is not None:
+            self.watch.close()
+        self.world.close()

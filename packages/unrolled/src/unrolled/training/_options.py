@@ -9,7 +9,9 @@ import torch
 from torch.utils.data import Sampler
 
 from .._validate import finite_number, nonnegative_int, positive_int, unknown_name
+from ._logger import check_logger
 from ._metrics import get_loss
+from ._precision import check_precision
 
 __all__ = ["SCHEDULERS", "StepSampler", "TrainOptions", "batch_indices"]
 
@@ -63,7 +65,17 @@ class TrainOptions:
         Write a ``log.csv`` row every n steps.
     strategy_options:
         Options of the memory strategy (``checkpoint_every``, ``check_drift``, ``on_drift``,
-        ``modules``, ``inner``, ``backward``; see :class:`unrolled.Strategy`).
+        ``modules``, ``inner``, ``backward``, ``devices``, ``replicas``; see
+        :class:`unrolled.Strategy`).
+    precision:
+        ``"fp32"``, ``"bf16-mixed"`` or ``"fp16-mixed"``: the learned networks run under
+        ``torch.autocast`` in bfloat16 / float16, the physics, CG, fixed-point solvers and
+        invertible layers in float32 (see :mod:`unrolled.training._precision`); float16 scales
+        the loss (a ``GradScaler``, one per module for greedy). Validation runs in float32.
+    logger:
+        ``"csv"`` (the run folder's ``log.csv`` and ``val.csv``, always written) or
+        ``"tensorboard"``: also TensorBoard event files in ``run_dir/tensorboard`` (needs the
+        extra ``memroll-unrolled[tensorboard]`` and ``run_dir``).
     """
 
     steps: int = 100
@@ -89,6 +101,8 @@ class TrainOptions:
     progress: bool = True
     log_every: int = 1
     strategy_options: dict[str, Any] = field(default_factory=dict)
+    precision: str = "fp32"
+    logger: str = "csv"
 
     @classmethod
     def from_kwargs(cls, options: dict[str, Any]) -> TrainOptions:
@@ -147,6 +161,12 @@ class TrainOptions:
         if self.checkpoint_every is not None and self.run_dir is None:
             raise ValueError(
                 "checkpoint_every needs run_dir, the folder to write checkpoint.pt into"
+            )
+        check_precision(self.precision)
+        check_logger(self.logger)
+        if self.logger != "csv" and self.run_dir is None:
+            raise ValueError(
+                f"logger={self.logger!r} needs run_dir, the folder to write its files into"
             )
 
 

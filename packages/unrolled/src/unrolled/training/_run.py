@@ -532,6 +532,9 @@ class TrainResult:
     resumed_file, unusable:
         The checkpoint a resumed run read (``"checkpoint.pt"``, or ``"checkpoint.prev.pt"`` when
         the newest could not be used) and why newer checkpoints were skipped.
+    world_size, backend:
+        The processes of the job (1 and ``None`` for a process alone; ``torch.distributed``'s
+        backend, ``"gloo"`` or ``"nccl"``, under ``torchrun``).
     """
 
     steps: int
@@ -549,6 +552,8 @@ class TrainResult:
     options: dict[str, Any] = field(default_factory=dict)
     resumed_file: str | None = None
     unusable: list[str] = field(default_factory=list)
+    world_size: int = 1
+    backend: str | None = None
 
     @property
     def losses(self) -> list[float]:
@@ -586,5 +591,7 @@ class TrainResult:
             "resumed_file": self.resumed_file,
             "unusable": self.unusable,
             "run_dir": self.run_dir,
+            "world_size": self.world_size,
+            "backend": self.backend,
             "options": self.options,
         }
