@@ -36,7 +36,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -44,48 +43,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from .._console import CommandError
+from ._plan import SCALES, TABLES, configs
+from ._plan import jobs as make_jobs
+from ._processes import ISOLATIONS, describe, groups, run_group
 from ._report import write_report
-from ._specs import TABLES, Job, configs
-from ._specs import jobs as make_jobs
 
 __all__ = ["DEFAULT_OUT", "add_arguments", "run"]
 
 DEFAULT_OUT = "bench-results/unrolled"  # the benchmark of the unrolled models
-
-
-def _run_job(job: Job, env: dict[str, str]) -> Job:
-    start = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-m", "memroll.bench.worker"],
-        input=json.dumps(job.spec),
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode == 0 and lines:
-        job.result = json.loads(lines[-1])
-    else:
-        tail = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-        job.result = {"error": tail[-1][:300] if tail else f"exit code {proc.returncode}"}
-    job.result["process_s"] = time.perf_counter() - start
-    return job
-
-
-def _describe(job: Job) -> str:
-    labels = ", ".join(f"{k}={v}" for k, v in job.labels.items())
-    r = job.result
-    if not job.ok:
-        return f"[table {job.table}] {labels}: FAILED {r['error']}"
-    parts = []
-    if r.get("step_mb") is not None:
-        parts.append(f"{r['step_mb']:.1f} MB")
-    if r.get("time_s") is not None:
-        parts.append(f"{r['time_s']:.3g} s/step")
-    if "test" in r:
-        parts.append(f"PSNR {r['test']['psnr']['mean']:.2f} dB")
-    return f"[table {job.table}] {labels}: {', '.join(parts)} ({r['process_s']:.0f} s)"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -122,7 +88,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="tiny versions of every table (a smoke test, about a minute)",
+        help="tiny versions of every table (a smoke test, a few minutes)",
+    )
+    parser.add_argument(
+        "--scale",
+        choices=SCALES,
+        default="miniature",
+        help="miniature: the papers' tables at CPU sizes, tables 1 and 4 trained to a plateau "
+        "(default); paper: the papers' own sizes, memory and time beside the papers' figures "
+        "(needs a CUDA GPU, about 5 minutes on an H200)",
     )
     parser.add_argument(
         "--tables",
@@ -140,6 +114,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "torch.cuda.max_memory_allocated)",
     )
     parser.add_argument(
+        "--isolation",
+        choices=ISOLATIONS,
+        default="auto",
+        help="config: a fresh process per configuration (peak RSS needs it: the default on "
+        "CPU); table: one process per table, CUDA peak statistics reset between "
+        "configurations (the default on CUDA)",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=_positive,
+        default=None,
+        help="seeds of the trained tables 1 and 4 (default 2; --quick: 1)",
+    )
+    parser.add_argument(
+        "--max-size",
+        type=_positive,
+        default=None,
+        metavar="PX",
+        help="scale every image down so its largest side is at most PX pixels (frames and "
+        "slices in proportion): the tables' structure at a size a CPU or a small GPU runs",
+    )
+    parser.add_argument(
         "--threads",
         type=_positive,
         default=1,
@@ -154,25 +150,54 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _check_args(args: argparse.Namespace) -> tuple[list[str], str]:
+def _option(args: argparse.Namespace, name: str, default: Any) -> Any:
+    """``args.name``, or ``default`` for a namespace made before the option existed."""
+    return getattr(args, name, default)
+
+
+def _check_args(args: argparse.Namespace) -> tuple[list[str], str, str]:
+    """Return the tables, the device and the isolation; refuse bad values in one line."""
     tables = args.tables if isinstance(args.tables, list) else _tables(str(args.tables))
     for name in ("threads", "jobs"):
         value = getattr(args, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"--{name} must be a positive integer, got {value!r}")
+            raise CommandError(f"--{name} must be a positive integer, got {value!r}")
+    for name in ("seeds", "max_size"):
+        value = _option(args, name, None)
+        bad = isinstance(value, bool) or not isinstance(value, int) or value < 1
+        if value is not None and bad:
+            flag = "--" + name.replace("_", "-")
+            raise CommandError(f"{flag} must be a positive integer, got {value!r}")
+    scale = _option(args, "scale", "miniature")
+    if scale not in SCALES:
+        raise CommandError(f"--scale must be one of {', '.join(SCALES)}, got {scale!r}")
     import torch
 
     device = args.device
     if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"--device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+        raise CommandError(f"--device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise CommandError(
+            "--device cuda was asked for but CUDA is not available; use --device cpu"
+        )
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but CUDA is not available; use --device cpu")
-    return tables, device
+        if scale == "paper" and device == "cpu":
+            raise CommandError(
+                "--scale paper needs a CUDA GPU (the papers' sizes: about 5 minutes on an H200, "
+                "hours on a CPU); say --device cpu to run it on the CPU anyway"
+            )
+    isolation = _option(args, "isolation", "auto")
+    if isolation not in ISOLATIONS:
+        raise CommandError(f"--isolation must be one of {', '.join(ISOLATIONS)}, got {isolation!r}")
+    if isolation == "auto":
+        isolation = "table" if device == "cuda" else "config"
+    return tables, device, isolation
 
 
-def _meta(args: argparse.Namespace, device: str, tables: list[str]) -> dict[str, Any]:
+def _meta(
+    args: argparse.Namespace, device: str, tables: list[str], isolation: str
+) -> dict[str, Any]:
     import torch
 
     cpu = platform.processor() or platform.machine()
@@ -185,8 +210,11 @@ def _meta(args: argparse.Namespace, device: str, tables: list[str]) -> dict[str,
         pass
     meta: dict[str, Any] = {
         "mode": "quick" if args.quick else "full",
+        "scale": _option(args, "scale", "miniature"),
+        "max_size": _option(args, "max_size", None),
         "tables": tables,
         "device": device,
+        "isolation": isolation,
         "cpu": cpu,
         "cores": os.cpu_count(),
         "threads": args.threads,
@@ -217,38 +245,48 @@ def run(args: argparse.Namespace, log: Callable[[str], None] | None = None) -> i
 
     Raises
     ------
-    ValueError
-        An unknown table, a non-positive ``threads``/``jobs``, or ``device="cuda"`` without CUDA.
+    memroll.CommandError
+        (a ``ValueError``) An unknown table, a non-positive ``threads``/``jobs``/``seeds``/
+        ``max_size``, ``device="cuda"`` without CUDA, or ``--scale paper`` without a GPU and
+        without ``--device cpu``.
     """
     emit = log or (lambda line: print(line, file=sys.stderr, flush=True))
-    tables, device = _check_args(args)
+    tables, device, isolation = _check_args(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = configs(bool(args.quick))
+    cfg = configs(
+        bool(args.quick),
+        scale=_option(args, "scale", "miniature"),
+        max_size=_option(args, "max_size", None),
+        seeds=_option(args, "seeds", None),
+    )
     common = {"device": device, "threads": args.threads, "seed": 0}
     jobs = make_jobs(tables, cfg, common)
-    meta = _meta(args, device, tables)
+    meta = _meta(args, device, tables, isolation)
     env = {
         **os.environ,
         "MALLOC_MMAP_THRESHOLD_": "65536",
         "OMP_NUM_THREADS": str(args.threads),
         "MKL_NUM_THREADS": str(args.threads),
     }
+    chosen = groups(jobs, isolation)
     emit(
-        f"memroll bench ({meta['mode']}): {len(jobs)} measured processes, tables "
-        f"{', '.join(tables)}, device {device}, writing to {out}"
+        f"memroll bench ({meta['mode']}, {meta['scale']}): {len(jobs)} configurations in "
+        f"{len(chosen)} process(es), tables {', '.join(tables)}, device {device}, writing to {out}"
     )
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        for job in pool.map(lambda j: _run_job(j, env), jobs):
-            emit(_describe(job))
+        list(pool.map(lambda g: run_group(g, env, lambda j: emit(describe(j))), chosen))
     meta["wall_s"] = time.perf_counter() - start
     meta["load_end"] = _load()
+    meta["table_s"] = {
+        t: sum(float(j.result.get("process_s", 0.0)) for j in jobs if j.table == t) for t in tables
+    }
     results = {"meta": meta, "configs": cfg, "jobs": [job.__dict__ for job in jobs]}
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
     report = write_report(results, out)
     print(report)
     failed = [j for j in jobs if not j.ok and j.spec["kind"] != "deepinv"]
     for job in failed:
-        emit(_describe(job))
+        emit(describe(job))
     return 1 if failed else 0
