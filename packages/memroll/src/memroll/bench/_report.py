@@ -73,7 +73,11 @@ def write_report(results: dict[str, Any], out: Path) -> str:
     meta, cfg, jobs = results["meta"], results["configs"], results["jobs"]
     scale = meta.get("scale", "miniature")
     gpu = f" ({meta['gpu']})" if meta.get("gpu") else ""
-    minutes = ", ".join(f"table {t}: {s / 60:.1f}" for t, s in meta.get("table_s", {}).items())
+    cpu = meta.get("table_cpu_s", {})
+    minutes = ", ".join(
+        f"table {t}: {s / 60:.1f}" + (f" wall, {cpu[t] / 60:.1f} CPU" if t in cpu else "")
+        for t, s in meta.get("table_s", {}).items()
+    )
     lines = [
         f"# memroll bench ({meta['mode']}, {scale} scale)",
         "",

@@ -279,9 +279,10 @@ def run(args: argparse.Namespace, log: Callable[[str], None] | None = None) -> i
         list(pool.map(lambda g: run_group(g, env, lambda j: emit(describe(j))), chosen))
     meta["wall_s"] = time.perf_counter() - start
     meta["load_end"] = _load()
-    meta["table_s"] = {
-        t: sum(float(j.result.get("process_s", 0.0)) for j in jobs if j.table == t) for t in tables
-    }
+    for key, field in (("table_s", "process_s"), ("table_cpu_s", "cpu_s")):
+        meta[key] = {
+            t: sum(float(j.result.get(field, 0.0)) for j in jobs if j.table == t) for t in tables
+        }
     results = {"meta": meta, "configs": cfg, "jobs": [job.__dict__ for job in jobs]}
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
     report = write_report(results, out)

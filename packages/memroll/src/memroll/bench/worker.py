@@ -26,6 +26,7 @@ Kinds of spec
 
 from __future__ import annotations
 
+import copy
 import gc
 import json
 import math
@@ -38,7 +39,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 import unrolled
 from unrolled.training import MemoryProbe, load_buffers, make_engine, median, timed
@@ -198,6 +199,25 @@ def _summary(table: Any) -> dict[str, Any]:
     return dict(table.summary())
 
 
+def _batch_statistics_psnr(
+    model: unrolled.UnrolledModel, test: unrolled.TaskDataset, device: torch.device
+) -> float | None:
+    """Test PSNR with every BatchNorm normalising by its batch's statistics (``None`` without).
+
+    A diagnostic for weight-shared BatchNorm (LU-DnCNN: one DnCNN for all unrolls, whose inputs
+    differ from unroll to unroll, so one set of running statistics fits none of them): a copy of
+    the model whose BatchNorms keep no running statistics, scored on batches of 4 test images.
+    """
+    norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+    if not any(isinstance(m, norms) for m in model.modules()):
+        return None
+    twin = copy.deepcopy(model)
+    for m in twin.modules():
+        if isinstance(m, norms):
+            m.running_mean, m.running_var, m.track_running_stats = None, None, False
+    return float(unrolled.evaluate(twin, test, batch_size=4, device=device).mean()["psnr"])
+
+
 def _quality(spec: dict[str, Any]) -> dict[str, Any]:
     device = _setup(spec)
     splits = {s: dataset(spec, s) for s in ("train", "val")}
@@ -237,6 +257,7 @@ def _quality(spec: dict[str, Any]) -> dict[str, Any]:
         "test": _summary(table),
         "zero_filled": _summary(zero),
         "stage_psnr": unrolled.psnr_per_stage(model, test, batch_size=4, device=device),
+        "test_psnr_batch_statistics": _batch_statistics_psnr(model, test, device),
         "best_step": info.get("step"),
         "peak_mb": None if peak is None else peak / MiB,
         "step_mb": None if peak is None or base is None else (peak - base) / MiB,
@@ -370,12 +391,17 @@ def run_many(specs: list[dict[str, Any]], emit: Callable[[str], None]) -> None:
     """
     for index, spec in enumerate(specs):
         _fresh(str(spec.get("device", "cpu")))
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         try:
             out = run_spec(spec)
         except Exception as err:  # reported in the configuration's row; the table goes on
             out = {"error": f"{type(err).__name__}: {err}"[:300]}
-        out.update(wall_s=time.perf_counter() - start, index=index, pid=os.getpid())
+        out.update(
+            wall_s=time.perf_counter() - start,
+            cpu_s=time.process_time() - cpu,  # the process's CPU time: a loaded machine's measure
+            index=index,
+            pid=os.getpid(),
+        )
         emit(json.dumps(out, default=float))
 
 
