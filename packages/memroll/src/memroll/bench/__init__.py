@@ -1,4 +1,4 @@
-"""``memroll bench``: the papers' tables in miniature, measured in one run.
+"""``memroll bench``: the papers' tables, in miniature (CPU) or at the papers' sizes (GPU).
 
 :func:`add_arguments` and :func:`run` are the ``memroll bench`` subcommand (and
 ``packages/memroll/benchmarks/run.py``, ``nox -s bench``); :func:`configs` and :func:`jobs` give

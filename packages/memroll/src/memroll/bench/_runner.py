@@ -1,30 +1,38 @@
-r"""``memroll bench``: the papers' tables in miniature, measured in one run.
+r"""``memroll bench``: the papers' tables, in miniature on a CPU or at the papers' sizes on a GPU.
 
 ================  ===============================================================================
-table             what is measured
+table             the miniature (``--scale miniature``, the default)
 ================  ===============================================================================
-1 (GLEAM II)      2D MoDL on the real-anatomy multi-coil task trained briefly with ``backprop``,
-                  ``checkpoint``, ``reversible`` (MEL) and ``greedy`` (GLEAM), plus the l1-wavelet
-                  CS baseline: PSNR, SSIM, nRMSE on the test split, training memory, time per
-                  iteration
+1 (GLEAM II)      2D MoDL on the real-anatomy multi-coil task trained to a plateau of the
+                  validation PSNR with ``backprop``, ``checkpoint``, ``reversible`` (MEL) and
+                  ``greedy`` (GLEAM), two seeds each, plus the l1-wavelet CS baseline: PSNR, SSIM,
+                  nRMSE on the test split (mean ± spread over seeds), training memory, time per
+                  iteration, and the verdict on "GLEAM on par with end-to-end"
 2 (depth)         training memory against the number of unrolls N = 4 .. 64 per strategy (MoDL),
                   and for ``implicit`` (LUSER, against its own backprop)
 3 (MEL accuracy)  relative error of reversible gradients against backprop for 10 .. 100 unrolls,
                   with and without hybrid checkpoints, for several :math:`\mu` and for unrolled
                   PGD (gradient steps inverted by fixed-point iteration)
 4 (i-RIM, LUSER)  i-RIM training memory for 50 .. 400 invertible layers; LUSER-SW/DW against
-                  LU-DnCNN: parameters, memory, time, quality after a short training
+                  LU-DnCNN trained to a plateau: parameters, memory, time, quality, and the
+                  verdict on "LUSER-DW at least LU-DnCNN"
 5 (issue 7)       memroll's MoDL (backprop, ``torch.utils.checkpoint`` per unroll, reversible)
                   against deepinv's MoDL at deepinv's configuration (8 coils, 320 x 320, batch 2)
                   at 2 / 4 / 8 unrolls: memory and time per training step
 ================  ===============================================================================
 
-Method. Every configuration runs in a fresh process (:mod:`memroll.bench.worker`) started
+``--scale paper`` measures the same five tables at the papers' own sizes (memory and time; see
+:mod:`memroll.bench._paper`) and needs a CUDA GPU unless ``--device cpu`` says otherwise;
+``--max-size`` scales every image down (tests, small devices); ``--quick`` runs tiny versions.
+
+Method. On CPU every configuration runs in a fresh process (:mod:`memroll.bench.worker`) started
 with ``MALLOC_MMAP_THRESHOLD_=65536`` (freed tensors leave the resident set) and one intra-op
-thread (``--threads``). Memory on CPU is the peak resident set size (``VmHWM``) after writing
-``5`` to ``/proc/self/clear_refs``; on CUDA ``torch.cuda.max_memory_allocated``. Times are medians
-of several steps after a warm-up step. Memory and time are reported as absolute figures and as
-ratios to plain backprop measured in the same run.
+thread (``--threads``); memory is the peak resident set size (``VmHWM``) after writing ``5`` to
+``/proc/self/clear_refs``. On CUDA the configurations of a table run in one process, with
+``torch.cuda.reset_peak_memory_stats`` between them, and memory is
+``torch.cuda.max_memory_allocated`` (``--isolation``; :mod:`memroll.bench._processes`). Times
+are medians of several steps after a warm-up step. Memory and time are reported as absolute
+figures and as ratios to plain backprop measured in the same run.
 
 Entry points: :func:`add_arguments` and :func:`run` (the ``memroll bench`` sub-command), and
 ``packages/memroll/benchmarks/run.py`` (``nox -s bench``).

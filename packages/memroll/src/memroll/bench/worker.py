@@ -1,9 +1,10 @@
-r"""One measured configuration of ``memroll bench``, run in a fresh process.
+r"""The measured configurations of ``memroll bench``, run in a process of their own.
 
-``python -m memroll.bench.worker`` reads a JSON *spec* on standard input, runs it and prints one
-JSON line of results. :mod:`memroll.bench` starts one such process per configuration (with
-``MALLOC_MMAP_THRESHOLD_=65536`` so freed tensors leave the resident set), so no configuration
-inherits another's memory.
+``python -m memroll.bench.worker`` reads a JSON *spec* (or a list of specs) on standard input,
+runs it and prints one JSON line of results per spec. :mod:`memroll.bench` starts one such
+process per configuration on CPU (with ``MALLOC_MMAP_THRESHOLD_=65536`` so freed tensors leave
+the resident set, and no configuration inherits another's memory) and one per table on CUDA
+(:func:`run_many`: the peak statistics are reset between specs).
 
 Kinds of spec
 -------------
@@ -15,8 +16,12 @@ Kinds of spec
                memory held just before the measured steps (model, Adam state, batch)
 ``deepinv``    the same protocol for deepinv's MoDL (issue 7's peer), optionally with
                ``torch.utils.checkpoint`` around its denoiser
-``quality``    a short :func:`unrolled.train` run (best validation nRMSE kept) and PSNR, SSIM and
-               nRMSE on the test split; memory and time as ``unrolled.train`` records them
+``quality``    :func:`unrolled.train` for ``train["steps"]`` steps, or to a plateau of the
+               validation PSNR when ``train["plateau"]`` is given
+               (:mod:`memroll.bench._convergence`); the model of the best validation nRMSE is
+               scored on the test split (PSNR, SSIM, nRMSE, PSNR after every stage, and with
+               BatchNorm the PSNR under batch statistics); memory and time as
+               ``unrolled.train`` records them
 ``cs``         the l1-wavelet CS baseline (:func:`unrolled.cs_reconstruct`), its weight chosen on
                the validation split, and the zero-filled reconstruction, on the test split
 ``accuracy``   relative error of reversible gradients against backprop at the same weights, for
