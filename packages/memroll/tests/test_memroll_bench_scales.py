@@ -314,9 +314,8 @@ def test_luser_batch_prediction():
     ],
 )
 def test_synthetic_tasks(task, options, y_shape):
-    _bench_synthetic.register_tasks()
     extra = {"num_coils": 3} if task == "bench_sense" else {}
-    data = unrolled.make_dataset(task, "train", **options, **extra, acceleration=4.0)
+    data = _bench_synthetic.make_dataset(task, "train", **options, **extra, acceleration=4.0)
     batch = data.batch([0, 1])
     assert tuple(batch.y.shape) == y_shape
     assert data.dims == (3 if ("frames" in options or "depth" in options) else 2)
@@ -328,10 +327,15 @@ def test_synthetic_tasks(task, options, y_shape):
     assert data.batch([0]).target.abs().max() == pytest.approx(1.0)
 
 
+def test_synthetic_tasks_stay_out_of_unrolled_registry():
+    _bench_synthetic.make_dataset("bench_single", "train", height=16, width=16)
+    assert not set(_bench_synthetic.SYNTHETIC_TASKS) & set(unrolled.TASKS)
+    assert _bench_synthetic.make_dataset("ct", "val", image_size=16).task == "ct"
+
+
 def test_cine_frames_are_encoded_separately():
     """2D+time: a 2D FFT per frame, so an image in one frame gives k-space in that frame only."""
-    _bench_synthetic.register_tasks()
-    data = unrolled.make_dataset("bench_sense", "train", height=16, width=16, frames=4)
+    data = _bench_synthetic.make_dataset("bench_sense", "train", height=16, width=16, frames=4)
     physics = data.batch([0]).physics
     x = torch.zeros(1, 4, 16, 16, dtype=torch.complex64)
     x[0, 2] = torch.randn(16, 16, dtype=torch.complex64)

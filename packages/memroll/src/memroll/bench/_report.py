@@ -72,7 +72,7 @@ def write_report(results: dict[str, Any], out: Path) -> str:
     """Write ``report.md`` (and the plots) to ``out`` from a run's results; return the text."""
     meta, cfg, jobs = results["meta"], results["configs"], results["jobs"]
     scale = meta.get("scale", "miniature")
-    gpu = f" ({meta['gpu']})" if meta.get("gpu") else ""
+    gpu = f" ({meta['gpu']}, TF32 {meta.get('tf32')})" if meta.get("gpu") else ""
     cpu = meta.get("table_cpu_s", {})
     minutes = ", ".join(
         f"table {t}: {s / 60:.1f}" + (f" wall, {cpu[t] / 60:.1f} CPU" if t in cpu else "")

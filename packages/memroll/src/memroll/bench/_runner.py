@@ -234,6 +234,11 @@ def _meta(
     }
     if device == "cuda":
         meta["gpu"] = torch.cuda.get_device_name()
+        # TF32 changes float32 convolutions and matmuls on Ampere and later (table 3's floor)
+        meta["tf32"] = {
+            "cudnn": bool(torch.backends.cudnn.allow_tf32),
+            "matmul": bool(torch.backends.cuda.matmul.allow_tf32),
+        }
     return meta
 
 

@@ -4,8 +4,8 @@ The embedded real-anatomy tasks of :mod:`unrolled` are square (``image_size``) a
 14 slices per slab; the papers train on 320 x 256 knee slices (GLEAM Table II), 20-frame cines
 (GLEAM Table V), 32 x 480 x 320 single-coil volumes (i-RIM Table 1) and 320 x 320 single-coil
 slices (LUSER). Memory and time of a training step depend on those shapes, not on the anatomy,
-so the paper-scale tables run on two synthetic tasks registered here with
-:func:`unrolled.register_task`:
+so the paper-scale tables run on two synthetic tasks of their own (:func:`make_dataset` builds
+them, and any task of :func:`unrolled.make_dataset`):
 
 ==================  ==============================================================================
 task                samples
@@ -28,7 +28,7 @@ scores quality on them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -38,7 +38,7 @@ import physops
 import unrolled
 from unrolled import Batch, TaskDataset
 
-__all__ = ["SyntheticMRI", "register_tasks"]
+__all__ = ["SYNTHETIC_TASKS", "SyntheticMRI", "make_dataset"]
 
 _SPLIT_SEED = {"train": 0, "val": 1, "test": 2}
 # samples already made in this process, by (task, split, options, index): the paper-scale
@@ -185,13 +185,19 @@ def _single(
     return SyntheticMRI("bench_single", split, options, multicoil=False)
 
 
-def register_tasks() -> None:
-    """Register ``bench_sense`` and ``bench_single`` with :mod:`unrolled` (once per process)."""
-    if "bench_sense" not in unrolled.TASKS:
-        unrolled.register_task(
-            "bench_sense", _sense, "synthetic multi-coil MRI at any size (memroll bench)"
-        )
-    if "bench_single" not in unrolled.TASKS:
-        unrolled.register_task(
-            "bench_single", _single, "synthetic single-coil MRI at any size (memroll bench)"
-        )
+#: the synthetic tasks by name: ``build(split, **options) -> TaskDataset``
+SYNTHETIC_TASKS: dict[str, Callable[..., TaskDataset]] = {
+    "bench_sense": _sense,
+    "bench_single": _single,
+}
+
+
+def make_dataset(task: str, split: str, **options: Any) -> TaskDataset:
+    """Return a split of a synthetic task, or of a task of :func:`unrolled.make_dataset`.
+
+    The synthetic tasks stay out of :mod:`unrolled`'s registry (registering them would change
+    what every other user of the registry in the process sees).
+    """
+    if task in SYNTHETIC_TASKS:
+        return SYNTHETIC_TASKS[task](split, **options)
+    return unrolled.make_dataset(task, split, **options)

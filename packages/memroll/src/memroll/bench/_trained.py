@@ -145,5 +145,6 @@ def curves_figure(
         return []
     if zero_filled is not None:
         stages.hline = zero_filled
+        stages.title = "per stage (grey: zero-filled)"
     plots.line_panels(path, [curves, stages], size=(11.0, 3.8), legend_size=7)
     return ["", image(path.name)]

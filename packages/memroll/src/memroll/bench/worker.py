@@ -53,7 +53,7 @@ from ..config import new_model
 from ..runs import InputBaseline
 from ._convergence import Plateau, train_to_plateau
 from ._peers import deepinv_modl, deepinv_physics, import_deepinv, off_device
-from ._synthetic import register_tasks
+from ._synthetic import make_dataset
 
 __all__ = ["build_model", "dataset", "main", "run_many", "run_spec"]
 
@@ -73,11 +73,10 @@ def build_model(
 def dataset(spec: dict[str, Any], split: str, **extra: Any) -> unrolled.TaskDataset:
     """Return the ``split`` of the spec's task (with the spec's ``data`` options and ``extra``).
 
-    The paper-scale tables' synthetic tasks (:mod:`memroll.bench._synthetic`) are registered
-    first, so a spec can name them like any task of :func:`unrolled.make_dataset`.
+    A task of :func:`unrolled.make_dataset`, or one of the paper-scale tables' synthetic tasks
+    (:mod:`memroll.bench._synthetic`).
     """
-    register_tasks()
-    return unrolled.make_dataset(spec["task"], split, **spec.get("data", {}), **extra)
+    return make_dataset(spec["task"], split, **spec.get("data", {}), **extra)
 
 
 def _setup(spec: dict[str, Any]) -> torch.device:
