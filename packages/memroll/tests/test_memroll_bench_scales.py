@@ -394,3 +394,18 @@ def test_quick_bench_on_cuda_runs_deepinv_on_the_gpu(tmp_path):
         assert "error" not in job["result"], job
         assert job["result"]["memory_kind"] == "cuda_max_allocated"
     assert len({job["result"]["pid"] for job in results["jobs"]}) == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_paper_scale_on_cuda_at_reduced_size(tmp_path):
+    """Every paper-scale table on the GPU, images at 64 px: the structure before the real run."""
+    args = _parser().parse_args(
+        ["--scale", "paper", "--quick", "--max-size", "64", "--out", str(tmp_path)]
+    )
+    status = _bench.run(args, log=lambda line: None)
+    results = json.loads((tmp_path / "results.json").read_text())
+    failed = [j for j in results["jobs"] if "error" in j["result"]]
+    assert status == 0, failed
+    assert results["meta"]["isolation"] == "table"
+    assert len({j["result"]["pid"] for j in results["jobs"] if j["table"] == "2"}) == 1
