@@ -30,6 +30,7 @@ __all__ = [
     "deepinv_modl",
     "deepinv_physics",
     "import_deepinv",
+    "off_device",
 ]
 
 
@@ -125,13 +126,41 @@ def import_deepinv() -> tuple[Any, str | None]:
 
 
 def deepinv_physics(dinv: Any, maps: Tensor, mask: Tensor) -> Any:
-    """Build deepinv's ``MultiCoilMRI`` for a physops ``Sense`` problem.
+    """Build deepinv's ``MultiCoilMRI`` for a physops ``Sense`` problem, on the maps' device.
 
     The coil maps ``(B, C, H, W)`` and the mask ``(B, H, W)`` are the problem's; both packages use
-    the same centred orthonormal FFT.
+    the same centred orthonormal FFT. deepinv's physics take a ``device`` argument (default
+    ``"cpu"``) and end their constructor with ``self.to(device)``: without it, maps and mask given
+    on a GPU are moved back to the CPU and the first training step fails with "Expected all
+    tensors to be on the same device" (issue 15). The device is therefore passed explicitly, and
+    :func:`off_device` checks the result.
     """
     size = (maps.shape[0], 2, *maps.shape[-2:])
-    return dinv.physics.MultiCoilMRI(mask=mask[:, None], coil_maps=maps, img_size=size)
+    physics = dinv.physics.MultiCoilMRI(
+        mask=mask[:, None], coil_maps=maps, img_size=size, device=maps.device
+    )
+    return physics.to(maps.device)
+
+
+def off_device(module: nn.Module, device: torch.device | str) -> list[str]:
+    """Return the names of the tensors of ``module`` that are not on ``device``.
+
+    Looks at every parameter and buffer, and at plain tensor attributes of every submodule (which
+    ``Module.to`` does not move), so a peer's model or physics can be checked before it is timed.
+    """
+    want = torch.device(device)
+
+    def same(t: Tensor) -> bool:
+        return t.device.type == want.type and (want.index is None or t.device.index == want.index)
+
+    bad = [n for n, t in module.named_parameters() if not same(t)]
+    bad += [n for n, t in module.named_buffers() if not same(t)]
+    for prefix, sub in module.named_modules():
+        for key, value in vars(sub).items():
+            plain = isinstance(value, Tensor) and not isinstance(value, nn.Parameter)
+            if plain and not same(value):
+                bad.append(f"{prefix}.{key}" if prefix else key)
+    return bad
 
 
 class _CheckpointedDenoiser(nn.Module):

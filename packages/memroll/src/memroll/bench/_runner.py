@@ -1,30 +1,38 @@
-r"""``memroll bench``: the papers' tables in miniature, measured in one run.
+r"""``memroll bench``: the papers' tables, in miniature on a CPU or at the papers' sizes on a GPU.
 
 ================  ===============================================================================
-table             what is measured
+table             the miniature (``--scale miniature``, the default)
 ================  ===============================================================================
-1 (GLEAM II)      2D MoDL on the real-anatomy multi-coil task trained briefly with ``backprop``,
-                  ``checkpoint``, ``reversible`` (MEL) and ``greedy`` (GLEAM), plus the l1-wavelet
-                  CS baseline: PSNR, SSIM, nRMSE on the test split, training memory, time per
-                  iteration
+1 (GLEAM II)      2D MoDL on the real-anatomy multi-coil task trained to a plateau of the
+                  validation PSNR with ``backprop``, ``checkpoint``, ``reversible`` (MEL) and
+                  ``greedy`` (GLEAM), two seeds each, plus the l1-wavelet CS baseline: PSNR, SSIM,
+                  nRMSE on the test split (mean ± spread over seeds), training memory, time per
+                  iteration, and the verdict on "GLEAM on par with end-to-end"
 2 (depth)         training memory against the number of unrolls N = 4 .. 64 per strategy (MoDL),
                   and for ``implicit`` (LUSER, against its own backprop)
 3 (MEL accuracy)  relative error of reversible gradients against backprop for 10 .. 100 unrolls,
                   with and without hybrid checkpoints, for several :math:`\mu` and for unrolled
                   PGD (gradient steps inverted by fixed-point iteration)
 4 (i-RIM, LUSER)  i-RIM training memory for 50 .. 400 invertible layers; LUSER-SW/DW against
-                  LU-DnCNN: parameters, memory, time, quality after a short training
+                  LU-DnCNN trained to a plateau: parameters, memory, time, quality, and the
+                  verdict on "LUSER-DW at least LU-DnCNN"
 5 (issue 7)       memroll's MoDL (backprop, ``torch.utils.checkpoint`` per unroll, reversible)
                   against deepinv's MoDL at deepinv's configuration (8 coils, 320 x 320, batch 2)
                   at 2 / 4 / 8 unrolls: memory and time per training step
 ================  ===============================================================================
 
-Method. Every configuration runs in a fresh process (:mod:`memroll.bench.worker`) started
+``--scale paper`` measures the same five tables at the papers' own sizes (memory and time; see
+:mod:`memroll.bench._paper`) and needs a CUDA GPU unless ``--device cpu`` says otherwise;
+``--max-size`` scales every image down (tests, small devices); ``--quick`` runs tiny versions.
+
+Method. On CPU every configuration runs in a fresh process (:mod:`memroll.bench.worker`) started
 with ``MALLOC_MMAP_THRESHOLD_=65536`` (freed tensors leave the resident set) and one intra-op
-thread (``--threads``). Memory on CPU is the peak resident set size (``VmHWM``) after writing
-``5`` to ``/proc/self/clear_refs``; on CUDA ``torch.cuda.max_memory_allocated``. Times are medians
-of several steps after a warm-up step. Memory and time are reported as absolute figures and as
-ratios to plain backprop measured in the same run.
+thread (``--threads``); memory is the peak resident set size (``VmHWM``) after writing ``5`` to
+``/proc/self/clear_refs``. On CUDA the configurations of a table run in one process, with
+``torch.cuda.reset_peak_memory_stats`` between them, and memory is
+``torch.cuda.max_memory_allocated`` (``--isolation``; :mod:`memroll.bench._processes`). Times
+are medians of several steps after a warm-up step. Memory and time are reported as absolute
+figures and as ratios to plain backprop measured in the same run.
 
 Entry points: :func:`add_arguments` and :func:`run` (the ``memroll bench`` sub-command), and
 ``packages/memroll/benchmarks/run.py`` (``nox -s bench``).
@@ -36,7 +44,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -45,48 +52,14 @@ from pathlib import Path
 from typing import Any
 
 from .._console import CommandError
+from ._plan import SCALES, TABLES, configs
+from ._plan import jobs as make_jobs
+from ._processes import ISOLATIONS, describe, groups, run_group
 from ._report import write_report
-from ._specs import TABLES, Job, configs
-from ._specs import jobs as make_jobs
 
 __all__ = ["DEFAULT_OUT", "add_arguments", "run"]
 
 DEFAULT_OUT = "bench-results/unrolled"  # the benchmark of the unrolled models
-
-
-def _run_job(job: Job, env: dict[str, str]) -> Job:
-    start = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-m", "memroll.bench.worker"],
-        input=json.dumps(job.spec),
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode == 0 and lines:
-        job.result = json.loads(lines[-1])
-    else:
-        tail = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-        job.result = {"error": tail[-1][:300] if tail else f"exit code {proc.returncode}"}
-    job.result["process_s"] = time.perf_counter() - start
-    return job
-
-
-def _describe(job: Job) -> str:
-    labels = ", ".join(f"{k}={v}" for k, v in job.labels.items())
-    r = job.result
-    if not job.ok:
-        return f"[table {job.table}] {labels}: FAILED {r['error']}"
-    parts = []
-    if r.get("step_mb") is not None:
-        parts.append(f"{r['step_mb']:.1f} MB")
-    if r.get("time_s") is not None:
-        parts.append(f"{r['time_s']:.3g} s/step")
-    if "test" in r:
-        parts.append(f"PSNR {r['test']['psnr']['mean']:.2f} dB")
-    return f"[table {job.table}] {labels}: {', '.join(parts)} ({r['process_s']:.0f} s)"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -123,7 +96,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="tiny versions of every table (a smoke test, about a minute)",
+        help="tiny versions of every table (a smoke test, a few minutes)",
+    )
+    parser.add_argument(
+        "--scale",
+        choices=SCALES,
+        default="miniature",
+        help="miniature: the papers' tables at CPU sizes, tables 1 and 4 trained to a plateau "
+        "(default); paper: the papers' own sizes, memory and time beside the papers' figures "
+        "(needs a CUDA GPU, about 5 minutes on an H200)",
     )
     parser.add_argument(
         "--tables",
@@ -141,6 +122,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "torch.cuda.max_memory_allocated)",
     )
     parser.add_argument(
+        "--isolation",
+        choices=ISOLATIONS,
+        default="auto",
+        help="config: a fresh process per configuration (peak RSS needs it: the default on "
+        "CPU); table: one process per table, CUDA peak statistics reset between "
+        "configurations (the default on CUDA)",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=_positive,
+        default=None,
+        help="seeds of the trained tables 1 and 4 (default 2; --quick: 1)",
+    )
+    parser.add_argument(
+        "--max-size",
+        type=_positive,
+        default=None,
+        metavar="PX",
+        help="scale every image down so its largest side is at most PX pixels (frames and "
+        "slices in proportion): the tables' structure at a size a CPU or a small GPU runs",
+    )
+    parser.add_argument(
         "--threads",
         type=_positive,
         default=1,
@@ -155,27 +158,54 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _check_args(args: argparse.Namespace) -> tuple[list[str], str]:
+def _option(args: argparse.Namespace, name: str, default: Any) -> Any:
+    """``args.name``, or ``default`` for a namespace made before the option existed."""
+    return getattr(args, name, default)
+
+
+def _check_args(args: argparse.Namespace) -> tuple[list[str], str, str]:
+    """Return the tables, the device and the isolation; refuse bad values in one line."""
     tables = args.tables if isinstance(args.tables, list) else _tables(str(args.tables))
     for name in ("threads", "jobs"):
         value = getattr(args, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise CommandError(f"--{name} must be a positive integer, got {value!r}")
+    for name in ("seeds", "max_size"):
+        value = _option(args, name, None)
+        bad = isinstance(value, bool) or not isinstance(value, int) or value < 1
+        if value is not None and bad:
+            flag = "--" + name.replace("_", "-")
+            raise CommandError(f"{flag} must be a positive integer, got {value!r}")
+    scale = _option(args, "scale", "miniature")
+    if scale not in SCALES:
+        raise CommandError(f"--scale must be one of {', '.join(SCALES)}, got {scale!r}")
     import torch
 
     device = args.device
     if device not in ("auto", "cpu", "cuda"):
         raise CommandError(f"--device must be 'auto', 'cpu' or 'cuda', got {device!r}")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif device == "cuda" and not torch.cuda.is_available():
+    if device == "cuda" and not torch.cuda.is_available():
         raise CommandError(
             "--device cuda was asked for but CUDA is not available; use --device cpu"
         )
-    return tables, device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        if scale == "paper" and device == "cpu":
+            raise CommandError(
+                "--scale paper needs a CUDA GPU (the papers' sizes: about 5 minutes on an H200, "
+                "hours on a CPU); say --device cpu to run it on the CPU anyway"
+            )
+    isolation = _option(args, "isolation", "auto")
+    if isolation not in ISOLATIONS:
+        raise CommandError(f"--isolation must be one of {', '.join(ISOLATIONS)}, got {isolation!r}")
+    if isolation == "auto":
+        isolation = "table" if device == "cuda" else "config"
+    return tables, device, isolation
 
 
-def _meta(args: argparse.Namespace, device: str, tables: list[str]) -> dict[str, Any]:
+def _meta(
+    args: argparse.Namespace, device: str, tables: list[str], isolation: str
+) -> dict[str, Any]:
     import torch
 
     cpu = platform.processor() or platform.machine()
@@ -188,8 +218,11 @@ def _meta(args: argparse.Namespace, device: str, tables: list[str]) -> dict[str,
         pass
     meta: dict[str, Any] = {
         "mode": "quick" if args.quick else "full",
+        "scale": _option(args, "scale", "miniature"),
+        "max_size": _option(args, "max_size", None),
         "tables": tables,
         "device": device,
+        "isolation": isolation,
         "cpu": cpu,
         "cores": os.cpu_count(),
         "threads": args.threads,
@@ -201,6 +234,11 @@ def _meta(args: argparse.Namespace, device: str, tables: list[str]) -> dict[str,
     }
     if device == "cuda":
         meta["gpu"] = torch.cuda.get_device_name()
+        # TF32 changes float32 convolutions and matmuls on Ampere and later (table 3's floor)
+        meta["tf32"] = {
+            "cudnn": bool(torch.backends.cudnn.allow_tf32),
+            "matmul": bool(torch.backends.cuda.matmul.allow_tf32),
+        }
     return meta
 
 
@@ -220,38 +258,49 @@ def run(args: argparse.Namespace, log: Callable[[str], None] | None = None) -> i
 
     Raises
     ------
-    ValueError
-        An unknown table, a non-positive ``threads``/``jobs``, or ``device="cuda"`` without CUDA.
+    memroll.CommandError
+        (a ``ValueError``) An unknown table, a non-positive ``threads``/``jobs``/``seeds``/
+        ``max_size``, ``device="cuda"`` without CUDA, or ``--scale paper`` without a GPU and
+        without ``--device cpu``.
     """
     emit = log or (lambda line: print(line, file=sys.stderr, flush=True))
-    tables, device = _check_args(args)
+    tables, device, isolation = _check_args(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = configs(bool(args.quick))
+    cfg = configs(
+        bool(args.quick),
+        scale=_option(args, "scale", "miniature"),
+        max_size=_option(args, "max_size", None),
+        seeds=_option(args, "seeds", None),
+    )
     common = {"device": device, "threads": args.threads, "seed": 0}
     jobs = make_jobs(tables, cfg, common)
-    meta = _meta(args, device, tables)
+    meta = _meta(args, device, tables, isolation)
     env = {
         **os.environ,
         "MALLOC_MMAP_THRESHOLD_": "65536",
         "OMP_NUM_THREADS": str(args.threads),
         "MKL_NUM_THREADS": str(args.threads),
     }
+    chosen = groups(jobs, isolation)
     emit(
-        f"memroll bench ({meta['mode']}): {len(jobs)} measured processes, tables "
-        f"{', '.join(tables)}, device {device}, writing to {out}"
+        f"memroll bench ({meta['mode']}, {meta['scale']}): {len(jobs)} configurations in "
+        f"{len(chosen)} process(es), tables {', '.join(tables)}, device {device}, writing to {out}"
     )
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        for job in pool.map(lambda j: _run_job(j, env), jobs):
-            emit(_describe(job))
+        list(pool.map(lambda g: run_group(g, env, lambda j: emit(describe(j))), chosen))
     meta["wall_s"] = time.perf_counter() - start
     meta["load_end"] = _load()
+    for key, field in (("table_s", "process_s"), ("table_cpu_s", "cpu_s")):
+        meta[key] = {
+            t: sum(float(j.result.get(field, 0.0)) for j in jobs if j.table == t) for t in tables
+        }
     results = {"meta": meta, "configs": cfg, "jobs": [job.__dict__ for job in jobs]}
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
     report = write_report(results, out)
     print(report)
     failed = [j for j in jobs if not j.ok and j.spec["kind"] != "deepinv"]
     for job in failed:
-        emit(_describe(job))
+        emit(describe(job))
     return 1 if failed else 0

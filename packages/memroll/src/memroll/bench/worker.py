@@ -1,9 +1,10 @@
-r"""One measured configuration of ``memroll bench``, run in a fresh process.
+r"""The measured configurations of ``memroll bench``, run in a process of their own.
 
-``python -m memroll.bench.worker`` reads a JSON *spec* on standard input, runs it and prints one
-JSON line of results. :mod:`memroll.bench` starts one such process per configuration (with
-``MALLOC_MMAP_THRESHOLD_=65536`` so freed tensors leave the resident set), so no configuration
-inherits another's memory.
+``python -m memroll.bench.worker`` reads a JSON *spec* (or a list of specs) on standard input,
+runs it and prints one JSON line of results per spec. :mod:`memroll.bench` starts one such
+process per configuration on CPU (with ``MALLOC_MMAP_THRESHOLD_=65536`` so freed tensors leave
+the resident set, and no configuration inherits another's memory) and one per table on CUDA
+(:func:`run_many`: the peak statistics are reset between specs).
 
 Kinds of spec
 -------------
@@ -15,8 +16,12 @@ Kinds of spec
                memory held just before the measured steps (model, Adam state, batch)
 ``deepinv``    the same protocol for deepinv's MoDL (issue 7's peer), optionally with
                ``torch.utils.checkpoint`` around its denoiser
-``quality``    a short :func:`unrolled.train` run (best validation nRMSE kept) and PSNR, SSIM and
-               nRMSE on the test split; memory and time as ``unrolled.train`` records them
+``quality``    :func:`unrolled.train` for ``train["steps"]`` steps, or to a plateau of the
+               validation PSNR when ``train["plateau"]`` is given
+               (:mod:`memroll.bench._convergence`); the model of the best validation nRMSE is
+               scored on the test split (PSNR, SSIM, nRMSE, PSNR after every stage, and with
+               BatchNorm the PSNR under batch statistics); memory and time as
+               ``unrolled.train`` records them
 ``cs``         the l1-wavelet CS baseline (:func:`unrolled.cs_reconstruct`), its weight chosen on
                the validation split, and the zero-filled reconstruction, on the test split
 ``accuracy``   relative error of reversible gradients against backprop at the same weights, for
@@ -26,9 +31,11 @@ Kinds of spec
 
 from __future__ import annotations
 
+import copy
 import gc
 import json
 import math
+import os
 import sys
 import tempfile
 import time
@@ -37,16 +44,18 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 import unrolled
 from unrolled.training import MemoryProbe, load_buffers, make_engine, median, timed
 
 from ..config import new_model
 from ..runs import InputBaseline
-from ._peers import deepinv_modl, deepinv_physics, import_deepinv
+from ._convergence import Plateau, train_to_plateau
+from ._peers import deepinv_modl, deepinv_physics, import_deepinv, off_device
+from ._synthetic import make_dataset
 
-__all__ = ["build_model", "main", "run_spec"]
+__all__ = ["build_model", "dataset", "main", "run_many", "run_spec"]
 
 MiB = 2.0**20
 
@@ -59,6 +68,15 @@ def build_model(
 ) -> unrolled.UnrolledModel:
     """Return a model of the application's registry by name, for the image type of ``data``."""
     return new_model(name, kwargs, data, what="unknown benchmark model")
+
+
+def dataset(spec: dict[str, Any], split: str, **extra: Any) -> unrolled.TaskDataset:
+    """Return the ``split`` of the spec's task (with the spec's ``data`` options and ``extra``).
+
+    A task of :func:`unrolled.make_dataset`, or one of the paper-scale tables' synthetic tasks
+    (:mod:`memroll.bench._synthetic`).
+    """
+    return make_dataset(spec["task"], split, **spec.get("data", {}), **extra)
 
 
 def _setup(spec: dict[str, Any]) -> torch.device:
@@ -117,7 +135,7 @@ def _measure(step: Callable[[int], float], device: torch.device, steps: int) -> 
 # ------------------------------------------------------------------------------------------------
 def _memory(spec: dict[str, Any]) -> dict[str, Any]:
     device = _setup(spec)
-    data = unrolled.make_dataset(spec["task"], "train", **spec.get("data", {}))
+    data = dataset(spec, "train")
     batch = data.batch(list(range(int(spec.get("batch", 2))))).to(device)
     model = build_model(spec["model"], spec.get("model_kwargs", {}), data).to(device)
     engine = _engine(model, batch, spec, int(spec["steps"]) + 1)
@@ -129,7 +147,7 @@ def _memory(spec: dict[str, Any]) -> dict[str, Any]:
 def _deepinv(spec: dict[str, Any]) -> dict[str, Any]:
     device = _setup(spec)
     dinv, note = import_deepinv()
-    data = unrolled.make_dataset(spec["task"], "train", **spec.get("data", {}))
+    data = dataset(spec, "train")
     samples = [data[i] for i in range(int(spec.get("batch", 2)))]
     maps = torch.stack([s["maps"] for s in samples]).to(device)
     mask = torch.stack([s["mask"] for s in samples]).float().to(device)
@@ -149,6 +167,11 @@ def _deepinv(spec: dict[str, Any]) -> dict[str, Any]:
         mine = ours.physics.to(device)(target)
         operator_error = float((theirs - mine).abs().max() / mine.abs().max())
     model = deepinv_modl(dinv, int(spec["iterations"]), bool(spec.get("checkpointed"))).to(device)
+    stray = off_device(physics, device) + [f"model.{n}" for n in off_device(model, device)]
+    if stray:
+        raise RuntimeError(
+            f"deepinv's physics or model holds tensors off {device}: {', '.join(stray[:8])}"
+        )
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=float(spec.get("lr", 1e-4)))
 
@@ -180,40 +203,71 @@ def _summary(table: Any) -> dict[str, Any]:
     return dict(table.summary())
 
 
+def _batch_statistics_psnr(
+    model: unrolled.UnrolledModel, test: unrolled.TaskDataset, device: torch.device
+) -> float | None:
+    """Test PSNR with every BatchNorm normalising by its batch's statistics (``None`` without).
+
+    A diagnostic for weight-shared BatchNorm (LU-DnCNN: one DnCNN for all unrolls, whose inputs
+    differ from unroll to unroll, so one set of running statistics fits none of them): a copy of
+    the model whose BatchNorms keep no running statistics, scored on batches of 4 test images.
+    """
+    norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+    if not any(isinstance(m, norms) for m in model.modules()):
+        return None
+    twin = copy.deepcopy(model)
+    for m in twin.modules():
+        if isinstance(m, norms):
+            m.running_mean, m.running_var, m.track_running_stats = None, None, False
+    return float(unrolled.evaluate(twin, test, batch_size=4, device=device).mean()["psnr"])
+
+
 def _quality(spec: dict[str, Any]) -> dict[str, Any]:
     device = _setup(spec)
-    splits = {
-        s: unrolled.make_dataset(spec["task"], s, **spec.get("data", {})) for s in ("train", "val")
-    }
+    splits = {s: dataset(spec, s) for s in ("train", "val")}
     model = build_model(spec["model"], spec.get("model_kwargs", {}), splits["train"])
     options = dict(spec["train"])
+    rule = options.pop("plateau", None)
+    common = {
+        "strategy": spec.get("strategy", "backprop"),
+        "strategy_options": spec.get("strategy_options", {}),
+        "device": str(device),
+    }
     with tempfile.TemporaryDirectory() as run_dir:
-        result = unrolled.train(
-            model,
-            splits["train"],
-            splits["val"],
-            strategy=spec.get("strategy", "backprop"),
-            strategy_options=spec.get("strategy_options", {}),
-            run_dir=run_dir,
-            progress=False,
-            device=str(device),
-            **options,
-        )
+        if rule is None:
+            result = unrolled.train(
+                model, splits["train"], splits["val"], run_dir=run_dir, progress=False,
+                **common, **options,
+            )  # fmt: skip
+            peak, base = result.peak_memory_bytes, result.memory_baseline_bytes
+            stop: dict[str, Any] = {
+                "stopped": "steps",
+                "steps": result.steps,
+                "time_s": result.median_step_time_s,
+            }
+        else:
+            result, stop = train_to_plateau(
+                model, splits["train"], splits["val"], run_dir=run_dir,
+                plateau=Plateau.from_spec(rule), options=options, **common,
+            )  # fmt: skip
+            peak, base = stop.pop("peak_bytes"), stop.pop("baseline_bytes")
         info = unrolled.load_model(model, f"{run_dir}/best.pt", map_location=device)
     del splits
-    test = unrolled.make_dataset(spec["task"], "test", **spec.get("data", {}))
+    test = dataset(spec, "test")
     table = unrolled.evaluate(model, test, batch_size=int(spec.get("eval_batch", 4)), device=device)
     zero = unrolled.evaluate(InputBaseline(), test, batch_size=4, device=device)
-    peak, base = result.peak_memory_bytes, result.memory_baseline_bytes
     return {
         "params": unrolled.count_parameters(model),
         "test": _summary(table),
         "zero_filled": _summary(zero),
+        "stage_psnr": unrolled.psnr_per_stage(model, test, batch_size=4, device=device),
+        "test_psnr_batch_statistics": _batch_statistics_psnr(model, test, device),
         "best_step": info.get("step"),
         "peak_mb": None if peak is None else peak / MiB,
         "step_mb": None if peak is None or base is None else (peak - base) / MiB,
         "memory_kind": result.memory_kind,
-        "time_s": result.median_step_time_s,
+        "time_s": stop.pop("time_s"),
+        "training": stop,
         "losses": [float(r["loss"]) for r in result.history],
         "val": [dict(r) for r in result.val_history],
     }
@@ -221,8 +275,8 @@ def _quality(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _cs(spec: dict[str, Any]) -> dict[str, Any]:
     device = _setup(spec)
-    val = unrolled.make_dataset(spec["task"], "val", **spec.get("data", {}))
-    test = unrolled.make_dataset(spec["task"], "test", **spec.get("data", {}))
+    val = dataset(spec, "val")
+    test = dataset(spec, "test")
     iterations = int(spec.get("iterations", 100))
     grid = []
     for lamda in spec["lamdas"]:
@@ -265,8 +319,8 @@ def _gradients(
 
 def _accuracy(spec: dict[str, Any]) -> dict[str, Any]:
     device = _setup(spec)
-    data32 = unrolled.make_dataset(spec["task"], "train", **spec.get("data", {}), dtype="float32")
-    data64 = unrolled.make_dataset(spec["task"], "train", **spec.get("data", {}), dtype="float64")
+    data32 = dataset(spec, "train", dtype="float32")
+    data64 = dataset(spec, "train", dtype="float64")
     indices = list(range(int(spec.get("batch", 2))))
     b32, b64 = data32.batch(indices).to(device), data64.batch(indices).to(device)
     rows = []
@@ -321,12 +375,54 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
     return KINDS[kind](spec)
 
 
+def _fresh(device: str) -> None:
+    """Free what the previous configuration of this process left, and reset the CUDA peak."""
+    gc.collect()
+    if torch.device(device).type == "cuda" and torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def run_many(specs: list[dict[str, Any]], emit: Callable[[str], None]) -> None:
+    """Run ``specs`` one after another in this process; ``emit`` one JSON line per spec.
+
+    Each line holds the spec's results (or ``{"error": ...}``: one configuration's failure, a
+    CUDA out-of-memory error included, does not end the others), its ``index`` in ``specs`` and
+    this process's ``pid``. Between specs the garbage is collected and, on CUDA, the cache
+    emptied and the peak statistics reset (``torch.cuda.max_memory_allocated`` is then the
+    spec's own).
+    """
+    for index, spec in enumerate(specs):
+        _fresh(str(spec.get("device", "cpu")))
+        start, cpu = time.perf_counter(), time.process_time()
+        try:
+            out = run_spec(spec)
+        except Exception as err:  # reported in the configuration's row; the table goes on
+            out = {"error": f"{type(err).__name__}: {err}"[:300]}
+        out.update(
+            wall_s=time.perf_counter() - start,
+            cpu_s=time.process_time() - cpu,  # the process's CPU time: a loaded machine's measure
+            index=index,
+            pid=os.getpid(),
+        )
+        emit(json.dumps(out, default=float))
+
+
 def main() -> None:
-    """Read a spec from standard input, print the results as one JSON line."""
-    spec = json.loads(sys.stdin.read())
+    """Read a spec (or a list of specs) from standard input, print JSON lines of results.
+
+    One spec: its results on one line (an error ends the process with a traceback). A list: one
+    line per spec as :func:`run_many` writes them (the benchmark's one process per table).
+    """
+    specs = json.loads(sys.stdin.read())
+    if isinstance(specs, list):
+        run_many(specs, lambda line: print(line, flush=True))
+        return
     start = time.perf_counter()
-    out = run_spec(spec)
+    out = run_spec(specs)
     out["wall_s"] = time.perf_counter() - start
+    out["pid"] = os.getpid()
     print(json.dumps(out, default=float))
 
 
