@@ -359,10 +359,14 @@ def test_readme_commands_parse():
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     section = readme.split("## The command line: `memroll`", 1)[1]
     block = section.split("```console\n", 1)[1].split("```", 1)[0]
-    commands = [line.removeprefix("$ ").split() for line in block.splitlines() if line]
+    lines = [line.removeprefix("$ ").split("#", 1)[0] for line in block.splitlines() if line]
+    commands = [line.split() for line in lines]
     assert commands
     parser = build_parser()
     for command in commands:
+        if command[0] == "torchrun":  # torchrun [its options] -m memroll ARGS
+            assert command[command.index("-m") + 1] == "memroll", command
+            command = command[command.index("-m") + 1 :]
         assert command[0] == "memroll"
         parser.parse_args(command[1:])
 
