@@ -75,7 +75,9 @@ def test_mixed_precision_on_two_ranks(two_ranks: Path, name: str) -> None:
 def test_rank_zero_writes_the_run_folder(two_ranks: Path) -> None:
     run = two_ranks / "run"
     names = sorted(p.name for p in run.iterdir())
-    assert names == ["best.pt", "checkpoint.pt", "log.csv", "train_result.json", "val.csv"]
+    # the run's files and nothing else (the previous checkpoint is kept beside the newest)
+    expected = ["best.pt", "checkpoint.prev.pt", "checkpoint.pt", "log.csv", "train_result.json"]
+    assert names == [*expected, "val.csv"]
     summary = json.loads((run / "train_result.json").read_text())
     assert (summary["world_size"], summary["backend"]) == (2, "gloo")
     # validation split over the ranks (5 samples: loads 3 and 2) equals one process's
