@@ -39,7 +39,7 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -378,17 +378,21 @@ def bench_check_every(cfg: dict, device: str) -> list[dict]:
 
 
 # -- report -------------------------------------------------------------------------------------
+def _table(head: str, rule: str, lines: Iterable[str]) -> str:
+    """A Markdown table: its header row, its alignment row and its rows."""
+    return "\n".join([head, rule, *lines])
+
+
 def _fmt_solves(rows: list[dict]) -> str:
-    lines = [
+    return _table(
         "| map | tol | solver | iterations | converged | time (ms) | per iteration (us) |",
         "|---|---|---|---:|---|---:|---:|",
-    ]
-    for r in rows:
-        lines.append(
+        (
             f"| {r['map']} | {r['tol']:g} | {r['solver']} | {r['iterations']} | "
             f"{'yes' if r['converged'] else '**no**'} | {r['ms']:.2f} | {r['us_per_iter']:.0f} |"
-        )
-    return "\n".join(lines)
+            for r in rows
+        ),
+    )
 
 
 def _summary(rows: list[dict]) -> str:
@@ -455,23 +459,23 @@ def _fmt_memory(rows: list[dict], device: str) -> str:
 
 
 def _fmt_bias(rows: list[dict]) -> str:
-    lines = ["| gradient | relative error vs implicit | cosine |", "|---|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['gradient']} | {r['rel_error']:.3g} | {r['cosine']:.4f} |")
-    return "\n".join(lines)
+    return _table(
+        "| gradient | relative error vs implicit | cosine |",
+        "|---|---:|---:|",
+        (f"| {r['gradient']} | {r['rel_error']:.3g} | {r['cosine']:.4f} |" for r in rows),
+    )
 
 
 def _fmt_check_every(rows: list[dict]) -> str:
-    lines = [
+    return _table(
         "| map | check_every | iterations | per iteration (us) | vs check_every=1 |",
         "|---|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        lines.append(
+        (
             f"| {r['map']} | {r['check_every']} | {r['iterations']} | {r['us_per_iter']:.0f} | "
             f"{r['ratio']:.2f} |"
-        )
-    return "\n".join(lines)
+            for r in rows
+        ),
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
