@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import weakref
+from collections.abc import Sequence
 
 import pytest
 import torch
@@ -24,6 +25,13 @@ from greedytrain import GreedyTrainer, StageSequence, split_stages
 
 def batches(k: int, batch: int = 2) -> list:
     return [make_batch(batch=batch, seed=10 + i) for i in range(k)]
+
+
+def same_parameters(stages: Sequence[nn.Module], reference: Sequence[nn.Module]) -> None:
+    """The two stage lists hold the same parameters, to 1e-12."""
+    torch.testing.assert_close(
+        flat_parameters(stages), flat_parameters(reference), rtol=0, atol=1e-12
+    )
 
 
 def close(got: list[list[float]], want: list[list[float]]) -> None:
@@ -47,9 +55,7 @@ def test_updates_equal_hand_written_alg1(n: int, modules: int, split: str) -> No
     want = gleam_reference(reference, trainer.module_sizes, data)
     assert trainer.step == 3
     close(got, want)
-    torch.testing.assert_close(
-        flat_parameters(stages), flat_parameters(reference), rtol=0, atol=1e-12
-    )
+    same_parameters(stages, reference)
 
 
 def test_modules_1_is_end_to_end_backprop() -> None:
@@ -68,9 +74,7 @@ def test_modules_1_is_end_to_end_backprop() -> None:
         ref_loss.backward()
         opt.step()
         assert loss == pytest.approx(float(ref_loss.detach()), rel=1e-12)
-    torch.testing.assert_close(
-        flat_parameters(stages), flat_parameters(reference), rtol=0, atol=1e-12
-    )
+    same_parameters(stages, reference)
 
 
 def test_per_module_losses_weights_scheduler_and_clipping_match_reference() -> None:
@@ -100,9 +104,7 @@ def test_per_module_losses_weights_scheduler_and_clipping_match_reference() -> N
         scheduler=schedule,
     )
     close(got, want)
-    torch.testing.assert_close(
-        flat_parameters(stages), flat_parameters(reference), rtol=0, atol=1e-12
-    )
+    same_parameters(stages, reference)
     assert [o.param_groups[0]["lr"] for o in trainer.optimizers] == [1e-2 * 0.5**3] * 3
 
 
@@ -223,9 +225,7 @@ def test_tuple_state_with_output_fn() -> None:
         reference, [2, 2], [(state0, {"y": y}, truth)] * 2, output_fn=lambda s: s[0]
     )
     close(got, want)
-    torch.testing.assert_close(
-        flat_parameters(stages), flat_parameters(reference), rtol=0, atol=1e-12
-    )
+    same_parameters(stages, reference)
 
 
 def test_dict_state_and_complex_state() -> None:
@@ -286,9 +286,7 @@ def test_module_wrapper_with_activation_checkpointing_gives_the_same_updates() -
     plain = GreedyTrainer(reference, mse, modules=2)
     for b in data:
         assert wrapped.train_step(*b) == pytest.approx(plain.train_step(*b), rel=1e-12)
-    torch.testing.assert_close(
-        flat_parameters(stages), flat_parameters(reference), rtol=0, atol=1e-12
-    )
+    same_parameters(stages, reference)
 
 
 def test_predict_early_exit_and_per_module_metric() -> None:
