@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import weakref
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 import torch
@@ -32,6 +33,21 @@ def same_parameters(stages: Sequence[nn.Module], reference: Sequence[nn.Module])
     torch.testing.assert_close(
         flat_parameters(stages), flat_parameters(reference), rtol=0, atol=1e-12
     )
+
+
+def same_losses_as_gleam(
+    modules: int, rel: float, **options: Any
+) -> tuple[list[nn.Module], list[nn.Module]]:
+    """Train 4 stages with ``options`` and a copy with plain GLEAM (same ``modules``) on the same
+    2 batches, the losses equal to ``rel``; return both stage lists."""
+    stages = make_stages(4)
+    reference = copy.deepcopy(stages)
+    data = batches(2)
+    trainer = GreedyTrainer(stages, mse, modules=modules, **options)
+    gleam = GreedyTrainer(reference, mse, modules=modules)
+    for b in data:
+        assert trainer.train_step(*b) == pytest.approx(gleam.train_step(*b), rel=rel)
+    return stages, reference
 
 
 def close(got: list[list[float]], want: list[list[float]]) -> None:
@@ -199,13 +215,7 @@ def test_multi_device_holds_one_graph_per_device() -> None:
 def test_multi_device_on_cuda_equals_gleam_on_cpu() -> None:
     count = torch.cuda.device_count()
     devices = ["cuda:0", "cuda:1"] if count > 1 else ["cuda:0", "cuda:0"]
-    stages = make_stages(4)
-    reference = copy.deepcopy(stages)
-    data = batches(2)
-    pgleam = GreedyTrainer(stages, mse, modules=4, devices=devices)
-    gleam = GreedyTrainer(reference, mse, modules=4)
-    for b in data:
-        assert pgleam.train_step(*b) == pytest.approx(gleam.train_step(*b), rel=1e-9)
+    stages, reference = same_losses_as_gleam(4, 1e-9, devices=devices)
     assert [next(s.parameters()).device.type for s in stages] == ["cuda"] * 4
     torch.testing.assert_close(
         flat_parameters(stages), flat_parameters(reference), rtol=1e-9, atol=1e-9
@@ -279,13 +289,7 @@ def _checkpointed(stages):  # a module_wrapper as unrolled would write it
 
 
 def test_module_wrapper_with_activation_checkpointing_gives_the_same_updates() -> None:
-    stages = make_stages(4)
-    reference = copy.deepcopy(stages)
-    data = batches(2)
-    wrapped = GreedyTrainer(stages, mse, modules=2, module_wrapper=_checkpointed)
-    plain = GreedyTrainer(reference, mse, modules=2)
-    for b in data:
-        assert wrapped.train_step(*b) == pytest.approx(plain.train_step(*b), rel=1e-12)
+    stages, reference = same_losses_as_gleam(2, 1e-12, module_wrapper=_checkpointed)
     same_parameters(stages, reference)
 
 
