@@ -11,7 +11,6 @@ measured part and reads ``VmHWM`` from ``/proc/self/status`` after it.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -19,11 +18,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from common import command_line, write_report
 
 import physops
 
@@ -295,20 +294,8 @@ def main(out_dir: str | os.PathLike[str] = "bench-results/physops", quick: bool 
     ]
     for bench in (bench_masks, bench_espirit, bench_radon, bench_radon_memory, bench_ptycho):
         sections += ["## " + bench.__name__.removeprefix("bench_"), "", *bench(quick), ""]
-    report = "\n".join(sections)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "acquisition.md").write_text(report)
-    return report
+    return write_report(out_dir, "acquisition.md", sections)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="bench-results/physops")
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker is not None:
-        print(json.dumps(_worker(json.loads(args.worker))))
-    else:
-        print(main(args.out, args.quick))
+    command_line(__doc__, main, _worker)

@@ -20,7 +20,6 @@ alone.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -32,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from common import command_line, write_report
 
 import physops
 
@@ -279,22 +279,12 @@ def main(out_dir: str | os.PathLike[str] = "bench-results/physops", quick: bool 
     ]
     if torch.cuda.is_available():
         sections += ["## cg training memory on CUDA", "", *bench_cg_memory(quick, "cuda"), ""]
-    report = "\n".join(sections)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "core.md").write_text(report)
-    return report
+    return write_report(out_dir, "core.md", sections)
+
+
+def _any_worker(config: dict[str, Any]) -> dict[str, Any]:
+    return (_sense_timing if config.get("kind") == "sense" else _worker)(config)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--out", default="bench-results/physops")
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker is not None:
-        config = json.loads(args.worker)
-        work = _sense_timing if config.get("kind") == "sense" else _worker
-        print(json.dumps(work(config)))
-    else:
-        print(main(args.out, args.quick))
+    command_line(__doc__, main, _any_worker)
