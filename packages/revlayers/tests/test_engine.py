@@ -185,14 +185,18 @@ class Lossy(rl.InvertibleModule):
         return y
 
 
-def test_non_invertible_layer_raises_drift_error_naming_it() -> None:
-    layers = [
+def lossy_stack() -> list[rl.InvertibleModule]:
+    """Four layers, the third of them (index 2) :class:`Lossy`."""
+    return [
         rl.HouseholderConv(4),
         rl.AdditiveCoupling(SmallNet(2, 2), pass_context=False),
         Lossy(),
         rl.HouseholderConv(4),
     ]
-    seq = rl.ReversibleSequence(layers, check_drift=1e-6).double()
+
+
+def test_non_invertible_layer_raises_drift_error_naming_it() -> None:
+    seq = rl.ReversibleSequence(lossy_stack(), check_drift=1e-6).double()
     x = torch.randn(2, 4, 4, 4, dtype=torch.float64, requires_grad=True)
     y = seq(x)
     with pytest.raises(rl.DriftError, match=r"layer 2 \(Lossy\) does not reproduce") as info:
@@ -204,13 +208,7 @@ def test_non_invertible_layer_raises_drift_error_naming_it() -> None:
 
 
 def test_drift_recompute_policy_gives_backprop_gradients() -> None:
-    layers = [
-        rl.HouseholderConv(4),
-        rl.AdditiveCoupling(SmallNet(2, 2), pass_context=False),
-        Lossy(),
-        rl.HouseholderConv(4),
-    ]
-    seq = rl.ReversibleSequence(layers, check_drift=1e-6, on_drift="recompute").double()
+    seq = rl.ReversibleSequence(lossy_stack(), check_drift=1e-6, on_drift="recompute").double()
     x = torch.randn(2, 4, 4, 4, dtype=torch.float64, requires_grad=True)
     errors = compare_with_backprop(seq, x)
     assert max(errors.values()) <= 1e-12, errors
