@@ -11,18 +11,15 @@ measured part and reads ``VmHWM`` from ``/proc/self/status`` after it.
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
-from common import command_line, write_report
+from common import command_line, run_worker, write_report
 
 import physops
 
@@ -208,18 +205,6 @@ def _worker(config: dict[str, Any]) -> dict[str, Any]:
     return {"peak_kib": _peak_rss_kib(), "base_kib": base, "grad": float(weight.grad)}
 
 
-def _run_worker(config: dict[str, Any]) -> dict[str, Any]:
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-    out = subprocess.run(
-        [sys.executable, __file__, "--worker", json.dumps(config)],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=True,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def bench_radon_memory(quick: bool) -> list[str]:
     size, batch = (48, 1) if quick else (64, 2)
     steps_list = (2, 4) if quick else (5, 10, 20)
@@ -235,7 +220,7 @@ def bench_radon_memory(quick: bool) -> list[str]:
     ]
     for steps in steps_list:
         res = {
-            mode: _run_worker({"size": size, "steps": steps, "batch": batch, "mode": mode})
+            mode: run_worker(__file__, {"size": size, "steps": steps, "batch": batch, "mode": mode})
             for mode in ("plain", "radon")
         }
         grow = {m: (r["peak_kib"] - r["base_kib"]) / 1024 for m, r in res.items()}

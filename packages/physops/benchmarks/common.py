@@ -1,4 +1,4 @@
-"""What the ``bench_*.py`` modules share: writing their report and their command line.
+"""What the ``bench_*.py`` modules share: their worker processes, report and command line.
 
 Not a benchmark itself (``run.py`` runs the ``bench_*.py`` modules only). A benchmark module
 imports it as a sibling: its folder is on ``sys.path`` when it runs as a script, and ``run.py``
@@ -10,9 +10,35 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+
+def run_worker(
+    script: str, config: dict[str, Any], mmap_threshold: str | None = "65536"
+) -> dict[str, Any]:
+    """Run ``script --worker CONFIG`` in a fresh process and return the JSON of its last line.
+
+    ``MALLOC_MMAP_THRESHOLD_`` is ``mmap_threshold`` there (``None``: glibc's default), so freed
+    tensors leave the resident set.
+    """
+    env = dict(os.environ)
+    env.pop("MALLOC_MMAP_THRESHOLD_", None)
+    if mmap_threshold is not None:
+        env["MALLOC_MMAP_THRESHOLD_"] = mmap_threshold
+    done = subprocess.run(
+        [sys.executable, script, "--worker", json.dumps(config)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmark worker failed for {config}:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def write_report(out_dir: str | os.PathLike[str], name: str, sections: list[str]) -> str:
