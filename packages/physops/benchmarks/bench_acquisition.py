@@ -271,15 +271,10 @@ def bench_ptycho(quick: bool) -> list[str]:
 def main(out_dir: str | os.PathLike[str] = "bench-results/physops", quick: bool = False) -> str:
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    sections = [
-        "# physops acquisition benchmark" + (" (quick)" if quick else ""),
-        "",
-        f"torch {torch.__version__}, 1 thread, CPU.",
-        "",
-    ]
+    sections: list[str] = []
     for bench in (bench_masks, bench_espirit, bench_radon, bench_radon_memory, bench_ptycho):
         sections += ["## " + bench.__name__.removeprefix("bench_"), "", *bench(quick), ""]
-    return write_report(out_dir, "acquisition.md", sections)
+    return write_report(out_dir, "acquisition", quick, sections, setup="1 thread, CPU")
 
 
 if __name__ == "__main__":

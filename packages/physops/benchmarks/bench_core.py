@@ -244,10 +244,6 @@ def bench_cg_memory(quick: bool, device: str = "cpu") -> list[str]:
 def main(out_dir: str | os.PathLike[str] = "bench-results/physops", quick: bool = False) -> str:
     torch.set_num_threads(1)
     sections = [
-        "# physops core benchmark" + (" (quick)" if quick else ""),
-        "",
-        f"torch {torch.__version__}, 1 thread.",
-        "",
         "## Sense against sigpy",
         "",
         *bench_sense(quick),
@@ -259,7 +255,7 @@ def main(out_dir: str | os.PathLike[str] = "bench-results/physops", quick: bool 
     ]
     if torch.cuda.is_available():
         sections += ["## cg training memory on CUDA", "", *bench_cg_memory(quick, "cuda"), ""]
-    return write_report(out_dir, "core.md", sections)
+    return write_report(out_dir, "core", quick, sections)
 
 
 def _any_worker(config: dict[str, Any]) -> dict[str, Any]:

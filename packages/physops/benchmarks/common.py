@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 
 def run_worker(
     script: str, config: dict[str, Any], mmap_threshold: str | None = "65536"
@@ -41,12 +43,22 @@ def run_worker(
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def write_report(out_dir: str | os.PathLike[str], name: str, sections: list[str]) -> str:
-    """Join ``sections`` into the Markdown report, write it to ``out_dir/name`` and return it."""
-    report = "\n".join(sections)
+def write_report(
+    out_dir: str | os.PathLike[str],
+    name: str,
+    quick: bool,
+    sections: list[str],
+    setup: str = "1 thread",
+) -> str:
+    """Write the report of benchmark ``name`` to ``out_dir/name.md`` and return it.
+
+    The report is a title, torch's version and ``setup``, then ``sections`` (Markdown lines).
+    """
+    title = f"# physops {name} benchmark" + (" (quick)" if quick else "")
+    report = "\n".join([title, "", f"torch {torch.__version__}, {setup}.", "", *sections])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / name).write_text(report)
+    (out / f"{name}.md").write_text(report)
     return report
 
 
