@@ -101,26 +101,15 @@ class Workspace:
     permission), ``marker`` (what a crafted pickle's payload would create)."""
 
     work: Path
+    run: Path = field(init=False)
+    disk: Path = field(init=False)
+    locked: Path = field(init=False)
+    marker: Path = field(init=False)
+    tiny: Path = field(init=False)
 
-    @property
-    def run(self) -> Path:
-        return self.work / "run"
-
-    @property
-    def disk(self) -> Path:
-        return self.work / "disk"
-
-    @property
-    def locked(self) -> Path:
-        return self.work / "locked"
-
-    @property
-    def marker(self) -> Path:
-        return self.work / "PAYLOAD_RAN"
-
-    @property
-    def tiny(self) -> Path:
-        return self.work / "tiny.toml"
+    def __post_init__(self) -> None:
+        names = ("run", "disk", "locked", "PAYLOAD_RAN", "tiny.toml")
+        self.run, self.disk, self.locked, self.marker, self.tiny = (self.work / n for n in names)
 
     def fill(self, text: str) -> str:
         return text.format(

@@ -107,39 +107,37 @@ def test_case_on_a_real_file_system(case, base, tmp_path):
 # --------------------------------------------------------------------------------------------
 # what the command line does not catch
 # --------------------------------------------------------------------------------------------
-def test_a_bug_in_memroll_shows_its_traceback(base, tmp_path, monkeypatch):
+#: a bug in memroll, in torch, a ValueError during the work, an OSError it cannot name: each
+#: (the function that raises it, the error, what pytest expects) shows its traceback
+BUGS = {
+    "memroll": (
+        "evaluate",
+        TypeError("evaluate() got an unexpected keyword argument 'bug'"),
+        (TypeError, "unexpected keyword argument 'bug'"),
+    ),
+    "torch": (
+        "psnr_per_stage",
+        RuntimeError("CUDA error: an illegal memory access was encountered"),
+        (RuntimeError, "illegal memory access"),
+    ),
+    "value_error": ("evaluate", ValueError("a bug: not the user's input"), (ValueError, "a bug")),
+    "unnamed_os_error": (
+        "evaluate",
+        OSError(errno.ECONNRESET, os.strerror(errno.ECONNRESET)),
+        (ConnectionResetError, None),
+    ),
+}
+
+
+@pytest.mark.parametrize("bug", BUGS)
+def test_a_bug_shows_its_traceback(bug, base, monkeypatch):
+    name, error, (expected, match) = BUGS[bug]
+
     def broken(*args, **kwargs):
-        raise TypeError("evaluate() got an unexpected keyword argument 'bug'")
+        raise error
 
-    monkeypatch.setattr(unrolled, "evaluate", broken)
-    with pytest.raises(TypeError, match="unexpected keyword argument 'bug'"):
-        main(["eval", str(base)])
-
-
-def test_a_bug_in_torch_shows_its_traceback(base, monkeypatch):
-    def broken(*args, **kwargs):
-        raise RuntimeError("CUDA error: an illegal memory access was encountered")
-
-    monkeypatch.setattr(unrolled, "psnr_per_stage", broken)
-    with pytest.raises(RuntimeError, match="illegal memory access"):
-        main(["eval", str(base)])
-
-
-def test_a_value_error_during_the_work_is_a_bug_too(base, monkeypatch):
-    def broken(*args, **kwargs):
-        raise ValueError("a bug: not the user's input")
-
-    monkeypatch.setattr(unrolled, "evaluate", broken)
-    with pytest.raises(ValueError, match="a bug"):
-        main(["eval", str(base)])
-
-
-def test_an_os_error_it_cannot_name_shows_its_traceback(base, monkeypatch):
-    def broken(*args, **kwargs):
-        raise OSError(errno.ECONNRESET, os.strerror(errno.ECONNRESET))
-
-    monkeypatch.setattr(unrolled, "evaluate", broken)
-    with pytest.raises(ConnectionResetError):
+    monkeypatch.setattr(unrolled, name, broken)
+    with pytest.raises(expected, match=match):
         main(["eval", str(base)])
 
 

@@ -39,7 +39,7 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -378,17 +378,16 @@ def bench_check_every(cfg: dict, device: str) -> list[dict]:
 
 
 # -- report -------------------------------------------------------------------------------------
+def _table(head: str, align: str, row: str, rows: Iterable[dict]) -> str:
+    """A Markdown table: ``head``, ``align`` (cells joined by ``|``), ``row.format(**r)`` a row."""
+    return "\n".join([f"| {head} |", f"|{align}|", *(f"| {row.format(**r)} |" for r in rows)])
+
+
 def _fmt_solves(rows: list[dict]) -> str:
-    lines = [
-        "| map | tol | solver | iterations | converged | time (ms) | per iteration (us) |",
-        "|---|---|---|---:|---|---:|---:|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['map']} | {r['tol']:g} | {r['solver']} | {r['iterations']} | "
-            f"{'yes' if r['converged'] else '**no**'} | {r['ms']:.2f} | {r['us_per_iter']:.0f} |"
-        )
-    return "\n".join(lines)
+    head = "map | tol | solver | iterations | converged | time (ms) | per iteration (us)"
+    row = "{map} | {tol:g} | {solver} | {iterations} | {converged} | {ms:.2f} | {us_per_iter:.0f}"
+    marked = [{**r, "converged": "yes" if r["converged"] else "**no**"} for r in rows]
+    return _table(head, "---|---|---|---:|---|---:|---:", row, marked)
 
 
 def _summary(rows: list[dict]) -> str:
@@ -455,23 +454,14 @@ def _fmt_memory(rows: list[dict], device: str) -> str:
 
 
 def _fmt_bias(rows: list[dict]) -> str:
-    lines = ["| gradient | relative error vs implicit | cosine |", "|---|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['gradient']} | {r['rel_error']:.3g} | {r['cosine']:.4f} |")
-    return "\n".join(lines)
+    head = "gradient | relative error vs implicit | cosine"
+    return _table(head, "---|---:|---:", "{gradient} | {rel_error:.3g} | {cosine:.4f}", rows)
 
 
 def _fmt_check_every(rows: list[dict]) -> str:
-    lines = [
-        "| map | check_every | iterations | per iteration (us) | vs check_every=1 |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['map']} | {r['check_every']} | {r['iterations']} | {r['us_per_iter']:.0f} | "
-            f"{r['ratio']:.2f} |"
-        )
-    return "\n".join(lines)
+    head = "map | check_every | iterations | per iteration (us) | vs check_every=1"
+    row = "{map} | {check_every} | {iterations} | {us_per_iter:.0f} | {ratio:.2f}"
+    return _table(head, "---|---:|---:|---:|---:", row, rows)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -248,11 +248,23 @@ def test_extra_that_needs_the_unpickler_is_refused_before_writing(tmp_path: Path
 
 
 # ---------------------------------------------------------------------- a full disk
-def test_a_full_disk_while_writing_keeps_the_previous_file_and_says_how_much(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def old_file(tmp_path: Path) -> Path:
+    """``ckpt.pt``, alone in its folder, holding ``{"version": "old"}``."""
     path = tmp_path / "ckpt.pt"
     atomic_save({"version": "old"}, path)
+    return path
+
+
+def assert_old_file_kept(path: Path) -> None:
+    assert torch.load(path) == {"version": "old"}
+    assert os.listdir(path.parent) == ["ckpt.pt"]
+
+
+def test_a_full_disk_while_writing_keeps_the_previous_file_and_says_how_much(
+    old_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = old_file
 
     def full_disk(obj: object, handle) -> None:
         handle.write(b"x" * 4096)
@@ -263,15 +275,13 @@ def test_a_full_disk_while_writing_keeps_the_previous_file_and_says_how_much(
         GreedyTrainer(make_stages(2), mse).save(path)
     monkeypatch.undo()
     assert err.value.errno == errno.ENOSPC
-    assert torch.load(path) == {"version": "old"}
-    assert os.listdir(tmp_path) == ["ckpt.pt"]
+    assert_old_file_kept(path)
 
 
 def test_a_full_disk_at_the_rename_keeps_the_previous_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    old_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = tmp_path / "ckpt.pt"
-    atomic_save({"version": "old"}, path)
+    path = old_file
 
     def no_space(src: str, dst: object) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -283,8 +293,7 @@ def test_a_full_disk_at_the_rename_keeps_the_previous_file(
     assert err.value.errno == errno.ENOSPC
     written = int(re.search(r"\((\d+) bytes written", str(err.value)).group(1))
     assert written > 4000  # the whole file was written before the rename failed
-    assert torch.load(path) == {"version": "old"}
-    assert os.listdir(tmp_path) == ["ckpt.pt"]
+    assert_old_file_kept(path)
 
 
 def test_atomic_save_checks_plainness_when_asked(tmp_path: Path) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import weakref
+from collections.abc import Sequence
+from typing import Any
 
 import pytest
 import torch
@@ -24,6 +26,28 @@ from greedytrain import GreedyTrainer, StageSequence, split_stages
 
 def batches(k: int, batch: int = 2) -> list:
     return [make_batch(batch=batch, seed=10 + i) for i in range(k)]
+
+
+def same_parameters(stages: Sequence[nn.Module], reference: Sequence[nn.Module]) -> None:
+    """The two stage lists hold the same parameters, to 1e-12."""
+    torch.testing.assert_close(
+        flat_parameters(stages), flat_parameters(reference), rtol=0, atol=1e-12
+    )
+
+
+def same_losses_as_gleam(
+    modules: int, rel: float, **options: Any
+) -> tuple[list[nn.Module], list[nn.Module]]:
+    """Train 4 stages with ``options`` and a copy with plain GLEAM (same ``modules``) on the same
+    2 batches, the losses equal to ``rel``; return both stage lists."""
+    stages = make_stages(4)
+    reference = copy.deepcopy(stages)
+    data = batches(2)
+    trainer = GreedyTrainer(stages, mse, modules=modules, **options)
+    gleam = GreedyTrainer(reference, mse, modules=modules)
+    for b in data:
+        assert trainer.train_step(*b) == pytest.approx(gleam.train_step(*b), rel=rel)
+    return stages, reference
 
 
 def close(got: list[list[float]], want: list[list[float]]) -> None:
@@ -47,9 +71,7 @@ def test_updates_equal_hand_written_alg1(n: int, modules: int, split: str) -> No
     want = gleam_reference(reference, trainer.module_sizes, data)
     assert trainer.step == 3
     close(got, want)
-    torch.testing.assert_close(
-        flat_parameters(stages), flat_parameters(reference), rtol=0, atol=1e-12
-    )
+    same_parameters(stages, reference)
 
 
 def test_modules_1_is_end_to_end_backprop() -> None:
@@ -68,9 +90,7 @@ def test_modules_1_is_end_to_end_backprop() -> None:
         ref_loss.backward()
         opt.step()
         assert loss == pytest.approx(float(ref_loss.detach()), rel=1e-12)
-    torch.testing.assert_close(
-        flat_parameters(stages), flat_parameters(reference), rtol=0, atol=1e-12
-    )
+    same_parameters(stages, reference)
 
 
 def test_per_module_losses_weights_scheduler_and_clipping_match_reference() -> None:
@@ -100,9 +120,7 @@ def test_per_module_losses_weights_scheduler_and_clipping_match_reference() -> N
         scheduler=schedule,
     )
     close(got, want)
-    torch.testing.assert_close(
-        flat_parameters(stages), flat_parameters(reference), rtol=0, atol=1e-12
-    )
+    same_parameters(stages, reference)
     assert [o.param_groups[0]["lr"] for o in trainer.optimizers] == [1e-2 * 0.5**3] * 3
 
 
@@ -197,13 +215,7 @@ def test_multi_device_holds_one_graph_per_device() -> None:
 def test_multi_device_on_cuda_equals_gleam_on_cpu() -> None:
     count = torch.cuda.device_count()
     devices = ["cuda:0", "cuda:1"] if count > 1 else ["cuda:0", "cuda:0"]
-    stages = make_stages(4)
-    reference = copy.deepcopy(stages)
-    data = batches(2)
-    pgleam = GreedyTrainer(stages, mse, modules=4, devices=devices)
-    gleam = GreedyTrainer(reference, mse, modules=4)
-    for b in data:
-        assert pgleam.train_step(*b) == pytest.approx(gleam.train_step(*b), rel=1e-9)
+    stages, reference = same_losses_as_gleam(4, 1e-9, devices=devices)
     assert [next(s.parameters()).device.type for s in stages] == ["cuda"] * 4
     torch.testing.assert_close(
         flat_parameters(stages), flat_parameters(reference), rtol=1e-9, atol=1e-9
@@ -223,9 +235,7 @@ def test_tuple_state_with_output_fn() -> None:
         reference, [2, 2], [(state0, {"y": y}, truth)] * 2, output_fn=lambda s: s[0]
     )
     close(got, want)
-    torch.testing.assert_close(
-        flat_parameters(stages), flat_parameters(reference), rtol=0, atol=1e-12
-    )
+    same_parameters(stages, reference)
 
 
 def test_dict_state_and_complex_state() -> None:
@@ -279,16 +289,8 @@ def _checkpointed(stages):  # a module_wrapper as unrolled would write it
 
 
 def test_module_wrapper_with_activation_checkpointing_gives_the_same_updates() -> None:
-    stages = make_stages(4)
-    reference = copy.deepcopy(stages)
-    data = batches(2)
-    wrapped = GreedyTrainer(stages, mse, modules=2, module_wrapper=_checkpointed)
-    plain = GreedyTrainer(reference, mse, modules=2)
-    for b in data:
-        assert wrapped.train_step(*b) == pytest.approx(plain.train_step(*b), rel=1e-12)
-    torch.testing.assert_close(
-        flat_parameters(stages), flat_parameters(reference), rtol=0, atol=1e-12
-    )
+    stages, reference = same_losses_as_gleam(2, 1e-12, module_wrapper=_checkpointed)
+    same_parameters(stages, reference)
 
 
 def test_predict_early_exit_and_per_module_metric() -> None:

@@ -16,3 +16,25 @@ iterations = 2
 features = 4
 cg_max_iter = 5
 """
+
+
+def tiny_config(
+    *, steps: int, batch_size: int, checkpoint_every: int, eval_samples: int | None = None
+) -> str:
+    """``TINY_RUN`` trained ``steps`` steps, validated at the last one, evaluated with one figure
+    (on ``eval_samples`` samples; ``None``: the default)."""
+    samples = "" if eval_samples is None else f"samples = {eval_samples}\n"
+    return (
+        TINY_RUN
+        + f"""
+[train]
+steps = {steps}
+batch_size = {batch_size}
+val_every = {steps}
+checkpoint_every = {checkpoint_every}
+progress = false
+
+[eval]
+{samples}figure_samples = 1
+"""
+    )

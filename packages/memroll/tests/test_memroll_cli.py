@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from memroll_test_configs import TINY_RUN
+from memroll_test_configs import tiny_config
 from torch import Tensor
 
 import memroll
@@ -23,21 +23,7 @@ from memroll.cli import main
 
 h5py = pytest.importorskip("h5py")
 
-CONFIG = (
-    TINY_RUN
-    + """
-[train]
-steps = 3
-batch_size = 2
-val_every = 3
-checkpoint_every = 3
-progress = false
-
-[eval]
-samples = 3
-figure_samples = 1
-"""
-)
+CONFIG = tiny_config(steps=3, batch_size=2, checkpoint_every=3, eval_samples=3)
 
 
 @pytest.fixture

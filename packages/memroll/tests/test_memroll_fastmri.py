@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from memroll_test_configs import TINY_RUN
+from memroll_test_configs import tiny_config
 
 import physops
 import unrolled
@@ -20,20 +20,7 @@ from memroll.cli import main
 
 h5py = pytest.importorskip("h5py")
 
-CONFIG = (
-    TINY_RUN
-    + """
-[train]
-steps = 2
-batch_size = 1
-val_every = 2
-checkpoint_every = 2
-progress = false
-
-[eval]
-figure_samples = 1
-"""
-)
+CONFIG = tiny_config(steps=2, batch_size=1, checkpoint_every=2)
 HEADER = (
     '<?xml version="1.0"?><ismrmrdHeader xmlns="http://www.ismrm.org/ISMRMRD"><encoding>'
     "<encodedSpace><matrixSize><x>{ex}</x><y>{ey}</y><z>1</z></matrixSize></encodedSpace>"

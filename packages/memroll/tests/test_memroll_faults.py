@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from memroll_test_configs import TINY_RUN
+from memroll_test_configs import tiny_config
 
 from memroll import config as _config
 from memroll._console import CommandError, check_device, input_errors, os_error_line
@@ -20,21 +20,7 @@ from memroll.cli import main
 
 h5py = pytest.importorskip("h5py")
 
-CONFIG = (
-    TINY_RUN
-    + """
-[train]
-steps = 2
-batch_size = 2
-val_every = 2
-checkpoint_every = 1
-progress = false
-
-[eval]
-samples = 2
-figure_samples = 1
-"""
-)
+CONFIG = tiny_config(steps=2, batch_size=2, checkpoint_every=1, eval_samples=2)
 
 
 @contextlib.contextmanager

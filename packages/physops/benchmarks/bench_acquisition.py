@@ -11,19 +11,15 @@ measured part and reads ``VmHWM`` from ``/proc/self/status`` after it.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from common import command_line, run_worker, write_report
 
 import physops
 
@@ -209,18 +205,6 @@ def _worker(config: dict[str, Any]) -> dict[str, Any]:
     return {"peak_kib": _peak_rss_kib(), "base_kib": base, "grad": float(weight.grad)}
 
 
-def _run_worker(config: dict[str, Any]) -> dict[str, Any]:
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-    out = subprocess.run(
-        [sys.executable, __file__, "--worker", json.dumps(config)],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=True,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def bench_radon_memory(quick: bool) -> list[str]:
     size, batch = (48, 1) if quick else (64, 2)
     steps_list = (2, 4) if quick else (5, 10, 20)
@@ -236,7 +220,7 @@ def bench_radon_memory(quick: bool) -> list[str]:
     ]
     for steps in steps_list:
         res = {
-            mode: _run_worker({"size": size, "steps": steps, "batch": batch, "mode": mode})
+            mode: run_worker(__file__, {"size": size, "steps": steps, "batch": batch, "mode": mode})
             for mode in ("plain", "radon")
         }
         grow = {m: (r["peak_kib"] - r["base_kib"]) / 1024 for m, r in res.items()}
@@ -287,28 +271,11 @@ def bench_ptycho(quick: bool) -> list[str]:
 def main(out_dir: str | os.PathLike[str] = "bench-results/physops", quick: bool = False) -> str:
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    sections = [
-        "# physops acquisition benchmark" + (" (quick)" if quick else ""),
-        "",
-        f"torch {torch.__version__}, 1 thread, CPU.",
-        "",
-    ]
+    sections: list[str] = []
     for bench in (bench_masks, bench_espirit, bench_radon, bench_radon_memory, bench_ptycho):
         sections += ["## " + bench.__name__.removeprefix("bench_"), "", *bench(quick), ""]
-    report = "\n".join(sections)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "acquisition.md").write_text(report)
-    return report
+    return write_report(out_dir, "acquisition", quick, sections, setup="1 thread, CPU")
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="bench-results/physops")
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker is not None:
-        print(json.dumps(_worker(json.loads(args.worker))))
-    else:
-        print(main(args.out, args.quick))
+    command_line(__doc__, main, _worker)

@@ -20,18 +20,15 @@ alone.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from common import command_line, run_worker, write_report
 
 import physops
 
@@ -119,7 +116,7 @@ def bench_sense(quick: bool) -> list[str]:
     med = statistics.median
     agreement = 0.0
     for label, threshold in (("default", None), ("mmap threshold 64 KiB", "65536")):
-        r = _run_worker(config, mmap_threshold=threshold)
+        r = run_worker(__file__, config, mmap_threshold=threshold)
         cpu, wall = r["cpu"], r["wall"]
         agreement = r["agreement"]
         lines += [
@@ -194,23 +191,6 @@ def _worker(config: dict[str, Any]) -> dict[str, float]:
     return result
 
 
-def _run_worker(config: dict[str, Any], mmap_threshold: str | None = "65536") -> dict[str, Any]:
-    env = dict(os.environ)
-    env.pop("MALLOC_MMAP_THRESHOLD_", None)
-    if mmap_threshold is not None:
-        env["MALLOC_MMAP_THRESHOLD_"] = mmap_threshold
-    done = subprocess.run(
-        [sys.executable, __file__, "--worker", json.dumps(config)],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"benchmark worker failed for {config}:\n{done.stderr}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def bench_cg_memory(quick: bool, device: str = "cpu") -> list[str]:
     batch, coils, shape = (2, 4, (64, 48)) if quick else (4, 8, (320, 256))
     repeats = 1 if quick else 3
@@ -228,7 +208,7 @@ def bench_cg_memory(quick: bool, device: str = "cpu") -> list[str]:
                 "iterations": iterations,
                 "repeats": repeats,
             }
-            results[(backward, iterations)] = _run_worker(config)
+            results[(backward, iterations)] = run_worker(__file__, config)
     memory = "torch.cuda.max_memory_allocated" if device == "cuda" else "peak RSS (VmHWM)"
     # On CPU (one thread) the process CPU time is robust to other load on a shared machine.
     key, clock = ("time_s", "wall time") if device == "cuda" else ("cpu_s", "CPU time")
@@ -264,10 +244,6 @@ def bench_cg_memory(quick: bool, device: str = "cpu") -> list[str]:
 def main(out_dir: str | os.PathLike[str] = "bench-results/physops", quick: bool = False) -> str:
     torch.set_num_threads(1)
     sections = [
-        "# physops core benchmark" + (" (quick)" if quick else ""),
-        "",
-        f"torch {torch.__version__}, 1 thread.",
-        "",
         "## Sense against sigpy",
         "",
         *bench_sense(quick),
@@ -279,22 +255,12 @@ def main(out_dir: str | os.PathLike[str] = "bench-results/physops", quick: bool 
     ]
     if torch.cuda.is_available():
         sections += ["## cg training memory on CUDA", "", *bench_cg_memory(quick, "cuda"), ""]
-    report = "\n".join(sections)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "core.md").write_text(report)
-    return report
+    return write_report(out_dir, "core", quick, sections)
+
+
+def _any_worker(config: dict[str, Any]) -> dict[str, Any]:
+    return (_sense_timing if config.get("kind") == "sense" else _worker)(config)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--out", default="bench-results/physops")
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker is not None:
-        config = json.loads(args.worker)
-        work = _sense_timing if config.get("kind") == "sense" else _worker
-        print(json.dumps(work(config)))
-    else:
-        print(main(args.out, args.quick))
+    command_line(__doc__, main, _any_worker)

@@ -29,6 +29,8 @@ def discover() -> dict[str, Path]:
 
 
 def load(path: Path) -> ModuleType:
+    if str(HERE) not in sys.path:  # the modules import their sibling ``common``
+        sys.path.insert(0, str(HERE))
     spec = importlib.util.spec_from_file_location(f"physops_benchmarks.{path.stem}", path)
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot load benchmark module {path}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -150,46 +151,71 @@ def test_corrupt_file_names_the_file(tmp_path: Path) -> None:
         physops.FastMRISliceDataset(bad, "multicoil")
 
 
-def test_missing_key_names_file_and_key(tmp_path: Path) -> None:
+def _no_kspace(tmp_path: Path) -> Path:
     path = tmp_path / "nokspace.h5"
     with h5py.File(path, "w") as hf:
         hf.create_dataset("ismrmrd_header", data=np.bytes_(b"<x/>"))
-    with pytest.raises(ValueError, match=r"nokspace\.h5: missing key 'kspace'"):
-        physops.FastMRISliceDataset(path, "multicoil")
+    return path
 
 
-def test_unexpected_shape_names_file_and_key(tmp_path: Path) -> None:
+def _single_coil_file(tmp_path: Path) -> Path:
     write_fastmri(tmp_path / "single.h5", challenge="singlecoil")
-    with pytest.raises(ValueError, match=r"single\.h5: key 'kspace' has shape .* expects 4 dims"):
-        physops.FastMRISliceDataset(tmp_path, "multicoil")
+    return tmp_path
 
 
-def test_bad_header_names_the_key(tmp_path: Path) -> None:
+def _bad_header(tmp_path: Path) -> Path:
     path = tmp_path / "hdr.h5"
     with h5py.File(path, "w") as hf:
         hf.create_dataset("kspace", data=np.zeros((1, 2, 4, 4), np.complex64))
         hf.create_dataset("ismrmrd_header", data=np.bytes_(b"<not xml"))
-    with pytest.raises(ValueError, match=r"hdr\.h5: key 'ismrmrd_header' is not valid ISMRMRD"):
-        physops.FastMRISliceDataset(path, "multicoil")
+    return path
 
 
-def test_target_slice_count_mismatch(tmp_path: Path) -> None:
+def _target_slice_count_mismatch(tmp_path: Path) -> Path:
     path = tmp_path / "mismatch.h5"
     write_fastmri(path, slices=3)
     with h5py.File(path, "a") as hf:
         del hf["reconstruction_rss"]
         hf.create_dataset("reconstruction_rss", data=np.zeros((2, 16, 16), np.float32))
-    with pytest.raises(
-        ValueError, match=r"key 'reconstruction_rss' has 2 slices but 'kspace' has 3"
-    ):
-        physops.FastMRISliceDataset(path, "multicoil")
+    return path
 
 
-def test_mixing_files_with_and_without_target(tmp_path: Path) -> None:
+def _files_with_and_without_target(tmp_path: Path) -> Path:
     write_fastmri(tmp_path / "a.h5")
     write_fastmri(tmp_path / "b.h5", target=False)
-    with pytest.raises(ValueError, match=r"b\.h5: no key 'reconstruction_rss'"):
-        physops.FastMRISliceDataset(tmp_path, "multicoil")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        pytest.param(_no_kspace, r"nokspace\.h5: missing key 'kspace'", id="missing_key"),
+        pytest.param(
+            _single_coil_file,
+            r"single\.h5: key 'kspace' has shape .* expects 4 dims",
+            id="unexpected_shape",
+        ),
+        pytest.param(
+            _bad_header, r"hdr\.h5: key 'ismrmrd_header' is not valid ISMRMRD", id="bad_header"
+        ),
+        pytest.param(
+            _target_slice_count_mismatch,
+            r"key 'reconstruction_rss' has 2 slices but 'kspace' has 3",
+            id="target_slice_count_mismatch",
+        ),
+        pytest.param(
+            _files_with_and_without_target,
+            r"b\.h5: no key 'reconstruction_rss'",
+            id="mixing_files_with_and_without_target",
+        ),
+    ],
+)
+def test_a_bad_file_is_refused_naming_file_and_key(
+    tmp_path: Path, make: Callable[[Path], Path], match: str
+) -> None:
+    path = make(tmp_path)
+    with pytest.raises(ValueError, match=match):
+        physops.FastMRISliceDataset(path, "multicoil")
 
 
 def test_non_finite_data_names_file_and_key(tmp_path: Path) -> None:

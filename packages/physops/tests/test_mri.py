@@ -245,44 +245,55 @@ def test_gradcheck_covers_learnable_maps():
 
 
 # -- errors: one test per message -----------------------------------------------------------------
-def test_sense_rejects_per_coil_images():
-    op = Sense(rand_maps(4, 8, 32, 24), rand_mask(32, 24))
-    with pytest.raises(
-        ValueError,
-        match=r"expects image x of shape \(batch, \*image_shape\) = \(B, 32, 24\), got "
-        r"\(4, 8, 32, 24\): pass the coil-combined image, not per-coil images",
-    ):
-        op(torch.zeros(4, 8, 32, 24, dtype=torch.complex64))
+def _c64(*shape: int) -> torch.Tensor:
+    return torch.zeros(shape, dtype=torch.complex64)
 
 
-def test_sense_rejects_image_maps_shape_mismatch():
-    op = Sense(rand_maps(1, 4, 32, 24))
-    with pytest.raises(
-        ValueError, match=r"= \(B, 32, 24\), got \(2, 32, 20\): the image dimensions must match"
-    ):
-        op(torch.zeros(2, 32, 20, dtype=torch.complex64))
-
-
-def test_sense_rejects_kspace_without_coil_axis():
-    op = Sense(rand_maps(1, 4, 8, 6))
-    with pytest.raises(ValueError, match=r"= \(B, 4, 8, 6\), got \(2, 8, 6\): pass k-space"):
-        op.adjoint(torch.zeros(2, 8, 6, dtype=torch.complex64))
-
-
-def test_sense_rejects_batch_mismatch():
-    op = Sense(rand_maps(4, 2, 8, 6))
-    with pytest.raises(
-        ValueError, match=r"holds maps/mask for a batch of 4 but image x has batch 3"
-    ):
-        op(torch.zeros(3, 8, 6, dtype=torch.complex64))
-
-
-def test_sense_rejects_real_image():
-    op = Sense(rand_maps(1, 2, 8, 6))
-    with pytest.raises(
-        TypeError, match=r"expects a complex image x .* got a torch\.float32 tensor"
-    ):
-        op(torch.zeros(1, 8, 6))
+@pytest.mark.parametrize(
+    ("make", "call", "error", "match"),
+    [
+        pytest.param(
+            lambda: Sense(rand_maps(4, 8, 32, 24), rand_mask(32, 24)),
+            lambda op: op(_c64(4, 8, 32, 24)),
+            ValueError,
+            r"expects image x of shape \(batch, \*image_shape\) = \(B, 32, 24\), got "
+            r"\(4, 8, 32, 24\): pass the coil-combined image, not per-coil images",
+            id="per_coil_images",
+        ),
+        pytest.param(
+            lambda: Sense(rand_maps(1, 4, 32, 24)),
+            lambda op: op(_c64(2, 32, 20)),
+            ValueError,
+            r"= \(B, 32, 24\), got \(2, 32, 20\): the image dimensions must match",
+            id="image_maps_shape_mismatch",
+        ),
+        pytest.param(
+            lambda: Sense(rand_maps(1, 4, 8, 6)),
+            lambda op: op.adjoint(_c64(2, 8, 6)),
+            ValueError,
+            r"= \(B, 4, 8, 6\), got \(2, 8, 6\): pass k-space",
+            id="kspace_without_coil_axis",
+        ),
+        pytest.param(
+            lambda: Sense(rand_maps(4, 2, 8, 6)),
+            lambda op: op(_c64(3, 8, 6)),
+            ValueError,
+            r"holds maps/mask for a batch of 4 but image x has batch 3",
+            id="batch_mismatch",
+        ),
+        pytest.param(
+            lambda: Sense(rand_maps(1, 2, 8, 6)),
+            lambda op: op(torch.zeros(1, 8, 6)),
+            TypeError,
+            r"expects a complex image x .* got a torch\.float32 tensor",
+            id="real_image",
+        ),
+    ],
+)
+def test_sense_rejects(make, call, error, match):
+    op = make()
+    with pytest.raises(error, match=match):
+        call(op)
 
 
 def test_fourier_sampling_rejects_real_kspace():

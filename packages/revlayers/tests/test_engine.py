@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -10,6 +11,26 @@ from _revlayers_helpers import SmallNet, compare_with_backprop, grads_of, mixed_
 from torch import Tensor, nn
 
 import revlayers as rl
+
+
+def assert_declared_gradient(
+    seq: rl.ReversibleSequence,
+    tensor: Tensor,
+    inputs: tuple[Tensor, Tensor],
+    loss: Callable[[Tensor], Tensor],
+) -> None:
+    """``seq`` matches plain backprop, and so does the gradient of ``tensor``, a tensor that a
+    layer declared (a closure's, not a parameter of ``seq``)."""
+    errors = compare_with_backprop(seq, *inputs)
+    assert max(errors.values()) <= 1e-10, errors
+    tensor.grad = None
+    loss(seq(*inputs)).backward()
+    assert tensor.grad is not None
+    g_rev = tensor.grad.clone()
+    tensor.grad = None
+    seq.memory_saving = False
+    loss(seq(*inputs)).backward()
+    assert rel(g_rev, tensor.grad) <= 1e-10
 
 
 @pytest.mark.parametrize("checkpoint_every", [None, 1, 3, 4])
@@ -84,16 +105,8 @@ def test_complex_state_and_complex_context(dtype: torch.dtype) -> None:
     seq = rl.ReversibleSequence(layers, checkpoint_every=2)
     x = torch.randn(2, 4, 5, dtype=dtype, requires_grad=True)
     measurement = torch.randn(1, 2, 5, dtype=dtype, requires_grad=True)
-    errors = compare_with_backprop(seq, x, measurement)
-    assert max(errors.values()) <= 1e-10, errors
-    # the declared tensor got a gradient equal to plain backprop
-    weight.grad = None
-    seq(x, measurement).abs().sum().backward()
-    g_rev = weight.grad.clone()  # type: ignore[union-attr]
-    weight.grad = None
-    seq.memory_saving = False
-    seq(x, measurement).abs().sum().backward()
-    assert rel(g_rev, weight.grad) <= 1e-10
+    # the declared tensor gets a gradient equal to plain backprop
+    assert_declared_gradient(seq, weight, (x, measurement), lambda out: out.abs().sum())
 
 
 def test_optimizer_steps_match_backprop() -> None:
@@ -172,14 +185,18 @@ class Lossy(rl.InvertibleModule):
         return y
 
 
-def test_non_invertible_layer_raises_drift_error_naming_it() -> None:
-    layers = [
+def lossy_stack() -> list[rl.InvertibleModule]:
+    """Four layers, the third of them (index 2) :class:`Lossy`."""
+    return [
         rl.HouseholderConv(4),
         rl.AdditiveCoupling(SmallNet(2, 2), pass_context=False),
         Lossy(),
         rl.HouseholderConv(4),
     ]
-    seq = rl.ReversibleSequence(layers, check_drift=1e-6).double()
+
+
+def test_non_invertible_layer_raises_drift_error_naming_it() -> None:
+    seq = rl.ReversibleSequence(lossy_stack(), check_drift=1e-6).double()
     x = torch.randn(2, 4, 4, 4, dtype=torch.float64, requires_grad=True)
     y = seq(x)
     with pytest.raises(rl.DriftError, match=r"layer 2 \(Lossy\) does not reproduce") as info:
@@ -191,13 +208,7 @@ def test_non_invertible_layer_raises_drift_error_naming_it() -> None:
 
 
 def test_drift_recompute_policy_gives_backprop_gradients() -> None:
-    layers = [
-        rl.HouseholderConv(4),
-        rl.AdditiveCoupling(SmallNet(2, 2), pass_context=False),
-        Lossy(),
-        rl.HouseholderConv(4),
-    ]
-    seq = rl.ReversibleSequence(layers, check_drift=1e-6, on_drift="recompute").double()
+    seq = rl.ReversibleSequence(lossy_stack(), check_drift=1e-6, on_drift="recompute").double()
     x = torch.randn(2, 4, 4, 4, dtype=torch.float64, requires_grad=True)
     errors = compare_with_backprop(seq, x)
     assert max(errors.values()) <= 1e-12, errors
@@ -360,15 +371,7 @@ def test_modl_cg_step_with_learnable_mu_and_gradient_step() -> None:
     seq = rl.ReversibleSequence(layers, check_drift=1e-8)
     x0 = torch.randn(4, n, dtype=torch.float64, requires_grad=True)
     y = torch.randn(4, 8, dtype=torch.float64, requires_grad=True)
-    errors = compare_with_backprop(seq, x0, y)
-    assert max(errors.values()) <= 1e-10, errors
-    raw_mu.grad = None
-    seq(x0, y).square().sum().backward()
-    g_rev = raw_mu.grad.clone()  # type: ignore[union-attr]
-    raw_mu.grad = None
-    seq.memory_saving = False
-    seq(x0, y).square().sum().backward()
-    assert rel(g_rev, raw_mu.grad) <= 1e-10
+    assert_declared_gradient(seq, raw_mu, (x0, y), lambda out: out.square().sum())
 
 
 def test_undeclared_closure_tensor_is_detected() -> None:

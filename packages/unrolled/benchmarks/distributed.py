@@ -16,7 +16,6 @@ Usage: ``python distributed.py [--quick] [--rounds 5] [--out DIR]``.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import os
@@ -24,7 +23,8 @@ import socket
 import statistics
 import subprocess
 import sys
-from pathlib import Path
+
+from bench_cli import demo_modl, parse_args, write_report
 
 METHODS = [
     ("DDP", "backprop", {}),
@@ -82,23 +82,11 @@ def _run(spec: dict, processes: int) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--out", default="bench-results/unrolled")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
-        worker(json.loads(args.worker))
+    args = parse_args(__doc__, worker, rounds=5)
+    if args is None:
         return
-    model = {"iterations": 8, "features": 16, "layers": 3, "couplings": 4, "mu": 1.0}
-    model["cg_max_iter"] = 10
-    data = {"image_size": 64, "num_coils": 8}
-    steps, batch = 6, 4
-    if args.quick:
-        model.update(iterations=2, features=4)
-        data.update(image_size=16, num_coils=4)
-        steps = 3
+    model, data = demo_modl(args.quick, mu=1.0)
+    steps, batch = (3 if args.quick else 6), 4
     ratios: dict[str, list[float]] = {}
     cpu_ratios: dict[str, list[float]] = {}
     loads = []
@@ -128,9 +116,7 @@ def main() -> None:
         f"{args.rounds} rounds; load average {min(loads):.1f}-{max(loads):.1f} on "
         f"{os.cpu_count()} cores\n\n" + "\n".join(lines) + "\n"
     )
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "distributed.md").write_text(report)
-    print(report)
+    write_report(args.out, "distributed.md", report)
 
 
 if __name__ == "__main__":

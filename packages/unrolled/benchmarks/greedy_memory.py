@@ -14,13 +14,13 @@ M = N = 8 modules. Usage: ``python greedy_memory.py [--quick] [--rounds 3] [--ou
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
 import subprocess
 import sys
-from pathlib import Path
+
+from bench_cli import demo_modl, parse_args, write_report
 
 CONFIGS = [
     ("backprop", {}),
@@ -70,21 +70,10 @@ def worker(spec: dict) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--out", default="bench-results/unrolled")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
-        worker(json.loads(args.worker))
+    args = parse_args(__doc__, worker, rounds=3)
+    if args is None:
         return
-    model = {"iterations": 8, "features": 16, "layers": 3, "couplings": 4, "mu": 0.25}
-    model["cg_max_iter"] = 10
-    data = {"image_size": 64, "num_coils": 8, "acceleration": 4.0}
-    if args.quick:
-        model.update(iterations=2, features=4)
-        data.update(image_size=16, num_coils=4)
+    model, data = demo_modl(args.quick, mu=0.25, acceleration=4.0)
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}
     runs: dict[str, list[dict]] = {}
     for r in range(args.rounds):
@@ -118,9 +107,7 @@ def main() -> None:
         f"MoDL {model}, multicoil_mri {data}, batch 2; {args.rounds} rounds, median "
         "(min-max); ratios from the same round\n\n" + "\n".join(lines) + "\n"
     )
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "greedy_memory.md").write_text(report)
-    print(report)
+    write_report(args.out, "greedy_memory.md", report)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ import os
 import statistics
 import subprocess
 import sys
-from pathlib import Path
+
+from bench_cli import parse_args, write_report
 
 MRI = {"image_size": 32, "num_coils": 4}
 MODL = {"features": 16, "layers": 3, "couplings": 4, "mu": 1.0, "cg_max_iter": 30}
@@ -175,15 +176,12 @@ def cost(quick: bool, rounds: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("what", nargs="?", default="all", choices=("gradients", "cost", "all"))
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--out", default="bench-results/unrolled")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
-        worker(json.loads(args.worker))
+    def what(parser: argparse.ArgumentParser) -> None:
+        choices = ("gradients", "cost", "all")
+        parser.add_argument("what", nargs="?", default="all", choices=choices)
+
+    args = parse_args(__doc__, worker, rounds=3, extra=what)
+    if args is None:
         return
     parts = ["# unrolled: mixed precision\n"]
     if args.what in ("gradients", "all"):
@@ -191,9 +189,7 @@ def main() -> None:
     if args.what in ("cost", "all"):
         parts += ["## bf16-mixed against fp32: memory and time\n", cost(args.quick, args.rounds)]
     report = "\n".join(parts) + "\n"
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / f"precision-{args.what}.md").write_text(report)
-    print(report)
+    write_report(args.out, f"precision-{args.what}.md", report)
 
 
 if __name__ == "__main__":

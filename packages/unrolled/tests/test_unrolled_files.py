@@ -51,6 +51,14 @@ def _params(model):
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
+def _assert_same_as_straight(result, resumed, train_data, options):
+    """A resumed run's losses and weights equal those of one run straight through."""
+    straight = _modl()
+    expected = unrolled.train(straight, train_data, **{**options, "checkpoint_every": None})
+    assert result.losses == expected.losses
+    assert torch.equal(_params(resumed), _params(straight))
+
+
 @contextlib.contextmanager
 def _umask(mask):
     old = os.umask(mask)
@@ -344,10 +352,7 @@ def test_a_full_disk_mid_training_keeps_the_last_checkpoints(tmp_path, train_dat
     assert torch.load(run / "checkpoint.prev.pt", weights_only=True)["step"] == 2
     resumed = _modl()
     result = unrolled.train(resumed, train_data, run_dir=str(run), resume=True, **options)
-    straight = _modl()
-    expected = unrolled.train(straight, train_data, **{**options, "checkpoint_every": None})
-    assert result.losses == expected.losses
-    assert torch.equal(_params(resumed), _params(straight))
+    _assert_same_as_straight(result, resumed, train_data, options)
 
 
 # --------------------------------------------------------------------------------------------
@@ -383,10 +388,7 @@ def test_resume_falls_back_to_the_previous_checkpoint(tmp_path, train_data, dama
         "removed the temporary files of an interrupted write: .checkpoint.pt.0123abcd.tmp"
     )
     assert _temporaries(run) == []
-    straight = _modl()
-    expected = unrolled.train(straight, train_data, **{**options, "checkpoint_every": None})
-    assert result.losses == expected.losses
-    assert torch.equal(_params(resumed), _params(straight))
+    _assert_same_as_straight(result, resumed, train_data, options)
 
 
 def test_resume_with_no_usable_checkpoint_names_each_file(tmp_path, train_data):

@@ -18,6 +18,7 @@ from ._format import (
     cell,
     find,
     get,
+    grid,
     image,
     memory_panel,
     metric,
@@ -244,18 +245,13 @@ def _t5_rows(
 
     Deepinv's cell says ``missing`` when it did not run.
     """
-    lines = ["| unrolls | " + " | ".join(T5_METHODS) + " |", "|---|" + "---|" * len(T5_METHODS)]
-    for n in unrolls:
-        ref = find(jobs, "5", method="deepinv", unrolls=n)
+
+    def fill(job: JobRecord | None, ref: JobRecord | None, m: str, n: int) -> str:
         ref = ref if ok(ref) else None
-        cells = [
-            missing
-            if m == "deepinv" and ref is None
-            else cell(find(jobs, "5", method=m, unrolls=n), key, ref, digits)
-            for m in T5_METHODS
-        ]
-        lines.append(f"| {n} | " + " | ".join(cells) + " |")
-    return lines
+        return missing if m == "deepinv" and ref is None else cell(job, key, ref, digits)
+
+    rows = ("unrolls", "unrolls", unrolls)
+    return grid(jobs, "5", rows, ("method", T5_METHODS, "deepinv"), fill)
 
 
 def _t5_notes(jobs: Sequence[JobRecord], unrolls: Sequence[int]) -> list[str]:

@@ -6,7 +6,7 @@ Finding a job's result, cells with ratios, flatness verdicts, and the figures' p
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .. import plots
@@ -20,6 +20,7 @@ __all__ = [
     "finite",
     "finite_points",
     "get",
+    "grid",
     "growth",
     "image",
     "mem_label",
@@ -86,6 +87,34 @@ def cell(job: JobRecord | None, key: str, ref: JobRecord | None, digits: str = "
     if value is None:
         return "—"
     return f"{format(value, digits)} ({ratio(value, base)})"
+
+
+def grid(
+    jobs: Sequence[JobRecord],
+    table: str,
+    rows: tuple[str, str, Sequence[Any]],
+    columns: tuple[str, Sequence[str], str],
+    fill: Callable[[JobRecord | None, JobRecord | None, str, Any], str],
+    **labels: Any,
+) -> list[str]:
+    """Return a Markdown table of ``table``'s jobs: a row per value, a column per label value.
+
+    ``rows`` is ``(header, label, values)`` and ``columns`` is ``(label, values, reference)``;
+    cell ``(row, column)`` is ``fill(job, ref, column, row)``, ``job`` the job with those two
+    labels (and ``labels``), ``ref`` the one of the ``reference`` column in the same row.
+    """
+    header, row_label, row_values = rows
+    column_label, column_values, reference = columns
+    lines = [f"| {header} | " + " | ".join(column_values) + " |"]
+    lines.append("|---|" + "---|" * len(column_values))
+    for r in row_values:
+        ref = find(jobs, table, **labels, **{row_label: r, column_label: reference})
+        cells = [
+            fill(find(jobs, table, **labels, **{row_label: r, column_label: c}), ref, c, r)
+            for c in column_values
+        ]
+        lines.append(f"| {r} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def short(text: str, n: int = 90) -> str:

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._specs import T5_MODL
+from ._specs import T5_MODL, deepinv_spec
 
 __all__ = ["PAPER_FIGURES", "PAPER_SPECS", "paper_configs", "shrink"]
 
@@ -340,14 +340,7 @@ def _table5(c: dict[str, Any]) -> Specs:
         for s in ("backprop", "checkpoint", "reversible"):
             labels = {"method": f"memroll {s}", "unrolls": n}
             out.append((labels, _memory(c, "MoDL", {**T5_MODL, "iterations": n}, s)))
-        spec = {
-            "kind": "deepinv",
-            "task": c["task"],
-            "data": c["data"],
-            "batch": c["batch"],
-            "iterations": n,
-            "steps": c["steps"],
-        }
+        spec = deepinv_spec(c, n, batch=c["batch"])
         out.append(({"method": "deepinv", "unrolls": n}, spec))
     return out
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ._format import JobRecord, find, get, num, ok, ratio, short
+from ._format import JobRecord, find, get, grid, num, ok, ratio, short
 from ._paper import PAPER_FIGURES
 
 __all__ = ["PAPER_SECTIONS"]
@@ -116,34 +116,25 @@ def _table2(jobs: Sequence[JobRecord], cfg: dict[str, Any], out: Path) -> list[s
         "N unrolls; in brackets issue 15's measurement through memroll on an H200 where it has "
         "one (MB).",
         "",
-        "| N | " + " | ".join(strategies) + " |",
-        "|---|" + "---|" * len(strategies),
     ]
-    for n in c["depths"]:
-        ref = find(jobs, "2", strategy="backprop", depth=n)
-        cells = []
-        for s in strategies:
-            job = find(jobs, "2", strategy=s, depth=n)
-            before = issue[s].get(n)
-            tail = f" [{before} MB]" if before else ""
-            if not ok(job):
-                cells.append(_failed(job) + tail)
-                continue
-            mem = _gb(job)
-            cells.append(f"{num(mem, '.2f')} ({ratio(mem, _gb(ref))}){tail}")
-        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    rows, columns = ("N", "depth", c["depths"]), ("strategy", strategies, "backprop")
+
+    def memory(job: JobRecord | None, ref: JobRecord | None, s: str, n: int) -> str:
+        before = issue[s].get(n)
+        tail = f" [{before} MB]" if before else ""
+        if not ok(job):
+            return _failed(job) + tail
+        mem = _gb(job)
+        return f"{num(mem, '.2f')} ({ratio(mem, _gb(ref))}){tail}"
+
+    def time(job: JobRecord | None, ref: JobRecord | None, s: str, n: int) -> str:
+        sec = get(job, "time_s")
+        rel = ratio(sec, get(ref, "time_s"))
+        return f"{num(sec, '.3f')} ({rel})" if ok(job) else "—"
+
+    lines += grid(jobs, "2", rows, columns, memory)
     lines += ["", "Time per step (s; ratio to backprop):", ""]
-    lines += ["| N | " + " | ".join(strategies) + " |", "|---|" + "---|" * len(strategies)]
-    for n in c["depths"]:
-        ref = find(jobs, "2", strategy="backprop", depth=n)
-        cells = []
-        for s in strategies:
-            job = find(jobs, "2", strategy=s, depth=n)
-            sec = get(job, "time_s")
-            rel = ratio(sec, get(ref, "time_s"))
-            cells.append(f"{num(sec, '.3f')} ({rel})" if ok(job) else "—")
-        lines.append(f"| {n} | " + " | ".join(cells) + " |")
-    return lines
+    return lines + grid(jobs, "2", rows, columns, time)
 
 
 def _sci(value: Any) -> str:
@@ -274,24 +265,19 @@ def _table5(jobs: Sequence[JobRecord], cfg: dict[str, Any], out: Path) -> list[s
         "memroll's MoDL configured as close to it as it gets (table 5 of the miniature). Peak "
         "memory (GB) and time per step (s), ratios to deepinv.",
         "",
-        "| unrolls | " + " | ".join(methods) + " |",
-        "|---|" + "---|" * len(methods),
     ]
-    for n in c["unrolls"]:
-        ref = find(jobs, "5", method="deepinv", unrolls=n)
-        cells = []
-        for m in methods:
-            job = find(jobs, "5", method=m, unrolls=n)
-            if not ok(job):
-                cells.append(_failed(job))
-                continue
-            mem, sec = _gb(job), get(job, "time_s")
-            cells.append(
-                f"{num(mem, '.2f')} GB ({ratio(mem, _gb(ref))}), {num(sec, '.3f')} s "
-                f"({ratio(sec, get(ref, 'time_s'))})"
-            )
-        lines.append(f"| {n} | " + " | ".join(cells) + " |")
-    return lines
+
+    def fill(job: JobRecord | None, ref: JobRecord | None, m: str, n: int) -> str:
+        if not ok(job):
+            return _failed(job)
+        mem, sec = _gb(job), get(job, "time_s")
+        return (
+            f"{num(mem, '.2f')} GB ({ratio(mem, _gb(ref))}), {num(sec, '.3f')} s "
+            f"({ratio(sec, get(ref, 'time_s'))})"
+        )
+
+    rows, columns = ("unrolls", "unrolls", c["unrolls"]), ("method", methods, "deepinv")
+    return lines + grid(jobs, "5", rows, columns, fill)
 
 
 #: table -> the paper-scale report section

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["MINIATURE_SPECS", "T5_MODL", "Job", "miniature_configs"]
+__all__ = ["MINIATURE_SPECS", "T5_MODL", "Job", "deepinv_spec", "miniature_configs"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -324,6 +324,21 @@ def _table4(c: dict[str, Any]) -> list[tuple[dict[str, Any], Spec]]:
     return out
 
 
+def deepinv_spec(c: dict[str, Any], iterations: int, **batch: int) -> Spec:
+    """Return the worker spec of deepinv's MoDL at ``iterations`` unrolls on table 5's task.
+
+    ``c`` is table 5's configuration; ``batch`` is ``batch=B`` where the table sets a batch size.
+    """
+    return {
+        "kind": "deepinv",
+        "task": c["task"],
+        "data": c["data"],
+        **batch,
+        "iterations": iterations,
+        "steps": c["steps"],
+    }
+
+
 def _table5(c: dict[str, Any]) -> list[tuple[dict[str, Any], Spec]]:
     out = []
     for n in c["unrolls"]:
@@ -331,14 +346,7 @@ def _table5(c: dict[str, Any]) -> list[tuple[dict[str, Any], Spec]]:
             kwargs = {**T5_MODL, "iterations": n}
             labels = {"method": f"memroll {strategy}", "unrolls": n}
             out.append((labels, _memory(c, c["data"], "MoDL", kwargs, strategy)))
-        spec = {
-            "kind": "deepinv",
-            "task": c["task"],
-            "data": c["data"],
-            "iterations": n,
-            "steps": c["steps"],
-        }
-        out.append(({"method": "deepinv", "unrolls": n}, spec))
+        out.append(({"method": "deepinv", "unrolls": n}, deepinv_spec(c, n)))
     return out
 
 

@@ -28,6 +28,7 @@ scores quality on them.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -152,43 +153,25 @@ class SyntheticMRI(TaskDataset):
         )
 
 
-def _sense(
-    split: str,
-    *,
-    height: int = 320,
-    width: int = 256,
-    frames: int = 0,
-    num_coils: int = 8,
-    acceleration: float = 4.0,
-    samples: int = 4,
-    snr_db: float = 30.0,
-    seed: int = 0,
-    dtype: str = "float32",
-) -> TaskDataset:
-    options = {k: v for k, v in locals().items() if k != "split"}
-    return SyntheticMRI("bench_sense", split, options, multicoil=True)
+#: the options of each synthetic task and their defaults (any other option is refused)
+_COMMON = {"acceleration": 4.0, "samples": 4, "snr_db": 30.0, "seed": 0, "dtype": "float32"}
+_OPTIONS: dict[str, dict[str, Any]] = {
+    "bench_sense": {"height": 320, "width": 256, "frames": 0, "num_coils": 8, **_COMMON},
+    "bench_single": {"height": 320, "width": 320, "depth": 0, **_COMMON},
+}
 
 
-def _single(
-    split: str,
-    *,
-    height: int = 320,
-    width: int = 320,
-    depth: int = 0,
-    acceleration: float = 4.0,
-    samples: int = 4,
-    snr_db: float = 30.0,
-    seed: int = 0,
-    dtype: str = "float32",
-) -> TaskDataset:
-    options = {k: v for k, v in locals().items() if k != "split"}
-    return SyntheticMRI("bench_single", split, options, multicoil=False)
+def _build(task: str, split: str, **options: Any) -> TaskDataset:
+    defaults = _OPTIONS[task]
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise TypeError(f"{task}: unknown options {unknown}; it takes {sorted(defaults)}")
+    return SyntheticMRI(task, split, {**defaults, **options}, multicoil=task == "bench_sense")
 
 
 #: the synthetic tasks by name: ``build(split, **options) -> TaskDataset``
 SYNTHETIC_TASKS: dict[str, Callable[..., TaskDataset]] = {
-    "bench_sense": _sense,
-    "bench_single": _single,
+    task: functools.partial(_build, task) for task in _OPTIONS
 }
 
 

@@ -21,6 +21,7 @@ from ._format import (
     finite,
     finite_points,
     get,
+    grid,
     image,
     memory_panel,
     metric,
@@ -202,24 +203,13 @@ def table2(jobs: Sequence[JobRecord], cfg: dict[str, Any], out: Path) -> list[st
         f"{c['data']['image_size']}, {c['data']['num_coils']} coils, batch 2. Greedy uses M = N "
         "modules (one unroll each: GLEAM's setting when the architecture is fixed).",
         "",
-        "| N | " + " | ".join(modl) + " |",
-        "|---|" + "---|" * len(modl),
     ]
-    for n in depths:
-        ref = find(jobs, "2", model="MoDL", strategy="backprop", depth=n)
-        cells = [
-            cell(find(jobs, "2", model="MoDL", strategy=s, depth=n), "step_mb", ref) for s in modl
-        ]
-        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    rows, columns = ("N", "depth", depths), ("strategy", modl, "backprop")
+    lines += grid(jobs, "2", rows, columns, lambda j, r, s, n: cell(j, "step_mb", r), model="MoDL")
     lines += ["", "Time per step (s; ratio to backprop):", ""]
-    lines += ["| N | " + " | ".join(modl) + " |", "|---|" + "---|" * len(modl)]
-    for n in depths:
-        ref = find(jobs, "2", model="MoDL", strategy="backprop", depth=n)
-        cells = [
-            cell(find(jobs, "2", model="MoDL", strategy=s, depth=n), "time_s", ref, ".2f")
-            for s in modl
-        ]
-        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    lines += grid(
+        jobs, "2", rows, columns, lambda j, r, s, n: cell(j, "time_s", r, ".2f"), model="MoDL"
+    )
     k = c["luser_kwargs"]
     lines += [
         "",
