@@ -227,8 +227,8 @@ def load_model(
     """Load weights into ``model`` from a model file.
 
     The file is a ``best.pt`` (:func:`save_model`) or a training ``checkpoint.pt``, read by
-    ``unrolled.training.read_file`` (weights only: nothing in the file runs); returns the file's other entries
-    (``step``, ``metrics``, ...).
+    ``unrolled.training.read_file`` (weights only: nothing in the file runs); returns the file's
+    other entries (``step``, ``metrics``, ...).
 
     Raises
     ------
