@@ -245,8 +245,8 @@ def drift_error(
             f"ReversibleSequence: the {where} of {layer} rebuilt by the reverse pass differs "
             f"from the one the stored state gives: relative error {drift:.3g} > {limit} after "
             f"reversing layers {top}..{index}. "
-            f"{_causes(state.dtype, state.device, cause or _CHECKPOINT_CAUSE)} Store checkpoints more "
-            "often (checkpoint_every=...), or pass on_drift='recompute'."
+            f"{_causes(state.dtype, state.device, cause or _CHECKPOINT_CAUSE)} Store checkpoints "
+            "more often (checkpoint_every=...), or pass on_drift='recompute'."
         )
     kind = "layer" if where is None else "checkpoint"
     return DriftError(

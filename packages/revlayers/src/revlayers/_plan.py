@@ -149,7 +149,7 @@ class Plan:
         return f"layer {i} ({self.name(i)})"
 
     def cause(self, first: int, last: int) -> str | None:
-        """The ``explain`` hook's likely cause of drift in layers ``first .. last``, if any."""
+        """Return the ``explain`` hook's cause of drift in layers ``first .. last``, if any."""
         return None if self.explain is None else self.explain(first, last)
 
     def prepare(self) -> None:

@@ -248,11 +248,11 @@ class UnrolledModel(nn.Module):
         return None
 
     def _layer_unrolls(self) -> list[int]:
-        """The unroll (stage index) of every layer of the reversible chain."""
+        """Return the unroll (stage index) of every layer of the reversible chain."""
         return [k for k, s in enumerate(self.stages) for _ in s.invertible_layers()]  # type: ignore[operator]
 
     def explain_drift(self, first: int, last: int) -> str | None:
-        """A likely cause of drift found while reversing chain layers ``last .. first``.
+        """Return a likely cause of drift found while reversing chain layers ``last .. first``.
 
         The reversible chain's ``explain`` hook (:class:`revlayers.ReversibleSequence`): it asks
         the layers with a ``drift_cause(unrolls)`` method (CG and gradient steps), from the

@@ -149,25 +149,27 @@ class MoDL(_Unrolled):
         return [m for s in self.unique_stages() for m in s.modules() if isinstance(m, CGStep)]
 
     def reversible_checkpoints(self, dtype: torch.dtype) -> int | None:
-        r"""Hybrid checkpoints for ``"reversible"`` when the strategy gives none.
+        r"""Return hybrid checkpoints for ``"reversible"`` when the strategy gives none.
 
         Returns the number of chain layers per stored state (a whole number of unrolls), or
         ``None`` when the whole chain stays within the drift tolerance without checkpoints.
 
-        Rule: the CG inverse :math:`z = ((A^H A + \mu I) x' - A^H y) / \mu` amplifies an error
-        in :math:`x'` by up to :math:`g = (L + \mu) / \mu` (``L`` = :math:`\lambda_{\max}(A^H
-        A)`, 1 for normalised coil maps and a sampling mask: physops' MRI operators), i.e.
-        ~1/mu per unroll; starting from an exact stored state, the first inverse already
-        carries the CG error :math:`\epsilon` (``cg_tol``, at least 8 ulp of the dtype) times
-        :math:`g`. After ``u`` unrolls the rebuilt state is off by about :math:`\epsilon g^u`,
-        and the checks accept it below the tolerance ``tol`` (``check_drift``, or
-        :func:`revlayers.auto_tolerance`: 1e-5 in float32). So the model stores the state every
-        :math:`u = \max(1, \lfloor \log(\mathrm{tol}/\epsilon) / \log g floor)` unrolls,
-        using the smallest current (learned) :math:`\mu`: float32 with the default
-        ``cg_tol``, 10 unrolls: none at mu = 4, every 3 unrolls at mu = 1, every unroll at
-        mu <= 0.25. Memory: one image per stored state; what still drifts past ``tol`` (a larger
-        ``L``, a CG that did not converge) the checks catch and recompute.
+        Rule: store the state every
+        :math:`u = \max(1, \lfloor \log(\mathrm{tol} / \epsilon) / \log g \rfloor)` unrolls,
+        with :math:`g = (L + \mu) / \mu` for the smallest current (learned) :math:`\mu`,
+        :math:`\epsilon` the CG tolerance (``cg_tol``, at least 8 ulp of the dtype) and ``tol``
+        the drift tolerance (``check_drift``, or :func:`revlayers.auto_tolerance`: 1e-5 in
+        float32, 1e-10 in float64). Float32, default ``cg_tol``, 10 unrolls: no checkpoints at
+        mu = 4, every 3 unrolls at mu = 1, every unroll at mu <= 0.25. Memory: one image per
+        stored state.
         """
+        # Why: the CG inverse z = ((A^H A + mu I) x' - A^H y) / mu amplifies an error in x' by up
+        # to g = (L + mu) / mu, ~1/mu per unroll (L = lambda_max(A^H A) = 1 for physops' MRI
+        # operators with normalised coil maps). From an exact stored state the first inverse
+        # already carries the CG error eps times g, and u unrolls later the rebuilt state is off
+        # by ~eps * g^u; the checkpoint check accepts it below tol. So u is the largest number
+        # of unrolls with eps * g^u <= tol. What still drifts past tol (a larger L, a CG that
+        # did not converge) the drift checks catch and recompute.
         steps = self.cg_steps()
         if not steps:
             return None

@@ -122,7 +122,7 @@ class GradientStep(InvertibleModule):
         return self.adapter.to_net(x - alpha * self._grad(x, y, physics))
 
     def drift_cause(self, unrolls: int) -> str | None:
-        """A likely cause of drift found where this step was inverted (for error messages)."""
+        """Return a likely cause of drift found where this step was inverted (for messages)."""
         alpha, lip = float(self.step), float(self.lipschitz)
         contraction = f"alpha * L = {alpha * lip:.3g}" if lip == lip else "alpha * L unknown"
         return (
@@ -233,7 +233,7 @@ class CGStep(InvertibleModule):
         self.cg_residual = None
 
     def drift_cause(self, unrolls: int) -> str | None:
-        """A likely cause of drift found where this step was inverted, in words.
+        """Return a likely cause of drift found where this step was inverted, in words.
 
         Parameters
         ----------
