@@ -123,7 +123,7 @@ class GradientStep(InvertibleModule):
 
     def drift_cause(self, unrolls: int) -> str | None:
         """Return a likely cause of drift found where this step was inverted (for messages)."""
-        alpha, lip = float(self.step), float(self.lipschitz)
+        alpha, lip = float(self.step.detach()), float(self.lipschitz)
         contraction = f"alpha * L = {alpha * lip:.3g}" if lip == lip else "alpha * L unknown"
         return (
             "a backward-Euler inverse of the gradient step (fixed point) that stopped before its "
@@ -240,7 +240,7 @@ class CGStep(InvertibleModule):
         unrolls:
             How many unrolls the reverse pass went through from its last exact state.
         """
-        mu = float(self.mu)
+        mu = float(self.mu.detach())
         tol = self.tolerance(torch.float64 if self.raw_mu.dtype == torch.float64 else torch.float32)
         worst = None if self.cg_residual is None else float(self.cg_residual)
         if worst is not None and not worst <= tol:
