@@ -74,7 +74,7 @@ def test_small_mu_without_checkpoints_recomputes_by_default():
     g0 = _grads(model, y, A, x, "backprop")
     g1 = _grads(model, y, A, x, "reversible", checkpoint_every=1000)
     assert rel_error(g1, g0) <= 1e-3
-    report = model._reversible_chain().diagnostics
+    report = model.reverse_diagnostics
     assert report.recomputed_segments == 1
     assert report.max_drift > report.tolerance
 

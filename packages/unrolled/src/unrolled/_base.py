@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from revlayers import InvertibleModule, ReversibleSequence
+from revlayers import InvertibleModule, ReverseDiagnostics, ReversibleSequence
 
 from ._checkpoint import checkpoint_segments
 from ._strategy import Strategy, as_strategy
@@ -285,6 +285,17 @@ class UnrolledModel(nn.Module):
             )
             object.__setattr__(self, "_chain", chain)
         return chain
+
+    @property
+    def reverse_diagnostics(self) -> ReverseDiagnostics | None:
+        """What the last ``"reversible"`` backward pass checked and recomputed, or ``None``.
+
+        A :class:`revlayers.ReverseDiagnostics`: ``checks``, ``max_drift``, ``worst_layer``,
+        ``tolerance`` and the ``recomputed`` segments of the reversible chain, so that a
+        recomputation is never invisible.
+        """
+        chain = self.__dict__.get("_chain")
+        return None if chain is None else chain.diagnostics
 
     def _run_reversible(self, state: Tensor, context: StageContext) -> Tensor:
         chain = self._reversible_chain()
