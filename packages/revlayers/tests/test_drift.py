@@ -151,6 +151,19 @@ def test_labels_and_explain_name_the_place_and_the_cause() -> None:
     assert calls[-1] == (0, 2)
 
 
+def test_a_models_cause_follows_tf32_where_tf32_applies(tf32_settings: None) -> None:
+    cuda = types.SimpleNamespace(dtype=torch.float32, device=torch.device("cuda"))
+    auto = DriftPolicy.from_arguments("auto", None)
+    torch.backends.cuda.matmul.fp32_precision = "tf32"
+    cause = "small mu: mu = 0.05 amplifies errors 21x per unroll."
+    error = drift_error(2, "unroll 0 of 10: CGStep", 1e-3, auto, cuda, cause=cause)  # type: ignore[arg-type]
+    assert "Likely cause: TF32" in str(error)
+    assert "Other causes: small mu: mu = 0.05" in str(error)
+    cpu = types.SimpleNamespace(dtype=torch.float32, device=torch.device("cpu"))
+    error = drift_error(2, "unroll 0 of 10: CGStep", 1e-3, auto, cpu, cause=cause)  # type: ignore[arg-type]
+    assert "Likely cause: small mu: mu = 0.05" in str(error)
+
+
 def test_labels_must_match_the_layers_and_explain_must_be_callable() -> None:
     with pytest.raises(ValueError, match="one label per layer, got 1 labels for 2 layers"):
         rl.ReversibleSequence([rl.HouseholderConv(4), rl.HouseholderConv(4)], labels=["a"])
