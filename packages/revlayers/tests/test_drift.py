@@ -122,6 +122,55 @@ def test_auto_with_raise_names_the_layer_and_a_cause() -> None:
     assert x.grad is None
 
 
+def test_labels_and_explain_name_the_place_and_the_cause() -> None:
+    layers = [rl.HouseholderConv(4), _off_by(1e-2, exact=False), rl.HouseholderConv(4)]
+    calls: list[tuple[int, int]] = []
+
+    def explain(first: int, last: int) -> str:
+        calls.append((first, last))
+        return "a solver that stopped early in block B."
+
+    labels = ["block A", "block B", "block C"]
+    seq = rl.ReversibleSequence(layers, on_drift="raise", labels=labels, explain=explain)
+    x = torch.randn(2, 4, 8, 8, requires_grad=True)
+    with pytest.raises(
+        rl.DriftError,
+        match=r"layer 1 \(block B: Invertible\(off_by\)\).*Likely cause: a solver that stopped",
+    ) as info:
+        seq(x).sum().backward()
+    assert info.value.layer_name == "block B: Invertible(off_by)"
+    assert calls == [(1, 1)]
+    # a checkpoint check passes its segment: the layers reversed since the stored state
+    unmarked = rl.ReversibleSequence(
+        [rl.HouseholderConv(4), _off_by(1e-2, exact=True), rl.HouseholderConv(4)],
+        on_drift="raise",
+        explain=explain,
+    )
+    with pytest.raises(rl.DriftError, match="Likely cause: a solver that stopped"):
+        unmarked(x).sum().backward()
+    assert calls[-1] == (0, 2)
+
+
+def test_a_models_cause_follows_tf32_where_tf32_applies(tf32_settings: None) -> None:
+    cuda = types.SimpleNamespace(dtype=torch.float32, device=torch.device("cuda"))
+    auto = DriftPolicy.from_arguments("auto", None)
+    torch.backends.cuda.matmul.fp32_precision = "tf32"
+    cause = "small mu: mu = 0.05 amplifies errors 21x per unroll."
+    error = drift_error(2, "unroll 0 of 10: CGStep", 1e-3, auto, cuda, cause=cause)  # type: ignore[arg-type]
+    assert "Likely cause: TF32" in str(error)
+    assert "Other causes: small mu: mu = 0.05" in str(error)
+    cpu = types.SimpleNamespace(dtype=torch.float32, device=torch.device("cpu"))
+    error = drift_error(2, "unroll 0 of 10: CGStep", 1e-3, auto, cpu, cause=cause)  # type: ignore[arg-type]
+    assert "Likely cause: small mu: mu = 0.05" in str(error)
+
+
+def test_labels_must_match_the_layers_and_explain_must_be_callable() -> None:
+    with pytest.raises(ValueError, match="one label per layer, got 1 labels for 2 layers"):
+        rl.ReversibleSequence([rl.HouseholderConv(4), rl.HouseholderConv(4)], labels=["a"])
+    with pytest.raises(TypeError, match="explain to be a callable"):
+        rl.ReversibleSequence([rl.HouseholderConv(4)], explain="why")  # type: ignore[arg-type]
+
+
 def test_explicit_tolerance_keeps_raising_by_default_and_checks_every_layer() -> None:
     seq = rl.ReversibleSequence(_exact_layers(), check_drift=1e-4)
     x = torch.randn(2, 4, 8, 8, requires_grad=True)

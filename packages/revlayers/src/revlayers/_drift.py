@@ -202,6 +202,7 @@ def drift_error(
     *,
     where: str | None = None,
     top: int = 0,
+    cause: str | None = None,
 ) -> DriftError:
     """Build the :class:`DriftError` of a failed check, naming the layer and a likely cause.
 
@@ -220,6 +221,9 @@ def drift_error(
         check compared that side of the layer with the stored state.
     top : int
         With ``where``: the highest layer of the segment reversed.
+    cause : str, optional
+        A likely cause from the sequence's ``explain`` hook (in place of the generic one; TF32
+        is still named first when the state's dtype and device allow it).
 
     Returns
     -------
@@ -233,7 +237,7 @@ def drift_error(
         text = (
             f"ReversibleSequence: {layer} does not reproduce the state it was rebuilt from: "
             f"||f(x_rebuilt) - y|| / ||y|| = {drift:.3g} > {limit}. "
-            f"{_causes(state.dtype, state.device, _LAYER_CAUSE)} Fix the layer, or pass "
+            f"{_causes(state.dtype, state.device, cause or _LAYER_CAUSE)} Fix the layer, or pass "
             "on_drift='recompute' to recompute the segment from its stored input."
         )
     else:
@@ -241,8 +245,8 @@ def drift_error(
             f"ReversibleSequence: the {where} of {layer} rebuilt by the reverse pass differs "
             f"from the one the stored state gives: relative error {drift:.3g} > {limit} after "
             f"reversing layers {top}..{index}. "
-            f"{_causes(state.dtype, state.device, _CHECKPOINT_CAUSE)} Store checkpoints more "
-            "often (checkpoint_every=...), or pass on_drift='recompute'."
+            f"{_causes(state.dtype, state.device, cause or _CHECKPOINT_CAUSE)} Store checkpoints "
+            "more often (checkpoint_every=...), or pass on_drift='recompute'."
         )
     kind = "layer" if where is None else "checkpoint"
     return DriftError(

@@ -9,7 +9,7 @@ with grad; couplings run the coupling function forward and backward once, in pla
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Literal
 
 import torch
@@ -81,6 +81,15 @@ class ReversibleSequence(InvertibleModule):
         segment). Default (``None``): recompute with ``"auto"``, raise with a float tolerance.
     memory_saving : bool
         ``False`` runs plain backprop through the same layers (for comparisons and debugging).
+    labels : sequence of str, optional
+        One label per layer saying where it sits in the caller's model (``"unroll 3 of 10"``);
+        messages and :class:`DriftError` name layers as ``"label: LayerClass"``.
+    explain : callable, optional
+        ``explain(first, last) -> str | None``: a likely cause, in words, of drift found while
+        reversing layers ``last`` down to ``first`` (``first == last`` for a layer check). A
+        model that knows its layers (a CG step with a small ``mu``, a solve that did not
+        converge) puts its diagnosis in the :class:`DriftError` this way; ``None`` keeps the
+        generic cause. Called only when a check fails.
 
     Attributes
     ----------
@@ -123,6 +132,8 @@ class ReversibleSequence(InvertibleModule):
         *,
         on_drift: Literal["raise", "recompute"] | None = None,
         memory_saving: bool = True,
+        labels: Sequence[str] | None = None,
+        explain: Callable[[int, int], str | None] | None = None,
     ) -> None:
         super().__init__()
         if isinstance(layers, (nn.Module, Tensor)) and not isinstance(
@@ -157,6 +168,20 @@ class ReversibleSequence(InvertibleModule):
                 expected="to be an int >= 1 (store every k-th state) or None",
             )
         policy = DriftPolicy.from_arguments(check_drift, on_drift)
+        if labels is not None:
+            labels = [str(label) for label in labels]
+            if len(labels) != len(items):
+                raise ValueError(
+                    f"ReversibleSequence expects one label per layer, got {len(labels)} labels "
+                    f"for {len(items)} layers."
+                )
+        if explain is not None and not callable(explain):
+            raise TypeError(
+                "ReversibleSequence expects explain to be a callable explain(first, last) -> "
+                f"str | None, got {type(explain).__name__}."
+            )
+        self.labels = labels
+        self.explain = explain
         self.layers = nn.ModuleList(items)
         self.checkpoint_every = checkpoint_every
         self.check_drift: float | str | None = (
@@ -190,7 +215,15 @@ class ReversibleSequence(InvertibleModule):
             )
         if self.memory_saving and torch.is_grad_enabled():
             policy = DriftPolicy.from_arguments(self.check_drift, self.on_drift)
-            plan = Plan(self, list(self), context, self.checkpoint_every, policy)
+            plan = Plan(
+                self,
+                list(self),
+                context,
+                self.checkpoint_every,
+                policy,
+                labels=self.labels,
+                explain=self.explain,
+            )
             if x.requires_grad or plan.diff:
                 plan.prepare()
                 out: Tensor = _ReversibleFunction.apply(plan, x, *plan.diff)

@@ -21,7 +21,7 @@ stored states, the output, the incoming gradient and the context are never writt
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 import torch
@@ -91,6 +91,11 @@ class Plan:
         Store the input of every k-th layer.
     policy : DriftPolicy
         The drift checks to run.
+    labels : sequence of str, optional
+        Where each layer sits in the caller's model (``"unroll 3 of 10"``), for messages.
+    explain : callable, optional
+        ``explain(first, last)``: a likely cause, in words, of drift found while reversing layers
+        ``last .. first`` (``None``: the generic cause).
     """
 
     def __init__(
@@ -100,8 +105,13 @@ class Plan:
         context: tuple[object, ...],
         checkpoint_every: int | None,
         policy: DriftPolicy,
+        *,
+        labels: Sequence[str] | None = None,
+        explain: Callable[[int, int], str | None] | None = None,
     ) -> None:
         self.owner = owner
+        self.labels = labels
+        self.explain = explain
         self.layers = list(layers)
         self.context = context
         self.checkpoint_every = checkpoint_every
@@ -129,9 +139,18 @@ class Plan:
                 self.index[id(t)] = len(self.diff)
                 self.diff.append(t)
 
+    def name(self, i: int) -> str:
+        """Layer ``i``'s name, prefixed by its place in the model when ``labels`` were given."""
+        name = self.layers[i].layer_name()
+        return name if self.labels is None else f"{self.labels[i]}: {name}"
+
     def label(self, i: int) -> str:
         """``"layer i (name)"`` for messages."""
-        return f"layer {i} ({self.layers[i].layer_name()})"
+        return f"layer {i} ({self.name(i)})"
+
+    def cause(self, first: int, last: int) -> str | None:
+        """Return the ``explain`` hook's cause of drift in layers ``first .. last``, if any."""
+        return None if self.explain is None else self.explain(first, last)
 
     def prepare(self) -> None:
         """Refuse random layers and find the norms whose statistics the replays must restore."""
@@ -318,13 +337,14 @@ class _Segment:
         owned: bool,
     ) -> None:
         """Run the layer check (approximate layers, or all) and, at ``a``, the checkpoint check."""
-        policy, name = self.plan.policy, self.plan.layers[i].layer_name()
+        policy, name = self.plan.policy, self.plan.name(i)
         tol = policy.tolerance_for(res.x.dtype)
         used_stored = i == self.a and x_known is not None and res.x is x_known
         if check_layer and not used_stored and res.residual is not None:
             self.report.record(i, res.residual, tol)
             if not res.residual <= tol:
-                raise drift_error(i, name, res.residual, policy, res.x)
+                cause = self.plan.cause(i, i)
+                raise drift_error(i, name, res.residual, policy, res.x, cause=cause)
         if i != self.a:
             return
         if used_stored:  # generic step from the stored input: compare f(x_stored) with rebuilt y
@@ -336,4 +356,7 @@ class _Segment:
             drift, where = relative_error(diff, x_bottom), "input"
         self.report.record(i, drift, tol)
         if not drift <= tol:
-            raise drift_error(i, name, drift, policy, res.x, where=where, top=self.b - 1)
+            cause = self.plan.cause(i, self.b - 1)
+            raise drift_error(
+                i, name, drift, policy, res.x, where=where, top=self.b - 1, cause=cause
+            )

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from revlayers import InvertibleModule, ReversibleSequence
+from revlayers import InvertibleModule, ReverseDiagnostics, ReversibleSequence
 
 from ._checkpoint import checkpoint_segments
 from ._strategy import Strategy, as_strategy
@@ -238,18 +238,75 @@ class UnrolledModel(nn.Module):
             layers += stage_layers
         return layers
 
+    def reversible_checkpoints(self, dtype: torch.dtype) -> int | None:
+        """Hybrid checkpoints (layers per stored state) when the strategy gives none.
+
+        ``None`` (the default) keeps only the input; :class:`unrolled.MoDL` chooses them from
+        ``mu`` and the CG tolerance. Called before every reversible forward pass, with the
+        state's dtype.
+        """
+        return None
+
+    def _layer_unrolls(self) -> list[int]:
+        """Return the unroll (stage index) of every layer of the reversible chain."""
+        return [k for k, s in enumerate(self.stages) for _ in s.invertible_layers()]  # type: ignore[operator]
+
+    def explain_drift(self, first: int, last: int) -> str | None:
+        """Return a likely cause of drift found while reversing chain layers ``last .. first``.
+
+        The reversible chain's ``explain`` hook (:class:`revlayers.ReversibleSequence`): it asks
+        the layers with a ``drift_cause(unrolls)`` method (CG and gradient steps), from the
+        lowest, and names the unroll where the first cause was found.
+        """
+        chain = self.__dict__.get("_chain")
+        if chain is None:
+            return None
+        unrolls = self._layer_unrolls()
+        span = unrolls[last] - unrolls[first] + 1
+        for i in range(first, last + 1):
+            cause = getattr(chain[i], "drift_cause", None)
+            text = cause(span) if callable(cause) else None
+            if text is not None:
+                return f"{text} (found at unroll {unrolls[i]}: layer {i}, {chain[i].layer_name()})"
+        return None
+
     def _reversible_chain(self) -> ReversibleSequence:
         chain = self.__dict__.get("_chain")
         if chain is None:
             s = self._strategy
+            n = len(self.stages)
             chain = ReversibleSequence(
                 self.invertible_layers(),
                 checkpoint_every=s.checkpoint_every,
                 check_drift=s.check_drift,
                 on_drift=s.on_drift,
+                labels=[f"unroll {k} of {n}" for k in self._layer_unrolls()],
+                explain=self.explain_drift,
             )
             object.__setattr__(self, "_chain", chain)
         return chain
+
+    @property
+    def reverse_diagnostics(self) -> ReverseDiagnostics | None:
+        """What the last ``"reversible"`` backward pass checked and recomputed, or ``None``.
+
+        A :class:`revlayers.ReverseDiagnostics`: ``checks``, ``max_drift``, ``worst_layer``,
+        ``tolerance`` and the ``recomputed`` segments of the reversible chain, so that a
+        recomputation is never invisible.
+        """
+        chain = self.__dict__.get("_chain")
+        return None if chain is None else chain.diagnostics
+
+    def _run_reversible(self, state: Tensor, context: StageContext) -> Tensor:
+        chain = self._reversible_chain()
+        if self._strategy.checkpoint_every is None:
+            chain.checkpoint_every = self.reversible_checkpoints(state.dtype)
+        for layer in chain:
+            reset = getattr(layer, "reset_solves", None)
+            if callable(reset):
+                reset()
+        out: Tensor = chain(state, *context)
+        return out
 
     # ------------------------------------------------------------------ running
     def check_inputs(self, y: Tensor, physics: object, x0: Tensor | None) -> None:
@@ -290,7 +347,7 @@ class UnrolledModel(nn.Module):
                 steps, list(self.stages), state, self._strategy.checkpoint_every or 1
             )
         if mode == "reversible":
-            return self._reversible_chain()(state, *context)
+            return self._run_reversible(state, context)
         for stage in self.stages:
             state = stage(state, context)
         return state

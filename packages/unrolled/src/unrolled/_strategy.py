@@ -43,12 +43,23 @@ class Strategy:
     checkpoint_every:
         ``"checkpoint"``: stages per recomputed segment (default 1: a checkpoint per unroll, as
         GLEAM's baseline). ``"reversible"``: keep the exact state every k layers of the
-        reversible chain (MEL's hybrid scheme); ``None`` keeps only the output.
+        reversible chain (MEL's hybrid scheme); ``None`` lets the model choose (MoDL picks them
+        from mu and the CG tolerance, :meth:`unrolled.MoDL.reversible_checkpoints`; the other
+        models keep only the output).
     check_drift:
-        ``"reversible"``: relative tolerance of the reverse pass' reconstruction checks; past it
-        the engine raises naming the layer (or recomputes, see ``on_drift``).
+        ``"reversible"``: drift control of the reverse pass (:class:`revlayers.ReversibleSequence`).
+        ``"auto"`` (default): the cheap checks, with the tolerance
+        :func:`revlayers.auto_tolerance` gives the state's dtype (1e-5 in float32, 1e-10 in
+        float64): every hybrid checkpoint's rebuilt state is compared with the stored one, and
+        every layer whose inverse is approximate (CG steps, fixed-point inverses:
+        ``exact_inverse=False``) is checked where the reverse pass recomputes it anyway. A
+        float: every check at every layer with that relative tolerance. ``None``: no checks
+        (gradients may then be wrong without a word at small mu).
     on_drift:
-        ``"raise"`` or ``"recompute"`` (from the nearest checkpoint).
+        What a failed check does: ``"recompute"`` the segment forward from its nearest stored
+        exact state (its gradients then equal backprop's) or ``"raise"``
+        :class:`revlayers.DriftError` naming the unroll and the likely cause (small mu, CG not
+        converged, TF32). ``None`` (default): recompute with ``"auto"``, raise with a float.
     modules:
         ``"greedy"``: the number of modules M (default: one per stage, GLEAM's N = M).
     inner:
@@ -69,8 +80,8 @@ class Strategy:
 
     name: StrategyName = "backprop"
     checkpoint_every: int | None = None
-    check_drift: float | None = None
-    on_drift: Literal["raise", "recompute"] = "raise"
+    check_drift: float | Literal["auto"] | None = "auto"
+    on_drift: Literal["raise", "recompute"] | None = None
     modules: int | None = None
     inner: Literal["backprop", "checkpoint", "reversible", "implicit"] = "backprop"
     backward: Literal["implicit", "jacobian_free", "phantom"] = "implicit"
@@ -81,10 +92,11 @@ class Strategy:
         if self.name not in STRATEGIES:
             raise unknown_name("strategy", self.name, STRATEGIES, "strategies")
         positive_int("checkpoint_every", self.checkpoint_every, optional=True)
-        if self.check_drift is not None:
-            expected = "a positive tolerance or None"
+        if self.check_drift is not None and self.check_drift != "auto":
+            expected = 'a positive tolerance or None (no checks), or "auto" (the default)'
             finite_number("check_drift", self.check_drift, low=0, low_open=True, expected=expected)
-        one_of("on_drift", self.on_drift, ("raise", "recompute"), listing=False)
+        if self.on_drift is not None:
+            one_of("on_drift", self.on_drift, ("raise", "recompute"), listing=False)
         positive_int("modules", self.modules, optional=True)
         one_of("inner strategy of greedy training", self.inner, _INNER, listing=True)
         one_of("backward", self.backward, _BACKWARD)

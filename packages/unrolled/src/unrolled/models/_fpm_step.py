@@ -145,8 +145,12 @@ class FPMGradientStep(InvertibleModule):
         :func:`fixedpoint.invert_step` settings (``inverse_tol=None``: relative residual 1e-5
         in single precision, where the FPM gradient's own rounding stalls Anderson near 1e-6,
         and 1e-12 in double). MEL: ``"banach"``, 4 iterations, no tolerance (``"ignore"``).
+
+    The inverse is a solve stopped at a tolerance (``exact_inverse = False``): with
+    ``check_drift="auto"`` the reverse pass checks it wherever it is used.
     """
 
+    exact_inverse = False
     reference: Tensor
     lipschitz: Tensor
 

@@ -20,6 +20,7 @@ backward Euler with :math:`\alpha_k L < 1` certified by :meth:`UnrolledPGD.certi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -27,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 import physops
-from revlayers import InvertibleModule
+from revlayers import InvertibleModule, auto_tolerance
 
 from .._base import Stage, UnrolledModel, make_stage
 from .._strategy import Strategy
@@ -91,10 +92,13 @@ class MoDL(_Unrolled):
     mu:
         Initial :math:`\mu` (GLEAM: 4.0 at R = 4, 0.05 at R = 16). Reversible training rebuilds
         :math:`z` from :math:`x'` with gain up to :math:`(L + \mu) / \mu`, so small :math:`\mu`
-        amplifies rounding and CG errors layer after layer (measured at 10 unrolls, float32:
-        gradient error 7e-6 at mu = 4, 1e-4 at mu = 1, 6e-3 at mu = 0.3, and divergence at
-        mu = 0.05, where GLEAM also reports that MEL did not converge). Use hybrid checkpoints
-        (``checkpoint_every``) and ``check_drift`` for small :math:`\mu`.
+        amplifies rounding and CG errors layer after layer (measured at 10 unrolls, float32,
+        without checkpoints or checks: gradient error 7e-6 at mu = 4, 1e-4 at mu = 1, 6e-3 at
+        mu = 0.3, and divergence at mu = 0.05, where GLEAM also reports that MEL did not
+        converge). With ``set_strategy("reversible")`` and no ``checkpoint_every`` the model
+        therefore picks hybrid checkpoints from :math:`\mu` and the CG tolerance
+        (:meth:`reversible_checkpoints`), and the default drift checks recompute what still
+        drifts (``check_drift="auto"``).
     learn_mu:
         Train :math:`\mu_k` (one per unroll).
     share_weights:
@@ -139,6 +143,48 @@ class MoDL(_Unrolled):
             return make_stage([*_prior_layers(reg), dc])
 
         self._unroll(stage, iterations, prior, share_weights)
+
+    def cg_steps(self) -> list[CGStep]:
+        """Return the CG data-consistency layers (one per distinct stage)."""
+        return [m for s in self.unique_stages() for m in s.modules() if isinstance(m, CGStep)]
+
+    def reversible_checkpoints(self, dtype: torch.dtype) -> int | None:
+        r"""Return hybrid checkpoints for ``"reversible"`` when the strategy gives none.
+
+        Returns the number of chain layers per stored state (a whole number of unrolls), or
+        ``None`` when the whole chain stays within the drift tolerance without checkpoints.
+
+        Rule: store the state every
+        :math:`u = \max(1, \lfloor \log(\mathrm{tol} / \epsilon) / \log g \rfloor)` unrolls,
+        with :math:`g = (L + \mu) / \mu` for the smallest current (learned) :math:`\mu`,
+        :math:`\epsilon` the CG tolerance (``cg_tol``, at least 8 ulp of the dtype) and ``tol``
+        the drift tolerance (``check_drift``, or :func:`revlayers.auto_tolerance`: 1e-5 in
+        float32, 1e-10 in float64). Float32, default ``cg_tol``, 10 unrolls: no checkpoints at
+        mu = 4, every 3 unrolls at mu = 1, every unroll at mu <= 0.25. Memory: one image per
+        stored state.
+        """
+        # Why: the CG inverse z = ((A^H A + mu I) x' - A^H y) / mu amplifies an error in x' by up
+        # to g = (L + mu) / mu, ~1/mu per unroll (L = lambda_max(A^H A) = 1 for physops' MRI
+        # operators with normalised coil maps). From an exact stored state the first inverse
+        # already carries the CG error eps times g, and u unrolls later the rebuilt state is off
+        # by ~eps * g^u; the checkpoint check accepts it below tol. So u is the largest number
+        # of unrolls with eps * g^u <= tol. What still drifts past tol (a larger L, a CG that
+        # did not converge) the drift checks catch and recompute.
+        steps = self.cg_steps()
+        if not steps:
+            return None
+        check = self.strategy.check_drift
+        tol = float(check) if isinstance(check, (int, float)) else auto_tolerance(dtype)
+        real = torch.empty((), dtype=dtype).real.dtype if dtype.is_complex else dtype
+        eps = max(max(s.tolerance(real) for s in steps), 8 * torch.finfo(real).eps)
+        with torch.no_grad():
+            mu = min(float(s.mu) for s in steps)
+        gain = 1.0 + 1.0 / mu
+        unrolls = math.floor(math.log(tol / eps) / math.log(gain)) if tol > eps else 1
+        if unrolls >= self.iterations:
+            return None
+        per_unroll = len(self.stages[0].invertible_layers())  # type: ignore[operator]
+        return max(1, unrolls) * per_unroll
 
 
 class UnrolledPGD(_Unrolled):

@@ -29,13 +29,17 @@ from torch import Tensor, nn
 
 import fixedpoint
 import physops
-from revlayers import InvertibleModule
+from revlayers import InvertibleModule, replaying
 
 from .._validate import finite_number, positive_int
 from ._adapter import ImageAdapter
 from ._params import inverse_softplus, positive
 
 __all__ = ["CGStep", "GradientStep", "PriorLayer", "calibrate_steps"]
+
+
+def _real_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.empty((), dtype=dtype).real.dtype if dtype.is_complex else dtype
 
 
 def _context(layer: str, context: tuple[object, ...]) -> tuple[Tensor, Any]:
@@ -70,8 +74,12 @@ class GradientStep(InvertibleModule):
     inverse_tol, inverse_max_iter, inverse_method:
         Settings of the fixed-point inversion (``inverse_tol=None``: relative residual ``1e-6``
         in single and ``1e-12`` in double precision).
+
+    Its inverse is a solve stopped at a tolerance (``exact_inverse = False``), so the reverse
+    pass checks it wherever it is used (``check_drift="auto"``).
     """
 
+    exact_inverse = False
     lipschitz: Tensor
 
     def __init__(
@@ -112,6 +120,16 @@ class GradientStep(InvertibleModule):
         x = self.adapter.from_net(state)
         alpha = self.step.to(x.real.dtype if x.is_complex() else x.dtype)
         return self.adapter.to_net(x - alpha * self._grad(x, y, physics))
+
+    def drift_cause(self, unrolls: int) -> str | None:
+        """Return a likely cause of drift found where this step was inverted (for messages)."""
+        alpha, lip = float(self.step.detach()), float(self.lipschitz)
+        contraction = f"alpha * L = {alpha * lip:.3g}" if lip == lip else "alpha * L unknown"
+        return (
+            "a backward-Euler inverse of the gradient step (fixed point) that stopped before its "
+            f"tolerance ({contraction}; it converges for alpha * L < 1, slowly near 1): raise "
+            "inverse_max_iter or lower the step size."
+        )
 
     def inverse(self, state: Tensor, *context: object) -> Tensor:
         y, physics = _context("GradientStep", context)
@@ -159,7 +177,23 @@ class CGStep(InvertibleModule):
         ``cg_tol=None`` picks ``1e-6`` for single and ``1e-12`` for double precision, tight
         enough for the algebraic inverse (measured: reversible gradients within 1e-4 of backprop
         in float32 and 1e-12 in float64 at 10 unrolls with ``mu = 1``).
+
+    Attributes
+    ----------
+    cg_residual : Tensor or None
+        The largest relative CG residual of the forward solves since :meth:`reset_solves`
+        (``None`` before any): what a drift diagnosis reads to tell "CG not converged" from
+        "small mu".
+
+    Notes
+    -----
+    The inverse is exact only to CG's accuracy, so the layer says ``exact_inverse = False``:
+    with ``check_drift="auto"`` the reverse pass checks every CG step where it recomputes it
+    (``||CG(z_rebuilt) - x'|| / ||x'||``), which costs nothing extra.
     """
+
+    exact_inverse = False
+    cg_residual: Tensor | None
 
     def __init__(
         self,
@@ -182,26 +216,65 @@ class CGStep(InvertibleModule):
         self.raw_mu = nn.Parameter(torch.tensor(inverse_softplus(mu)), requires_grad=learnable)
         self.cg_max_iter = positive_int("cg_max_iter", cg_max_iter)
         self.cg_tol = cg_tol
+        self.cg_residual = None
 
     @property
     def mu(self) -> Tensor:
         return positive(self.raw_mu)
+
+    def tolerance(self, dtype: torch.dtype) -> float:
+        """CG's relative-residual tolerance for a state of ``dtype`` (``cg_tol`` or its default)."""
+        if self.cg_tol is not None:
+            return float(self.cg_tol)
+        return 1e-12 if _real_dtype(dtype) == torch.float64 else 1e-6
+
+    def reset_solves(self) -> None:
+        """Forget the recorded CG residuals (a model calls it before each forward pass)."""
+        self.cg_residual = None
+
+    def drift_cause(self, unrolls: int) -> str | None:
+        """Return a likely cause of drift found where this step was inverted, in words.
+
+        Parameters
+        ----------
+        unrolls:
+            How many unrolls the reverse pass went through from its last exact state.
+        """
+        mu = float(self.mu.detach())
+        tol = self.tolerance(torch.float64 if self.raw_mu.dtype == torch.float64 else torch.float32)
+        worst = None if self.cg_residual is None else float(self.cg_residual)
+        if worst is not None and not worst <= tol:
+            return (
+                f"CG not converged: this CG step's forward solves stopped at relative residual "
+                f"{worst:.2g} > cg_tol = {tol:g} (cg_max_iter = {self.cg_max_iter}), so its "
+                f"algebraic inverse is off by about that residual / mu (mu = {mu:.3g}); raise "
+                "cg_max_iter."
+            )
+        gain = 1.0 + 1.0 / mu
+        return (
+            f"small mu: mu = {mu:.3g} makes the CG inverse z = ((A^H A + mu I) x' - A^H y) / mu "
+            f"amplify reconstruction errors up to (L + mu) / mu = {gain:.3g}x per unroll "
+            f"(L = lambda_max(A^H A) = 1 for normalised coil maps), ~{gain**unrolls:.2g}x over "
+            f"the {unrolls} unroll(s) reversed from the last stored state; store checkpoints more "
+            "often (checkpoint_every=None lets MoDL choose them) or train in float64."
+        )
 
     def forward(self, state: Tensor, *context: object) -> Tensor:
         y, physics = _context("CGStep", context)
         z = self.adapter.from_net(state)
         mu = self.mu.to(z.real.dtype if z.is_complex() else z.dtype)
         rhs = physics.adjoint(y) + mu * z
-        tol = self.cg_tol
-        if tol is None:
-            tol = 1e-12 if mu.dtype == torch.float64 else 1e-6
         result = physops.cg(
             lambda v: physics.normal(v) + mu * v,
             rhs,
             x0=z.detach(),
             max_iter=self.cg_max_iter,
-            tol=tol,
+            tol=self.tolerance(mu.dtype),
         )
+        if not replaying():  # the forward pass' solves (a reverse pass re-solves from rebuilt z)
+            worst = result.residuals.detach().max()
+            previous = self.cg_residual
+            self.cg_residual = worst if previous is None else torch.maximum(previous, worst)
         return self.adapter.to_net(result.x)
 
     def inverse(self, state: Tensor, *context: object) -> Tensor:
