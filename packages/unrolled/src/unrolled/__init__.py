@@ -76,6 +76,7 @@ from .tasks import (
 from .training import (
     METRICS,
     SCHEDULERS,
+    MaskedNMSE,
     MetricsTable,
     RunFileError,
     TrainOptions,
@@ -129,6 +130,7 @@ __all__ = [
     "InvertibleStage",
     "LUSERProx",
     "LUSERStage",
+    "MaskedNMSE",
     "MetricsTable",
     "MoDL",
     "PlainStage",

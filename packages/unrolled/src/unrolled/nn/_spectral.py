@@ -319,7 +319,10 @@ def spectral_norm(
     is_conv = isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d))
     if mode == "operator" and name == "weight" and is_conv:
         conv = ConvSpectralNorm(
-            module, power_iterations, 100 if init_iterations is None else init_iterations, input_size
+            module,
+            power_iterations,
+            100 if init_iterations is None else init_iterations,
+            input_size,
         )
         parametrize.register_parametrization(module, name, conv)
         module.register_forward_pre_hook(_ObserveInput(name))

@@ -75,7 +75,7 @@ from ._io import (
 )
 from ._loop import train
 from ._memory import MemoryProbe, median, timed
-from ._metrics import get_loss, nrmse, psnr, ssim, ssim_torch
+from ._metrics import MaskedNMSE, get_loss, nrmse, psnr, ssim, ssim_torch
 from ._options import SCHEDULERS, StepSampler, TrainOptions, batch_indices
 from ._run import (
     RunFolder,
@@ -103,6 +103,7 @@ __all__ = [
     "SSIM_WINDOW",
     "Engine",
     "GreedyEngine",
+    "MaskedNMSE",
     "MemoryProbe",
     "MetricsTable",
     "PlainEngine",

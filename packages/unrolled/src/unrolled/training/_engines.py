@@ -123,12 +123,27 @@ class PlainEngine:
         return {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "loss": loss_state(self.loss_fn),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
+        load_loss_state(self.loss_fn, state.get("loss"))
+
+
+def loss_state(loss_fn: Callable[..., Tensor]) -> dict[str, Any] | None:
+    """Return a stateful loss's state (:class:`MaskedNMSE`'s generator), ``None`` for others."""
+    get = getattr(loss_fn, "state_dict", None)
+    return get() if callable(get) else None
+
+
+def load_loss_state(loss_fn: Callable[..., Tensor], state: dict[str, Any] | None) -> None:
+    """Restore :func:`loss_state` (a checkpoint of 0.1 or of a stateless loss has none)."""
+    load = getattr(loss_fn, "load_state_dict", None)
+    if state is not None and callable(load):
+        load(state)
 
 
 def _check_finite(loss: Tensor, step: int) -> None:
@@ -201,7 +216,7 @@ class GreedyEngine:
         opts: TrainOptions,
         strategy: Strategy,
     ):
-        self.model = model
+        self.model, self.loss_fn = model, loss_fn
         self.trainer = greedytrain.GreedyTrainer(
             model.stages,
             loss_fn,
@@ -237,10 +252,11 @@ class GreedyEngine:
         return float("nan")
 
     def state_dict(self) -> dict[str, Any]:
-        return {"greedy": self.trainer.state_dict()}
+        return {"greedy": self.trainer.state_dict(), "loss": loss_state(self.loss_fn)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.trainer.load_state_dict(state["greedy"], restore_rng=False)
+        load_loss_state(self.loss_fn, state.get("loss"))
 
 
 #: The optimizer step of :func:`unrolled.train`: ``step(batch, step) -> (loss, extras)``,

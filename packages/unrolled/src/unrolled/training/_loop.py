@@ -302,7 +302,8 @@ class _Session:
                 "an auxiliary loss), which strategy 'reversible' does not keep: use "
                 "'checkpoint', or set aux_loss_weight=0"
             )
-        self.engine = make_engine(model, get_loss(opts.loss), opts, chosen)
+        loss_fn = get_loss(opts.loss, seed=opts.seed, **opts.loss_options)
+        self.engine = make_engine(model, loss_fn, opts, chosen)
         if saved is not None:
             self.engine.load_state_dict(saved["engine"])
             self.history, self.val_history = saved["history"], saved["val_history"]
