@@ -44,6 +44,7 @@ from .models import (
     fanned_downsampling,
     gradient_lipschitz,
     lu_dncnn,
+    pretrain_denoiser,
 )
 from .nn import (
     INVERTIBLE_PRIORS,
@@ -170,6 +171,7 @@ __all__ = [
     "make_dataset",
     "nrmse",
     "prepare_coil_maps",
+    "pretrain_denoiser",
     "psnr",
     "psnr_per_stage",
     "ptychography",
