@@ -219,3 +219,10 @@ def test_deq_contraction_bad_values():
     for bad in (0, 1.5, float("nan"), True):
         with pytest.raises(ValueError, match=r"contraction must be a number in \(0, 1\]"):
             unrolled.DEQ(features=4, depth=2, contraction=bad)
+
+
+def test_state_dict_of_the_matrix_normalisation_is_refused_saying_why():
+    old = unrolled.spectral_norm(torch.nn.Conv2d(2, 3, 3, padding=1), mode="matrix")
+    new = unrolled.spectral_norm(torch.nn.Conv2d(2, 3, 3, padding=1))
+    with pytest.raises(RuntimeError, match=r"_u: a vector of shape \(3,\).*mode='matrix'"):
+        new.load_state_dict(old.state_dict())

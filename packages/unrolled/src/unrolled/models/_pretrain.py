@@ -17,7 +17,7 @@ from torch import nn
 
 from .._validate import finite_number, positive_int
 from ..nn import EquilibriumBatchNorm
-from ._deq import DEQ
+from ._deq import DEQ, DEQStage
 
 __all__ = ["pretrain_denoiser"]
 
@@ -72,15 +72,17 @@ def pretrain_denoiser(
     finite_number("noise", noise, low=0, low_open=True)
     finite_number("lr", lr, low=0, low_open=True)
     stage = model.stages[0]
+    if not isinstance(stage, DEQStage):
+        raise TypeError(f"model.stages[0] must be a DEQStage, got {type(stage).__name__}")
     prox: nn.Module = stage.prox
     params = [p for p in prox.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=lr)
     generator = torch.Generator().manual_seed(seed)
-    size = len(dataset)  # type: ignore[arg-type]
+    size = len(dataset)
     device = params[0].device if params else torch.device("cpu")
     was_training = model.training
     model.train()
-    losses = []
+    losses: list[float] = []
     try:
         for _ in range(steps):
             indices = torch.randint(size, (min(batch_size, size),), generator=generator)

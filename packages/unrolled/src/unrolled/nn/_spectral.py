@@ -23,6 +23,8 @@ weight.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -236,13 +238,23 @@ class ConvSpectralNorm(nn.Module):
         self._power(weight, self.init_iterations)
 
     def _resize_for_load(
-        self, module: nn.Module, state_dict: dict[str, Tensor], prefix: str, *args: object
+        self, module: nn.Module, state_dict: dict[str, Tensor], prefix: str, *args: Any
     ) -> None:
-        # estimates saved for another input shape: take the saved shape (copied in afterwards)
+        # estimates saved for another input shape: take the saved shape (copied in afterwards);
+        # args: local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        error_msgs = args[-1]
         for name in ("_u", "_v"):
             saved = state_dict.get(prefix + name)
-            if isinstance(saved, Tensor) and saved.shape != getattr(self, name).shape:
-                setattr(self, name, getattr(self, name).new_empty(saved.shape))
+            if not isinstance(saved, Tensor) or saved.shape == getattr(self, name).shape:
+                continue
+            if saved.ndim != self.dims + 2:
+                error_msgs.append(
+                    f"{prefix}{name}: a vector of shape {tuple(saved.shape)}, the estimate of the "
+                    "reshaped-kernel normalisation (mode='matrix', unrolled 0.1); this layer is "
+                    f"normalised by its operator norm and needs {self.dims + 2} dimensions"
+                )
+                continue
+            setattr(self, name, getattr(self, name).new_empty(saved.shape))
 
     # ------------------------------------------------------------------ the parametrisation
     def observe(self, weight: Tensor, input_shape: torch.Size) -> None:
@@ -274,7 +286,7 @@ class _ObserveInput:
         self.name = name
 
     def __call__(self, module: nn.Module, args: tuple[Tensor, ...]) -> None:
-        holder = module.parametrizations[self.name]  # type: ignore[index]
+        holder: Any = getattr(module, "parametrizations")[self.name]  # noqa: B009 - typing
         for p in holder:
             if isinstance(p, ConvSpectralNorm):
                 p.observe(holder.original, args[0].shape)
