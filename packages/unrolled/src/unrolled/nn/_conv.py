@@ -185,8 +185,8 @@ class DnCNN(nn.Module):
     channels, features, depth, dims:
         Image channels, hidden features (64), convolutions (17), 2 or 3.
     batchnorm:
-        BatchNorm after every hidden convolution (as in the paper). DEQ models are trained
-        without it, since a fixed point under batch statistics couples the samples of a batch.
+        BatchNorm after every hidden convolution (as in the paper). Inside a fixed-point map
+        (DEQ) use ``running_stats``: batch statistics would couple the samples of a batch.
     spectral_norm:
         Wrap every convolution in spectral normalisation by its operator norm
         (:func:`spectral_norm`; DEQ4IP's and LUSER's stabilisation).
@@ -282,8 +282,10 @@ class LUSERProx(nn.Module):
     real-anatomy tasks at 32 x 32 (image std about 0.15) the largest radius over the 8 blocks of
     a LUSER-DW was 1.02 / 1.03 / 1.16 (deblurring / single-coil MRI / CT) at 0.02 and
     0.77 / 0.51 / 0.73 at the default 0.01 (at most 16 Anderson iterations to a relative residual
-    of 1e-4, 4-8 for most blocks). Training changes the gain with the rest; the models' solver
-    diagnostics report what the solves reached.
+    of 1e-4, 4-8 for most blocks). These radii were measured with 0.1's normalisation of the
+    reshaped kernels; the convolutions are now divided by their operator norms (larger), and the
+    LUSER tests' solves converge as before. Training changes the gain with the rest; the models'
+    solver diagnostics report what the solves reached.
 
     Parameters
     ----------
