@@ -329,7 +329,7 @@ def test_luser_solver_setting_reaches_every_stage():
 
 
 def test_spectral_norm_is_fixed_between_weight_updates():
-    conv = unrolled.spectral_norm(torch.nn.Conv2d(3, 4, 3))
+    conv = unrolled.spectral_norm(torch.nn.Conv2d(3, 4, 3), mode="matrix")
     sn = conv.parametrizations.weight[0]
     conv.train()
     w1 = conv.weight
@@ -351,7 +351,7 @@ def test_spectral_norm_is_fixed_between_weight_updates():
 
 
 def test_spectral_norm_eval_mode_keeps_estimates():
-    conv = unrolled.spectral_norm(torch.nn.Conv2d(2, 2, 3)).eval()
+    conv = unrolled.spectral_norm(torch.nn.Conv2d(2, 2, 3), mode="matrix").eval()
     u = conv.parametrizations.weight[0]._u.clone()
     with torch.no_grad():
         conv.parametrizations.weight.original.mul_(2)

@@ -10,6 +10,7 @@ from ._registry import MODELS, ModelEntry, get_model_entry, new_model
 from ._run import (
     EvalConfig,
     ModelConfig,
+    PretrainConfig,
     RunConfig,
     StrategyConfig,
     TaskConfig,
@@ -29,6 +30,7 @@ __all__ = [
     "EvalConfig",
     "ModelConfig",
     "ModelEntry",
+    "PretrainConfig",
     "RunConfig",
     "StrategyConfig",
     "TaskConfig",

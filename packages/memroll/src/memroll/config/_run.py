@@ -24,6 +24,8 @@ table            keys
                  ``strategy_options`` (the ``[strategy.*]`` tables).
 ``[eval]``       :class:`EvalConfig`: the split ``memroll eval`` scores, the figure, the optional
                  compressed-sensing baseline.
+``[pretrain]``   :class:`PretrainConfig`: DEQ4IP's denoiser pretraining of a ``DEQ``'s prox
+                 (:func:`unrolled.pretrain_denoiser`) before training (``steps = 0``: none).
 ===============  ==============================================================================
 
 ``--set key=value`` assigns a dotted key before validation (``--set model.iterations=4``,
@@ -55,6 +57,7 @@ from ._toml import dump_toml, toml_module
 __all__ = [
     "EvalConfig",
     "ModelConfig",
+    "PretrainConfig",
     "RunConfig",
     "StrategyConfig",
     "TaskConfig",
@@ -200,6 +203,42 @@ class EvalConfig:
 
 
 @dataclass
+class PretrainConfig:
+    """``[pretrain]``: pretrain a DEQ's prox as a denoiser before training (Gilton et al.).
+
+    :func:`build_model` runs :func:`unrolled.pretrain_denoiser` on the training split with these
+    settings and the run's ``train.seed``, when ``steps > 0`` (a ``DEQ`` only). A resumed run
+    pretrains again and then loads its checkpoint over it.
+
+    Attributes
+    ----------
+    steps:
+        Adam steps of the denoiser (0: no pretraining).
+    batch_size, lr:
+        Images per step and learning rate.
+    noise:
+        Standard deviation of the Gaussian noise added to the training targets.
+    """
+
+    steps: int = 0
+    batch_size: int = 4
+    lr: float = 1e-3
+    noise: float = 0.05
+
+    def validate(self) -> None:
+        for name in ("steps", "batch_size"):
+            value = getattr(self, name)
+            low = 0 if name == "steps" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                kind = "an integer >= 0" if low == 0 else "a positive integer"
+                raise ValueError(f"pretrain.{name} must be {kind}, got {value!r}")
+        for name in ("lr", "noise"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"pretrain.{name} must be a number > 0, got {value!r}")
+
+
+@dataclass
 class RunConfig:
     """A whole configuration (see the module docstring for the tables)."""
 
@@ -210,6 +249,7 @@ class RunConfig:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     train: unrolled.TrainOptions = field(default_factory=unrolled.TrainOptions)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
     def validate(self) -> None:
         """Check every table (raises ``ValueError`` naming the first bad key)."""
@@ -224,6 +264,12 @@ class RunConfig:
         except ValueError as err:
             raise ValueError(f"train: {err}") from None
         self.eval.validate()
+        self.pretrain.validate()
+        if self.pretrain.steps and self.model.name != "DEQ":
+            raise ValueError(
+                f"pretrain.steps={self.pretrain.steps}: denoiser pretraining is for the DEQ "
+                f"model (DEQ4IP), not {self.model.name}; remove the [pretrain] table"
+            )
 
     def to_data(self) -> dict[str, Any]:
         """Return the configuration as the plain data of its TOML file (without ``None``)."""
@@ -242,6 +288,8 @@ class RunConfig:
             "train": train,
             "eval": to_dict(self.eval),
         }
+        if self.pretrain.steps:
+            data["pretrain"] = to_dict(self.pretrain)
         return _drop_none(to_dict(data))
 
 
@@ -346,11 +394,25 @@ def make_task(config: RunConfig, split: str, **overrides: Any) -> unrolled.TaskD
         return unrolled.make_dataset(config.task.name, split, **options)
 
 
-def build_model(config: RunConfig, data: unrolled.TaskDataset) -> unrolled.UnrolledModel:
+def build_model(
+    config: RunConfig, data: unrolled.TaskDataset, pretrain: bool | None = None
+) -> unrolled.UnrolledModel:
     """Return the configuration's model for images of ``data``'s type.
 
-    It is initialised from ``train.seed``: the same seed gives the same initial weights.
+    It is initialised from ``train.seed``: the same seed gives the same initial weights. With a
+    ``[pretrain]`` table (``steps > 0``) its prox is then pretrained as a denoiser on ``data``
+    (:func:`unrolled.pretrain_denoiser`): when ``pretrain`` says so, or, by default, when ``data``
+    is a training split (a model built to load weights into, for eval or recon, is not).
     """
     torch.manual_seed(config.train.seed)
     with input_errors():  # the model's refusal of an option is the config's problem
-        return new_model(config.model.name, config.model.options, data)
+        model = new_model(config.model.name, config.model.options, data)
+    if pretrain is None:
+        pretrain = getattr(data, "split", None) == "train"
+    settings = config.pretrain
+    if pretrain and settings.steps and isinstance(model, unrolled.DEQ):
+        unrolled.pretrain_denoiser(
+            model, data, steps=settings.steps, batch_size=settings.batch_size,
+            noise=settings.noise, lr=settings.lr, seed=config.train.seed,
+        )  # fmt: skip
+    return model

@@ -8,7 +8,8 @@ model                          what it unrolls (paper)
 :func:`lu_dncnn`               LUSER's LU-DnCNN baseline
 :class:`RIM`, :class:`IRIM`    the recurrent inference machine and its invertible form (i-RIM)
 :class:`LUSER`, :class:`DEQ`   shallow equilibrium regularisers; the whole iteration as one
-                               equilibrium (DEQ4IP); :class:`EquilibriumSolver` sets their solves
+                               equilibrium (DEQ4IP); :class:`EquilibriumSolver` sets their solves;
+                               :func:`pretrain_denoiser` (DEQ4IP's first stage)
 :class:`FPMNet`                gradient descent on Fourier ptychography with a learned LED
                                design (MEL Sec. 5.1); :class:`FPMGradientStep`,
                                :func:`design_scale`, :func:`gradient_lipschitz`
@@ -26,6 +27,7 @@ from ._fpm_step import DARKFIELD_FLOOR, FPMGradientStep, design_scale, gradient_
 from ._irim import IRIM, fanned_downsampling
 from ._luser import LUSER, LUSERStage
 from ._modl import MoDL, UnrolledPGD, lu_dncnn
+from ._pretrain import pretrain_denoiser
 from ._rim import RIM
 
 __all__ = [
@@ -53,4 +55,5 @@ __all__ = [
     "fanned_downsampling",
     "gradient_lipschitz",
     "lu_dncnn",
+    "pretrain_denoiser",
 ]

@@ -8,7 +8,7 @@ its fixed point:
     x^* = f(x^*), \qquad f(x) = \mathrm{prox}_\theta\big(x - \alpha A^H (A x - y)\big),
 
 with :math:`\mathrm{prox}_\theta` a DnCNN (:class:`~unrolled.DnCNN`, residual output
-:math:`z - \mathrm{body}(z)`, spectrally normalised, without BatchNorm) and a learned step
+:math:`z - \mathrm{body}(z)`, spectrally normalised, BatchNorm optional) and a learned step
 :math:`\alpha > 0`, solved by Anderson acceleration from :math:`x_0 = A^H y` (or :math:`y` for
 deblurring) and differentiated implicitly, so that training memory does not grow with the number
 of iterations (LUSER Sec. 2.2; LUSER uses it as a baseline). Note that every iteration applies
@@ -24,22 +24,28 @@ through the solver's iterations, memory growing with them: the reference). ``"ch
 ``"reversible"`` and ``"greedy"`` are refused, saying why.
 
 The paper's DnCNN has BatchNorm (LUSER Table 3 counts DEQ4IP like LU-DnCNN: 556,033 parameters on
-CT). A fixed point under batch statistics couples the samples of a batch and updates the running
-statistics at every solver iteration, so this DEQ has none: in their place every hidden
-convolution has a bias, 555,137 parameters on CT (-0.16%).
+CT): ``batchnorm=True`` gives exactly that count. A fixed point under batch statistics would couple
+the samples of a batch and move the running statistics at every solver iteration, so the
+BatchNorm of a DEQ is :class:`~unrolled.nn.EquilibriumBatchNorm`: the map normalises by the running
+statistics (in training mode too), and the statistics are updated once per training forward, by
+one pass of the prox without gradients at the fixed point it found. The map is then a fixed
+function between optimizer steps, what the implicit backward pass differentiates. Without
+BatchNorm (the default) every hidden convolution has a bias, 555,137 parameters on CT (-0.16%).
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
+import torch
 from torch import Tensor, nn
 
 import fixedpoint
 
 from .._base import StageContext
 from .._strategy import Strategy
-from ..nn import DnCNN, GradientStep, ImageAdapter
+from .._validate import finite_number
+from ..nn import DnCNN, EquilibriumBatchNorm, GradientStep, ImageAdapter
 from ._equilibrium import EquilibriumSolver, EquilibriumStage, as_solver, equilibrium
 from ._equilibrium_model import EquilibriumModel
 
@@ -64,10 +70,13 @@ class DEQStage(EquilibriumStage):
     def __init__(self, step: GradientStep, prox: nn.Module, solver: EquilibriumSolver):
         super().__init__(step, prox, solver)
 
+    #: Factor of the prox's output (``contraction / 2``; 1 for the paper's prox).
+    prox_scale: float = 1.0
+
     def iteration(self, x: Tensor, context: StageContext) -> Tensor:
         """One application of the map :math:`f(x)` (real channels in, real channels out)."""
         out: Tensor = self.prox(self.step(x, context.y, context.physics))
-        return out
+        return out * self.prox_scale if self.prox_scale != 1.0 else out
 
     def forward(self, state: Tensor, context: StageContext) -> Tensor:
         diagnostics = fixedpoint.ImplicitDiagnostics()
@@ -79,6 +88,10 @@ class DEQStage(EquilibriumStage):
             diagnostics=diagnostics,
         )
         self.diagnostics = diagnostics
+        has_norms = any(isinstance(m, EquilibriumBatchNorm) for m in self.prox.modules())
+        if self.training and has_norms:  # the BatchNorm statistics at the fixed point, once
+            with torch.no_grad(), EquilibriumBatchNorm.collecting(self.prox):
+                self.iteration(out.detach(), context)
         return out
 
 
@@ -90,7 +103,15 @@ class DEQ(EquilibriumModel):
     features, depth:
         DnCNN hidden features (64) and convolutions (17).
     spectral_norm:
-        Spectrally normalise the DnCNN's convolutions (the paper's stabilisation; default).
+        Spectrally normalise the DnCNN's convolutions by their operator norms (the paper's
+        stabilisation; default).
+    batchnorm:
+        The paper's BatchNorm after every hidden convolution (convolutions without bias; 556,033
+        parameters on CT), as :class:`~unrolled.nn.EquilibriumBatchNorm` (see above).
+    contraction:
+        ``None`` (the paper's prox) or ``c`` in (0, 1]: the prox becomes
+        :math:`\tfrac{c}{2}(z - \mathrm{body}(z))`, Lipschitz constant at most ``c`` with
+        ``spectral_norm`` and without ``batchnorm``.
     step:
         Initial :math:`\alpha` (positive, learned through a softplus); see :class:`LUSER` and
         :meth:`calibrate_steps` for CT.
@@ -117,6 +138,8 @@ class DEQ(EquilibriumModel):
         features: int = 64,
         depth: int = 17,
         spectral_norm: bool = True,
+        batchnorm: bool = False,
+        contraction: float | None = None,
         step: float = 1.0,
         learn_step: bool = True,
         init: Literal["adjoint", "measurements"] = "adjoint",
@@ -131,11 +154,19 @@ class DEQ(EquilibriumModel):
             features,
             depth,
             dims,
-            batchnorm=False,
+            batchnorm=batchnorm,
             spectral_norm=spectral_norm,
+            running_stats=True,
         )
         step_layer = GradientStep(self.adapter, step, learn_step)
-        self.stages = nn.ModuleList([DEQStage(step_layer, prox, as_solver(solver))])
+        stage = DEQStage(step_layer, prox, as_solver(solver))
+        if contraction is not None:
+            finite_number(
+                "contraction", contraction, low=0, low_open=True, high=1,
+                expected="a number in (0, 1] (the Lipschitz bound of the prox) or None",
+            )  # fmt: skip
+            stage.prox_scale = float(contraction) / 2
+        self.stages = nn.ModuleList([stage])
         self.set_strategy("implicit")
 
     def strategy_problem(self, strategy: Strategy) -> str | None:

@@ -24,18 +24,27 @@ name                            what it is
 """
 
 from ._adapter import ImageAdapter, check_dims, conv_nd
-from ._conv import ConvGRUCell, DnCNN, LUSERProx, ResBlockProx, ResidualCNN
+from ._conv import (
+    ConvGRUCell,
+    DnCNN,
+    EquilibriumBatchNorm,
+    LUSERProx,
+    ResBlockProx,
+    ResidualCNN,
+)
 from ._layers import CGStep, GradientStep, PriorLayer, calibrate_steps
 from ._params import count_parameters, inverse_softplus, positive
 from ._priors import INVERTIBLE_PRIORS, PRIORS, build_prior
-from ._spectral import SpectralNorm, spectral_norm
+from ._spectral import ConvSpectralNorm, SpectralNorm, spectral_norm
 
 __all__ = [
     "INVERTIBLE_PRIORS",
     "PRIORS",
     "CGStep",
     "ConvGRUCell",
+    "ConvSpectralNorm",
     "DnCNN",
+    "EquilibriumBatchNorm",
     "GradientStep",
     "ImageAdapter",
     "LUSERProx",

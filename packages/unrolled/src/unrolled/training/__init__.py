@@ -95,7 +95,7 @@ from ._io import (
 from ._logger import LOGGERS, TensorBoardLogger
 from ._loop import train
 from ._memory import MemoryProbe, median, timed
-from ._metrics import get_loss, nrmse, psnr, ssim, ssim_torch
+from ._metrics import MaskedNMSE, get_loss, nrmse, psnr, ssim, ssim_torch
 from ._options import SCHEDULERS, StepSampler, TrainOptions, batch_indices
 from ._precision import PRECISIONS, MixedPrecision
 from ._run import (
@@ -126,6 +126,7 @@ __all__ = [
     "SSIM_WINDOW",
     "Engine",
     "GreedyEngine",
+    "MaskedNMSE",
     "MemoryProbe",
     "MetricsTable",
     "MixedPrecision",

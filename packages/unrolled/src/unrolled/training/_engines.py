@@ -194,6 +194,7 @@ class PlainEngine:
         state = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "loss": loss_state(self.loss_fn),
         }
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
@@ -205,6 +206,20 @@ class PlainEngine:
             self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler") is not None:
             self.scaler.load_state_dict(state["scaler"])
+        load_loss_state(self.loss_fn, state.get("loss"))
+
+
+def loss_state(loss_fn: Callable[..., Tensor]) -> dict[str, Any] | None:
+    """Return a stateful loss's state (:class:`MaskedNMSE`'s generator), ``None`` for others."""
+    get = getattr(loss_fn, "state_dict", None)
+    return get() if callable(get) else None
+
+
+def load_loss_state(loss_fn: Callable[..., Tensor], state: dict[str, Any] | None) -> None:
+    """Restore :func:`loss_state` (a checkpoint of 0.1 or of a stateless loss has none)."""
+    load = getattr(loss_fn, "load_state_dict", None)
+    if state is not None and callable(load):
+        load(state)
 
 
 def _check_finite(loss: Tensor, step: int) -> None:
@@ -308,7 +323,7 @@ class GreedyEngine:
         world: World | None = None,
         precision: MixedPrecision | None = None,
     ):
-        self.model = model
+        self.model, self.loss_fn = model, loss_fn
         self.world = world if world is not None else World()
         self.precision = precision if precision is not None else _fp32(model)
         self.devices = strategy.devices
@@ -407,10 +422,11 @@ class GreedyEngine:
 
     def state_dict(self) -> dict[str, Any]:
         """Return the trainer's state (collective under P-GLEAM: whole on rank 0, else None)."""
-        return {"greedy": self.trainer.state_dict()}
+        return {"greedy": self.trainer.state_dict(), "loss": loss_state(self.loss_fn)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.trainer.load_state_dict(state["greedy"], restore_rng=False)
+        load_loss_state(self.loss_fn, state.get("loss"))
 
 
 #: The optimizer step of :func:`unrolled.train`: ``step(batch, step) -> (loss, extras)``,

@@ -291,8 +291,9 @@ class _Session:
                 "'checkpoint', or set aux_loss_weight=0"
             )
         self.precision = MixedPrecision(model, opts.precision, self.device)
+        loss_fn = get_loss(opts.loss, seed=opts.seed, **opts.loss_options)
         self.engine = make_engine(
-            model, get_loss(opts.loss), opts, chosen, world=self.world, precision=self.precision
+            model, loss_fn, opts, chosen, world=self.world, precision=self.precision
         )
         if saved is not None:
             self.engine.load_state_dict(saved["engine"])

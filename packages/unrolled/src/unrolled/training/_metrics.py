@@ -11,21 +11,33 @@ range, by scikit-image (an independent, widely used implementation):
 
 Volumes ``(B, D, H, W)`` are scored slice by slice along ``D`` and averaged per sample.
 
-Losses (differentiable, for training): complex L1 (GLEAM), MSE, NMSE (i-RIM) and an SSIM loss on
-magnitudes written in torch (scikit-image's SSIM is numpy-only and not differentiable; the torch
-version is checked against it in the tests).
+Losses (differentiable, for training): complex L1 (GLEAM), MSE, NMSE, i-RIM's masked NMSE (Eq. 18,
+:class:`MaskedNMSE`) and an SSIM loss on magnitudes written in torch (scikit-image's SSIM is
+numpy-only and not differentiable; the torch version is checked against it in the tests).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["LOSSES", "get_loss", "magnitude", "nrmse", "psnr", "ssim", "ssim_torch"]
+from .._validate import finite_number, nonnegative_int
+
+__all__ = [
+    "LOSSES",
+    "MaskedNMSE",
+    "get_loss",
+    "magnitude",
+    "nrmse",
+    "psnr",
+    "ssim",
+    "ssim_torch",
+]
 
 
 def magnitude(x: Tensor) -> Tensor:
@@ -150,11 +162,98 @@ LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
 }
 
 
-def get_loss(name: str) -> Callable[[Tensor, Tensor], Tensor]:
-    """Return the training loss ``name``: ``"l1"``, ``"mse"``, ``"nmse"`` or ``"ssim"``."""
+class MaskedNMSE:
+    r"""i-RIM's training loss (Putzky & Welling, Eq. 18): NMSE of the masked estimate and target.
+
+    .. math::
+
+        \mathcal{L}(\hat x, x) = \frac{1}{B} \sum_b
+        \frac{\|m_b \odot (\hat x_b - x_b)\|^2}{\|m_b \odot x_b\|^2}
+
+    with :math:`m_b` a random mask of sample :math:`b` that keeps ``round(fraction * N)`` of its
+    :math:`N` pixels (at least one; a complex pixel counts once, every other element of the
+    target, channels included, is one pixel), drawn anew at every call. "A simple way to add
+    gradient noise in cases where the number of pixels is very large" (the paper: a fraction of
+    0.01). Only the kept pixels receive gradients.
+
+    The masks come from the loss's own ``torch.Generator`` seeded by ``seed`` (:func:`train`
+    passes the training seed), so a run draws the same masks whatever else uses torch's global
+    generator; :meth:`state_dict` / :meth:`load_state_dict` carry the generator's state, which
+    :func:`train` saves with its checkpoints, so a resumed run draws the masks an uninterrupted
+    one would have.
+
+    Parameters
+    ----------
+    fraction:
+        Kept fraction of the pixels, in (0, 1] (default 0.01, the paper's).
+    seed:
+        Seed of the masks' generator (>= 0).
+    """
+
+    def __init__(self, fraction: float = 0.01, seed: int = 0):
+        self.fraction = finite_number(
+            "fraction", fraction, low=0, low_open=True, high=1,
+            expected="a number in (0, 1] (the kept fraction of the pixels)",
+        )  # fmt: skip
+        self.seed = nonnegative_int("seed", seed)
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+    def mask(self, x: Tensor) -> Tensor:
+        """Draw the next mask for targets like ``x``: ``bool``, ``x``'s shape, one per sample."""
+        batch, pixels = x.shape[0], x[0].numel()
+        keep = max(1, round(self.fraction * pixels))
+        scores = torch.rand(batch, pixels, generator=self.generator)
+        kept = scores.topk(keep, dim=1).indices
+        mask = torch.zeros(batch, pixels, dtype=torch.bool).scatter_(1, kept, True)
+        return mask.reshape(x.shape).to(x.device)
+
+    def __call__(self, x_hat: Tensor, x: Tensor) -> Tensor:
+        """Return the loss of a batch under a new mask."""
+        if x_hat.shape != x.shape:
+            raise ValueError(
+                f"masked_nmse compares tensors of one shape, got {tuple(x_hat.shape)} and "
+                f"{tuple(x.shape)}"
+            )
+        m = self.mask(x)
+        return _nmse(x_hat * m, x * m)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the generator's state (and the settings), for a checkpoint."""
+        return {
+            "fraction": self.fraction,
+            "seed": self.seed,
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict`'s masks."""
+        self.generator.set_state(state["generator"])
+
+
+#: Losses built with options (:func:`get_loss`'s keywords), by name.
+LOSS_FACTORIES: dict[str, Callable[..., Callable[[Tensor, Tensor], Tensor]]] = {
+    "masked_nmse": MaskedNMSE,
+}
+
+
+def get_loss(
+    name: str, seed: int | None = None, **options: Any
+) -> Callable[[Tensor, Tensor], Tensor]:
+    """Return the training loss ``name``.
+
+    ``"l1"``, ``"mse"``, ``"nmse"``, ``"ssim"`` (functions, no options), or ``"masked_nmse"``
+    (:class:`MaskedNMSE`, a new one per call; options: ``fraction``). ``seed`` seeds the random
+    losses (:func:`train` passes the training seed) and is ignored by the others.
+    """
+    if name in LOSS_FACTORIES:
+        return LOSS_FACTORIES[name](seed=0 if seed is None else seed, **options)
+    if name in LOSSES and options:
+        raise ValueError(
+            f"loss {name!r} takes no options, got {', '.join(sorted(options))}; only "
+            f"{', '.join(sorted(LOSS_FACTORIES))} do"
+        )
     try:
         return LOSSES[name]
     except KeyError:
-        raise ValueError(
-            f"unknown loss {name!r}; valid names: {', '.join(sorted(LOSSES))}"
-        ) from None
+        valid = ", ".join([*sorted(LOSSES), *sorted(LOSS_FACTORIES)])
+        raise ValueError(f"unknown loss {name!r}; valid names: {valid}") from None

@@ -32,7 +32,11 @@ class TrainOptions:
     batch_size:
         Samples per step (each epoch drops the remainder of its permutation).
     loss:
-        Training loss by name: ``"l1"`` (complex L1, GLEAM), ``"mse"``, ``"nmse"``, ``"ssim"``.
+        Training loss by name: ``"l1"`` (complex L1, GLEAM), ``"mse"``, ``"nmse"``, ``"ssim"``,
+        ``"masked_nmse"`` (i-RIM's Eq. 18; its masks are seeded by ``seed``).
+    loss_options:
+        Options of the loss (:func:`get_loss`'s keywords): ``{"fraction": 0.01}`` for
+        ``"masked_nmse"``; the other losses take none.
     lr, betas, weight_decay:
         Adam's settings (GLEAM: ``betas=(0.9, 0.999)``).
     scheduler:
@@ -81,6 +85,7 @@ class TrainOptions:
     steps: int = 100
     batch_size: int = 1
     loss: str = "l1"
+    loss_options: dict[str, Any] = field(default_factory=dict)
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
@@ -127,7 +132,16 @@ class TrainOptions:
         if self.checkpoint_every is not None:
             positive_int("checkpoint_every", self.checkpoint_every)
         nonnegative_int("num_workers", self.num_workers)
-        get_loss(self.loss)
+        if not isinstance(self.loss_options, dict):
+            raise ValueError(
+                f"loss_options must be a dict of the loss's options, got {self.loss_options!r}"
+            )
+        try:
+            get_loss(self.loss, **self.loss_options)
+        except TypeError as err:  # an option the loss's constructor does not take
+            raise ValueError(
+                f"loss_options {self.loss_options!r} for loss {self.loss!r}: {err}"
+            ) from None
         if self.scheduler not in SCHEDULERS:
             raise unknown_name("scheduler", self.scheduler, SCHEDULERS)
         finite_number("lr", self.lr, low=0, low_open=True)

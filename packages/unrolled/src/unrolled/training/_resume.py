@@ -15,6 +15,7 @@ __all__ = ["RESUME_KEYS", "check_resume", "open_run"]
 RESUME_KEYS = (
     "batch_size",
     "loss",
+    "loss_options",
     "lr",
     "betas",
     "weight_decay",
