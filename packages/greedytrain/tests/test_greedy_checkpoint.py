@@ -296,11 +296,12 @@ def test_a_full_disk_at_the_rename_keeps_the_previous_file(
     assert_old_file_kept(path)
 
 
-def test_atomic_save_checks_plainness_when_asked(tmp_path: Path) -> None:
+def test_atomic_save_checks_plainness_by_default(tmp_path: Path) -> None:
     import numpy as np
 
-    with pytest.raises(TypeError, match=r"the object\['a'\] is a numpy\.ndarray"):
-        atomic_save({"a": np.zeros(2)}, tmp_path / "plain.pt", weights_only=True)
+    for options in ({"weights_only": True}, {}):  # the default checks too (0.2)
+        with pytest.raises(TypeError, match=r"the object\['a'\] is a numpy\.ndarray"):
+            atomic_save({"a": np.zeros(2)}, tmp_path / "plain.pt", **options)
     assert not os.listdir(tmp_path)
-    atomic_save({"a": np.zeros(2)}, tmp_path / "any.pt")  # the 0.1 behaviour by default
+    atomic_save({"a": np.zeros(2)}, tmp_path / "any.pt", weights_only=False)  # asked for
     assert os.listdir(tmp_path) == ["any.pt"]

@@ -107,7 +107,7 @@ def _write_failed(error: OSError, target: Path, written: int, stage: str) -> OSE
     return OSError(error.errno, text)
 
 
-def atomic_save(obj: Any, path: str | os.PathLike[str], *, weights_only: bool = False) -> Path:
+def atomic_save(obj: Any, path: str | os.PathLike[str], *, weights_only: bool = True) -> Path:
     """Write ``torch.save(obj)`` to ``path`` atomically.
 
     The data go to a temporary file beside ``path``, which is flushed, fsynced and renamed onto
@@ -117,15 +117,15 @@ def atomic_save(obj: Any, path: str | os.PathLike[str], *, weights_only: bool = 
     Parameters
     ----------
     obj
-        What to save: anything ``torch.save`` takes, or with ``weights_only=True`` only tensors
-        and plain values (numbers, strings, None, dtypes, devices, lists, tuples, dicts, sets),
-        so that ``torch.load(path, weights_only=True)`` reads it back without running code.
+        What to save: tensors and plain values (numbers, strings, None, dtypes, devices, lists,
+        tuples, dicts, sets), so that ``torch.load(path, weights_only=True)`` reads it back
+        without running code; with ``weights_only`` off, anything ``torch.save`` takes.
     path
         The file to write (its folder is created).
     weights_only
         Refuse (``TypeError``, naming the part) an ``obj`` that only Python's full unpickler
-        could read back. :meth:`GreedyTrainer.save` always checks; the default (``False``) keeps
-        the 0.1 behaviour for other callers and becomes ``True`` in 0.3.
+        could read back (the default since 0.2: files that people share must load without
+        running code). Turn it off only for files you alone read back.
 
     Returns
     -------
@@ -255,8 +255,9 @@ def _unsafe_message(target: Path, error: Exception) -> str:
         return (
             f"{str(target)!r} is a greedytrain checkpoint of format version {version}; this "
             f"greedytrain reads version {VERSION}, whose files load without Python's full "
-            "unpickler. If you wrote the file yourself, load it with torch.load(path, "
-            "weights_only=False), pass it to trainer.load_state_dict and save it again"
+            "unpickler. If you wrote the file yourself and trust it, load it with Python's full "
+            "unpickler (torch.load with weights_only off), pass it to trainer.load_state_dict "
+            "and save it again"
         )
     match = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
     foreign = [match.group(1)] if match else []
