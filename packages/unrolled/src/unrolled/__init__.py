@@ -21,6 +21,7 @@ from . import tasks as tasks
 from . import training as training
 from ._base import InvertibleStage, PlainStage, Stage, StageContext, UnrolledModel
 from ._batch import Batch
+from ._compile import compile_networks, network_names
 from ._strategy import STRATEGIES, Strategy, StrategyName, as_strategy
 from .models import (
     CS_EXTRA,
@@ -150,6 +151,7 @@ __all__ = [
     "batch_indices",
     "build_prior",
     "count_parameters",
+    "compile_networks",
     "cs_reconstruct",
     "cs_reconstruct_cine",
     "design_scale",
@@ -163,6 +165,7 @@ __all__ = [
     "load_model",
     "load_run_weights",
     "lu_dncnn",
+    "network_names",
     "make_dataset",
     "nrmse",
     "prepare_coil_maps",

@@ -107,6 +107,9 @@ class GradientStep(InvertibleModule):
     def _grad(self, image: Tensor, y: Tensor, physics: Any) -> Tensor:
         return cast(Tensor, physics.adjoint(physics(image) - y))
 
+    # torch.compile runs the physics eagerly (a graph break): torch 2.13 cannot take a complex view
+    # (view_as_complex) into a graph as an input, and CG loops on a data-dependent test
+    @torch.compiler.disable
     def forward(self, state: Tensor, *context: object) -> Tensor:
         y, physics = _context("GradientStep", context)
         x = self.adapter.from_net(state)
@@ -187,6 +190,9 @@ class CGStep(InvertibleModule):
     def mu(self) -> Tensor:
         return positive(self.raw_mu)
 
+    # torch.compile runs the physics eagerly (a graph break): torch 2.13 cannot take a complex view
+    # (view_as_complex) into a graph as an input, and CG loops on a data-dependent test
+    @torch.compiler.disable
     def forward(self, state: Tensor, *context: object) -> Tensor:
         y, physics = _context("CGStep", context)
         z = self.adapter.from_net(state)
@@ -204,6 +210,9 @@ class CGStep(InvertibleModule):
         )
         return self.adapter.to_net(result.x)
 
+    # torch.compile runs the physics eagerly (a graph break): torch 2.13 cannot take a complex view
+    # (view_as_complex) into a graph as an input, and CG loops on a data-dependent test
+    @torch.compiler.disable
     def inverse(self, state: Tensor, *context: object) -> Tensor:
         y, physics = _context("CGStep", context)
         x = self.adapter.from_net(state)

@@ -63,6 +63,7 @@ import torch
 
 from .._base import UnrolledModel
 from .._batch import Batch
+from .._compile import compile_networks
 from .._strategy import Strategy, as_strategy
 from ._distributed import (
     World,
@@ -187,7 +188,7 @@ def _check_resume(saved: dict[str, Any], opts: TrainOptions, strategy: Strategy)
             raise ValueError(
                 f"cannot resume: option {key}={new!r} differs from the run's {key}={old!r}; "
                 "resume with the run's options (only steps, device, num_workers, progress, "
-                "val_every, checkpoint_every and log_every may change)"
+                "val_every, checkpoint_every, log_every and compile may change)"
             )
     placement = ("devices", "replicas")  # where modules run, not what is trained
     saved_strategy = {**asdict(Strategy()), **saved["strategy"]}
@@ -347,6 +348,8 @@ class _Session:
                 "an auxiliary loss), which strategy 'reversible' does not keep: use "
                 "'checkpoint', or set aux_loss_weight=0"
             )
+        if opts.compile:  # in place, before the engine's DistributedDataParallel wraps the model
+            compile_networks(model)
         self.precision = MixedPrecision(model, opts.precision, self.device)
         self.engine = make_engine(
             model, get_loss(opts.loss), opts, chosen, world=self.world, precision=self.precision
