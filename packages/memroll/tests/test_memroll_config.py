@@ -165,7 +165,7 @@ def test_a_resumed_run_may_switch_compile(tmp_path):
     (run / "config.toml").write_text(TINY)
     config = resume_config(run, ["train.compile=true"], None, None, step=1)
     assert config.train.compile is True
-    with pytest.raises(CommandError, match="cannot resume with train.lr changed"):
+    with pytest.raises(CommandError, match=r"cannot resume with train\.lr changed"):
         resume_config(run, ["train.lr=0.5"], None, None, step=1)
 
 

@@ -93,7 +93,9 @@ def main() -> None:
         strategy, compile, *sizes = args.worker
         worker(strategy, compile == "1", *(int(v) for v in sizes))  # type: ignore[arg-type]
         return
-    args.size, args.unrolls, args.warmup, args.steps = (16, 2, 2, 2) if args.quick else (64, 8, 3, 6)
+    args.size, args.unrolls, args.warmup, args.steps = (
+        (16, 2, 2, 2) if args.quick else (64, 8, 3, 6)
+    )
     rounds: list[dict[str, dict[bool, dict[str, list[float]]]]] = []
     for k in range(1 if args.quick else args.rounds):
         results: dict[str, dict[bool, dict[str, list[float]]]] = {s: {} for s in STRATEGIES}

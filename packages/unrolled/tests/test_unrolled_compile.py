@@ -14,11 +14,11 @@ import copy
 
 import pytest
 import torch
-from conftest import make_sense
 from torch import nn
 
 import revlayers
 import unrolled
+from conftest import make_sense
 from unrolled.nn import ConvGRUCell, DnCNN, LUSERProx, build_prior
 
 pytestmark = [
@@ -26,7 +26,9 @@ pytestmark = [
     # raised by torch's own inductor imports (torch 2.13), not by this code
     pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"),
     # dynamo reads .grad of the computed weights of parametrised layers while tracing
-    pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf:UserWarning"),
+    pytest.mark.filterwarnings(
+        "ignore:The .grad attribute of a Tensor that is not a leaf:UserWarning"
+    ),
 ]
 
 # float32: inductor fuses and reorders sums, so compiled results differ from eager by rounding
@@ -53,7 +55,8 @@ def _prior_cases() -> list[tuple[str, nn.Module, tuple[int, ...], bool]]:
     torch.manual_seed(0)
     coupling = build_prior("coupling", 2, 8, 3)
     iresnet = build_prior("iresnet", 2, 8, 3)
-    assert isinstance(coupling, list) and isinstance(iresnet, list)
+    assert isinstance(coupling, list)
+    assert isinstance(iresnet, list)
     return [
         ("resnet", build_prior("resnet", 2, 8, 3), (2, 2, 8, 8), True),
         ("resblocks", build_prior("resblocks", 2, 8), (2, 2, 8, 8), True),
@@ -235,5 +238,5 @@ def test_train_compile_matches_eager_training(strategy):
 
 def test_train_compile_must_be_a_bool():
     data = unrolled.make_dataset("multicoil_mri", "train", image_size=16, num_coils=4)
-    with pytest.raises(ValueError, match="compile must be true or false.*got 'yes'"):
+    with pytest.raises(ValueError, match=r"compile must be true or false.*got 'yes'"):
         unrolled.train(unrolled.MoDL(iterations=1, features=4), data, steps=1, compile="yes")

@@ -126,7 +126,7 @@ def check_options(name: str, solver: Solver, options: dict[str, Any]) -> None:
         )
 
 
-# torch.compile runs the solvers eagerly (a graph break): they loop on a data-dependent residual test
+# torch.compile runs the solvers eagerly (a graph break): they loop on a data-dependent test
 @torch.compiler.disable
 @in_full_precision
 def solve(

@@ -42,7 +42,7 @@ _STRUCTURE = (InvertibleModule, Stage, UnrolledModel, PriorLayer, nn.ModuleList,
 
 
 def _is_network(module: nn.Module) -> bool:
-    """A module with parameters and a forward of its own that is not model structure."""
+    """Say whether ``module`` has parameters and a forward of its own and is no structure."""
     return (
         not isinstance(module, _STRUCTURE)
         and type(module).forward is not nn.Module.forward
@@ -99,7 +99,7 @@ def compile_networks(model: nn.Module, **options: Any) -> list[str]:
 
 
 def _forward(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
-    """The class's forward of ``module``: a frame of ours for dynamo to trace."""
+    """Run the class's forward of ``module`` (a frame of ours, for dynamo to trace)."""
     return type(module).forward(module, *args, **kwargs)
 
 
