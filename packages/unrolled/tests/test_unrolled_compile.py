@@ -21,15 +21,8 @@ import unrolled
 from conftest import make_sense
 from unrolled.nn import ConvGRUCell, DnCNN, LUSERProx, build_prior
 
-pytestmark = [
-    pytest.mark.slow,
-    # raised by torch's own inductor imports (torch 2.13), not by this code
-    pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"),
-    # dynamo reads .grad of the computed weights of parametrised layers while tracing
-    pytest.mark.filterwarnings(
-        "ignore:The .grad attribute of a Tensor that is not a leaf:UserWarning"
-    ),
-]
+# the warnings torch 2.13 raises itself while compiling are ignored in the root pyproject.toml
+pytestmark = pytest.mark.slow
 
 # float32: inductor fuses and reorders sums, so compiled results differ from eager by rounding
 # (measured up to 1.5e-5 relative to the largest entry)
