@@ -63,7 +63,6 @@ import torch
 
 from .._base import UnrolledModel
 from .._batch import Batch
-from .._compile import compile_networks
 from .._strategy import Strategy, as_strategy
 from ._distributed import (
     World,
@@ -348,8 +347,6 @@ class _Session:
                 "an auxiliary loss), which strategy 'reversible' does not keep: use "
                 "'checkpoint', or set aux_loss_weight=0"
             )
-        if opts.compile:  # in place, before the engine's DistributedDataParallel wraps the model
-            compile_networks(model)
         self.precision = MixedPrecision(model, opts.precision, self.device)
         self.engine = make_engine(
             model, get_loss(opts.loss), opts, chosen, world=self.world, precision=self.precision
