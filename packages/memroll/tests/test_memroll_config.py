@@ -12,6 +12,8 @@ from memroll_test_configs import TINY_RUN
 
 import unrolled
 from memroll import config as _config
+from memroll._console import CommandError
+from memroll._run_config import resume_config
 
 TINY = (
     TINY_RUN
@@ -144,6 +146,27 @@ def test_wrong_train_option_type(tmp_path):
 def test_invalid_train_value_names_the_table(tmp_path):
     with pytest.raises(ValueError, match=r"train: steps must be a positive integer, got 0"):
         _load(tmp_path, overrides=("train.steps=0",))
+
+
+def test_train_compile_is_off_by_default_and_a_bool(tmp_path):
+    assert _load(tmp_path).train.compile is False
+    assert _config.load_config("demo").train.compile is False
+    config = _load(tmp_path, overrides=("train.compile=true",))
+    assert config.train.compile is True
+    assert _config.config_from_data(config.to_data()).train.compile is True  # round trip
+    with pytest.raises(ValueError, match=r"train\.compile: expected bool, got 'yes' \(str\)"):
+        _load(tmp_path, overrides=("train.compile=yes",))
+
+
+def test_a_resumed_run_may_switch_compile(tmp_path):
+    """torch.compile changes the speed, not the training: a resume may turn it on or off."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.toml").write_text(TINY)
+    config = resume_config(run, ["train.compile=true"], None, None, step=1)
+    assert config.train.compile is True
+    with pytest.raises(CommandError, match=r"cannot resume with train\.lr changed"):
+        resume_config(run, ["train.lr=0.5"], None, None, step=1)
 
 
 def test_literal_option_lists_its_values(tmp_path):

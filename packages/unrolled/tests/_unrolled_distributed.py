@@ -58,6 +58,8 @@ SCENARIOS: dict[str, tuple[str, str, str, dict[str, Any], dict[str, Any]]] = {
     "reversible-float64": ("modl", "float64", "reversible", {}, {}),
     "implicit-float64": ("luser", "float64", "implicit", {}, {}),
     "greedy-float64": ("modl", "float64", "greedy", {"modules": 2}, {}),
+    # networks compiled in place before DDP wraps the loss (torch.compile, inductor)
+    "compile-reversible-float32": ("modl", "float32", "reversible", {}, {"compile": True}),
     "greedy-replicas-float64": ("modl", "float64", "greedy", {"modules": 2, "replicas": 2}, {}),
     "bf16-backprop": ("modl", "float32", "backprop", {}, {"precision": "bf16-mixed"}),
     "bf16-greedy": ("modl", "float32", "greedy", {"modules": 2}, {"precision": "bf16-mixed"}),

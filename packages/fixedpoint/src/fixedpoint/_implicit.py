@@ -145,6 +145,9 @@ def _structure(cfg: _BackwardConfig, tensors: Any) -> State:
     return tuple(tensors) if cfg.is_tuple else tensors[0]
 
 
+# torch.compile runs this eagerly (a graph break): the solve loops on a data-dependent residual
+# test and the backward (a custom autograd.Function) solves its own fixed point with autograd.grad
+@torch.compiler.disable
 @in_full_precision
 def implicit(
     f: Callable[..., State],

@@ -6,6 +6,8 @@ import inspect
 from collections.abc import Callable
 from typing import Any, TypeAlias
 
+import torch
+
 from ._anderson import anderson
 from ._banach import banach
 from ._broyden import broyden
@@ -124,6 +126,8 @@ def check_options(name: str, solver: Solver, options: dict[str, Any]) -> None:
         )
 
 
+# torch.compile runs the solvers eagerly (a graph break): they loop on a data-dependent test
+@torch.compiler.disable
 @in_full_precision
 def solve(
     f: StateFn,

@@ -39,6 +39,7 @@ RESUMABLE = {
     "train.device",
     "train.num_workers",
     "train.progress",
+    "train.compile",  # torch.compile of the networks: the same training, another speed
     "task.maps_cache",
     "description",
 }

@@ -264,6 +264,9 @@ def _report(result: SolveResult, policy: str, max_iter: int, tol: float) -> None
     warnings.warn(message, ConvergenceWarning, stacklevel=3)
 
 
+# torch.compile runs CG eagerly (a graph break): its loop stops on a data-dependent residual test
+# and its implicit backward is a custom autograd.Function that runs another CG
+@torch.compiler.disable
 @in_full_precision
 def cg(
     apply_A: Callable[[Tensor], Tensor],

@@ -207,6 +207,10 @@ class ReversibleSequence(InvertibleModule):
     def __getitem__(self, index: int) -> InvertibleModule:
         return self.layers[index]  # type: ignore[return-value]
 
+    # torch.compile runs the engine eagerly (a graph break): its autograd.Function holds a Python
+    # plan and its backward rebuilds inputs and calls autograd.grad layer by layer (compiled
+    # layers inside still run compiled)
+    @torch.compiler.disable
     def forward(self, x: Tensor, *context: object) -> Tensor:
         if not isinstance(x, Tensor):
             raise TypeError(

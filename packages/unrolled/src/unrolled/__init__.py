@@ -21,6 +21,7 @@ from . import tasks as tasks
 from . import training as training
 from ._base import InvertibleStage, PlainStage, Stage, StageContext, UnrolledModel
 from ._batch import Batch
+from ._compile import compile_networks, network_names
 from ._strategy import STRATEGIES, Strategy, StrategyName, as_strategy
 from .models import (
     CS_EXTRA,
@@ -154,6 +155,7 @@ __all__ = [
     "as_strategy",
     "batch_indices",
     "build_prior",
+    "compile_networks",
     "count_parameters",
     "cs_reconstruct",
     "cs_reconstruct_cine",
@@ -169,6 +171,7 @@ __all__ = [
     "load_run_weights",
     "lu_dncnn",
     "make_dataset",
+    "network_names",
     "nrmse",
     "prepare_coil_maps",
     "pretrain_denoiser",

@@ -325,6 +325,9 @@ class UnrolledModel(nn.Module):
             if not bool(torch.isfinite(x0).all()):
                 raise ValueError("x0 (the initial image) contains NaN or inf values")
 
+    # torch.compile runs this eagerly (a graph break): the input checks read values on the host
+    # and the physics' complex views cannot enter a graph (see unrolled._compile)
+    @torch.compiler.disable
     def prepare(self, y: Tensor, physics: nn.Module, x0: Tensor | None) -> tuple[Any, StageContext]:
         """Return the checked inputs as the first state and the stages' context ``(y, physics)``.
 

@@ -43,6 +43,9 @@ def _restoring(buffers: list[torch.Tensor]) -> Iterator[None]:
                 b.copy_(s)
 
 
+# torch.compile runs this eagerly (a graph break): dynamo cannot trace torch.utils.checkpoint with
+# a context_fn, which restores the BatchNorm statistics (compiled networks inside stay compiled)
+@torch.compiler.disable
 def checkpoint_segments(
     steps: Sequence[Callable[[Any], Any]],
     modules: Sequence[nn.Module],

@@ -118,6 +118,13 @@ def one_of(
     return value
 
 
+def boolean(name: str, value: object, hint: str = "") -> bool:
+    """``value`` if it is ``True`` or ``False`` (not 0, 1 or a string)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false{hint}, got {value!r}")
+    return value
+
+
 def unknown_name(kind: str, value: object, valid: Sequence[str], plural: str = "") -> ValueError:
     """Return the error of a registry lookup: ``"unknown prior 'x'; valid priors: a, b"``."""
     return ValueError(f"unknown {kind} {value!r}; valid {plural or kind + 's'}: {', '.join(valid)}")

@@ -49,6 +49,9 @@ Init = Literal["zeros", "adjoint"]
 _INITS = ("zeros", "adjoint")
 
 
+# torch.compile runs the physics eagerly (a graph break): torch 2.13 cannot take a complex view
+# (view_as_complex) into a graph as an input
+@torch.compiler.disable
 def data_gradient(physics: nn.Module, x: Tensor, y: Tensor) -> Tensor:
     r"""Return :math:`A^H(A x - y)`, the gradient of :math:`D(x) = \tfrac12 \|A x - y\|^2`.
 

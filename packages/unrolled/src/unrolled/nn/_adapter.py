@@ -107,7 +107,9 @@ class ImageAdapter:
         if h.dtype in (torch.float16, torch.bfloat16):
             h = h.float()
         if self.complex:
-            return torch.view_as_complex(h.movedim(1, -1).contiguous())
+            # a new tensor, not view_as_complex of a copy (the same one copy): torch.compile
+            # (2.13) fails on a complex view of a real tensor that enters a graph as an input
+            return torch.complex(h[:, 0], h[:, 1])
         if self.color_channels is None:
             return h.squeeze(1)
         return h

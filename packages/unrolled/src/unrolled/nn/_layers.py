@@ -115,6 +115,9 @@ class GradientStep(InvertibleModule):
     def _grad(self, image: Tensor, y: Tensor, physics: Any) -> Tensor:
         return cast(Tensor, physics.adjoint(physics(image) - y))
 
+    # torch.compile runs the physics eagerly (a graph break): torch 2.13 cannot take a complex view
+    # (view_as_complex) into a graph as an input, and CG loops on a data-dependent test
+    @torch.compiler.disable
     def forward(self, state: Tensor, *context: object) -> Tensor:
         y, physics = _context("GradientStep", context)
         x = self.adapter.from_net(state)
@@ -259,6 +262,9 @@ class CGStep(InvertibleModule):
             "often (checkpoint_every=None lets MoDL choose them) or train in float64."
         )
 
+    # torch.compile runs the physics eagerly (a graph break): torch 2.13 cannot take a complex view
+    # (view_as_complex) into a graph as an input, and CG loops on a data-dependent test
+    @torch.compiler.disable
     def forward(self, state: Tensor, *context: object) -> Tensor:
         y, physics = _context("CGStep", context)
         z = self.adapter.from_net(state)
@@ -277,6 +283,9 @@ class CGStep(InvertibleModule):
             self.cg_residual = worst if previous is None else torch.maximum(previous, worst)
         return self.adapter.to_net(result.x)
 
+    # torch.compile runs the physics eagerly (a graph break): torch 2.13 cannot take a complex view
+    # (view_as_complex) into a graph as an input, and CG loops on a data-dependent test
+    @torch.compiler.disable
     def inverse(self, state: Tensor, *context: object) -> Tensor:
         y, physics = _context("CGStep", context)
         x = self.adapter.from_net(state)

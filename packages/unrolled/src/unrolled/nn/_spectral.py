@@ -100,6 +100,9 @@ class SpectralNorm(nn.Module):
             self._v.copy_(F.normalize(mat.mT @ self._u, dim=0, eps=self.eps))
             self._u.copy_(F.normalize(mat @ self._v, dim=0, eps=self.eps))
 
+    # torch.compile runs this eagerly (a graph break): the once-per-change test reads the weight's
+    # data pointer and version counter, which dynamo cannot compare in a graph
+    @torch.compiler.disable
     def forward(self, weight: Tensor) -> Tensor:
         mat = weight.flatten(1)
         if self.training:

@@ -38,6 +38,7 @@ from revlayers import ReversibleSequence
 from .._base import Stage, StageContext, UnrolledModel
 from .._batch import Batch
 from .._checkpoint import checkpoint_segments
+from .._compile import compile_networks
 from .._strategy import Strategy
 from ._distributed import World
 from ._options import TrainOptions
@@ -382,9 +383,8 @@ class GreedyEngine:
         if self._at_home:
             self._place(home=False)
         with self.precision.step():
-            losses = self.trainer.train_step(
-                *self.model.prepare(batch.y, batch.physics, batch.x0), batch.target
-            )
+            state0, context = self.model.prepare(batch.y, batch.physics, batch.x0)
+            losses = self.trainer.train_step(state0, context, batch.target)
         for loss in losses:
             if not math.isfinite(loss):
                 raise FloatingPointError(
@@ -446,8 +446,11 @@ def make_engine(
     """Return the optimizer step of ``strategy``: GLEAM's greedy engine, else one Adam.
 
     ``world`` (default: this process alone) makes it data parallel or P-GLEAM; ``precision``
-    (default float32) its mixed precision.
+    (default float32) its mixed precision. ``opts.compile`` compiles the model's networks first
+    (in place, before ``DistributedDataParallel`` wraps the model).
     """
+    if opts.compile:
+        compile_networks(model)
     if strategy.name == "greedy":
         return GreedyEngine(model, loss_fn, opts, strategy, world=world, precision=precision)
     return PlainEngine(model, loss_fn, opts, world=world, precision=precision)

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch.utils.data import Sampler
 
-from .._validate import finite_number, nonnegative_int, positive_int, unknown_name
+from .._validate import boolean, finite_number, nonnegative_int, positive_int, unknown_name
 from ._logger import check_logger
 from ._metrics import get_loss
 from ._precision import check_precision
@@ -80,6 +80,14 @@ class TrainOptions:
         ``"csv"`` (the run folder's ``log.csv`` and ``val.csv``, always written) or
         ``"tensorboard"``: also TensorBoard event files in ``run_dir/tensorboard`` (needs the
         extra ``memroll-unrolled[tensorboard]`` and ``run_dir``).
+    compile:
+        Compile the model's learned networks (its priors) with ``torch.compile`` before training
+        (:func:`unrolled.compile_networks`): in place, before ``DistributedDataParallel`` wraps
+        the model, so parameters and checkpoints are unchanged and a resumed run may switch it.
+        The physics, CG, the fixed-point solvers and the reversible engine stay eager (they loop
+        on data-dependent tests or are custom autograd Functions). The first steps pay the
+        compilation (tens of seconds on a CPU); the networks stay compiled after training. Step
+        times compiled / eager are in the README's "torch.compile" section.
     """
 
     steps: int = 100
@@ -108,6 +116,7 @@ class TrainOptions:
     strategy_options: dict[str, Any] = field(default_factory=dict)
     precision: str = "fp32"
     logger: str = "csv"
+    compile: bool = False
 
     @classmethod
     def from_kwargs(cls, options: dict[str, Any]) -> TrainOptions:
@@ -177,6 +186,7 @@ class TrainOptions:
                 "checkpoint_every needs run_dir, the folder to write checkpoint.pt into"
             )
         check_precision(self.precision)
+        boolean("compile", self.compile, " (torch.compile the networks)")
         check_logger(self.logger)
         if self.logger != "csv" and self.run_dir is None:
             raise ValueError(

@@ -38,7 +38,7 @@ def check_resume(saved: dict[str, Any], opts: TrainOptions, strategy: Strategy) 
             raise ValueError(
                 f"cannot resume: option {key}={new!r} differs from the run's {key}={old!r}; "
                 "resume with the run's options (only steps, device, num_workers, progress, "
-                "val_every, checkpoint_every and log_every may change)"
+                "val_every, checkpoint_every, log_every and compile may change)"
             )
     placement = ("devices", "replicas")  # where modules run, not what is trained
     saved_strategy = {**asdict(Strategy()), **saved["strategy"]}
