@@ -234,7 +234,10 @@ class ConvSpectralNorm(nn.Module):
     @torch.no_grad()
     def _restart(self, weight: Tensor, input_shape: tuple[int, ...]) -> None:
         """Draw new estimates for inputs of ``input_shape``, then run ``init_iterations``."""
-        v = weight.new_empty(input_shape).normal_()
+        # a fixed start (its own generator): the estimate depends on the weight and the shape
+        # only, so twin models agree, and the global RNG stream (data, masks) is left alone
+        start = torch.Generator().manual_seed(0)
+        v = torch.randn(input_shape, generator=start, dtype=weight.dtype).to(weight.device)
         self._v = v / v.norm().clamp_min(self.eps)
         u = self.conv(self._v, weight)
         self._u = u / u.norm().clamp_min(self.eps)
