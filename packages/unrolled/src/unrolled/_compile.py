@@ -4,7 +4,7 @@ What is compiled and what is not:
 
 * compiled: every *network* of the model, the largest submodules with parameters that are not
   part of its structure (stages, invertible layers, prior wrappers, module lists) and define a
-  ``forward`` of their own: the priors of :func:`~unrolled.nn.build_prior` (a coupling's or an
+  ``forward`` of their own: the priors of :func:`~unrolled.build_prior` (a coupling's or an
   invertible residual's function, ``ResidualCNN``, ``ResBlockProx``, ``DnCNN``), i-RIM's residual
   blocks, the RIM's GRU cells, the parts of LUSER's block;
 * not compiled: the physics and everything with a data-dependent loop or a custom
@@ -78,8 +78,8 @@ def compile_networks(model: nn.Module, **options: Any) -> list[str]:
         docstring).
     **options:
         Arguments of :func:`torch.compile` (``fullgraph``, ``backend``, ``mode``, ``dynamic``).
-        ``fullgraph=True`` holds for every prior of :func:`~unrolled.nn.build_prior` and i-RIM's
-        blocks; networks with :class:`~unrolled.nn.SpectralNorm` (DEQ, LUSER) break their graph
+        ``fullgraph=True`` holds for every prior of :func:`~unrolled.build_prior` and i-RIM's
+        blocks; networks with :class:`~unrolled.SpectralNorm` (DEQ, LUSER) break their graph
         where the power iteration checks whether the weight changed (a data-pointer
         comparison).
 

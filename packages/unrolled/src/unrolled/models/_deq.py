@@ -26,7 +26,7 @@ through the solver's iterations, memory growing with them: the reference). ``"ch
 The paper's DnCNN has BatchNorm (LUSER Table 3 counts DEQ4IP like LU-DnCNN: 556,033 parameters on
 CT): ``batchnorm=True`` gives exactly that count. A fixed point under batch statistics would couple
 the samples of a batch and move the running statistics at every solver iteration, so the
-BatchNorm of a DEQ is :class:`~unrolled.nn.EquilibriumBatchNorm`: the map normalises by the running
+BatchNorm of a DEQ is ``unrolled.nn.EquilibriumBatchNorm``: the map normalises by the running
 statistics (in training mode too), and the statistics are updated once per training forward, by
 one pass of the prox without gradients at the fixed point it found. The map is then a fixed
 function between optimizer steps, what the implicit backward pass differentiates. Without
@@ -107,7 +107,7 @@ class DEQ(EquilibriumModel):
         stabilisation; default).
     batchnorm:
         The paper's BatchNorm after every hidden convolution (convolutions without bias; 556,033
-        parameters on CT), as :class:`~unrolled.nn.EquilibriumBatchNorm` (see above).
+        parameters on CT), as ``unrolled.nn.EquilibriumBatchNorm`` (see above).
     contraction:
         ``None`` (the paper's prox) or ``c`` in (0, 1]: the prox becomes
         :math:`\tfrac{c}{2}(z - \mathrm{body}(z))`, Lipschitz constant at most ``c`` with

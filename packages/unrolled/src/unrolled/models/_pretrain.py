@@ -54,7 +54,7 @@ def pretrain_denoiser(
 
     Notes
     -----
-    The prox trains as a feed-forward network: its :class:`~unrolled.nn.EquilibriumBatchNorm`
+    The prox trains as a feed-forward network: its ``unrolled.nn.EquilibriumBatchNorm``
     layers act as plain training-mode BatchNorm (batch statistics, gradients through them,
     running statistics updated), and the fixed-point map then normalises by the running
     statistics they collected. The model is left in the mode it was in.

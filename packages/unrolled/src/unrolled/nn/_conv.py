@@ -191,7 +191,7 @@ class DnCNN(nn.Module):
         Wrap every convolution in spectral normalisation by its operator norm
         (:func:`spectral_norm`; DEQ4IP's and LUSER's stabilisation).
     running_stats:
-        With ``batchnorm``: :class:`EquilibriumBatchNorm` (running statistics in training mode
+        With ``batchnorm``: ``EquilibriumBatchNorm`` (running statistics in training mode
         too) in place of ``nn.BatchNorm``, for a DnCNN inside a fixed-point map.
     """
 
