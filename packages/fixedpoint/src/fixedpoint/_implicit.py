@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from ._precision import in_full_precision
+from ._precision import compiled_eagerly, in_full_precision
 from ._result import FixedPointResult, OnFailure, StopMode
 from ._solve import (
     check_options,
@@ -147,7 +147,7 @@ def _structure(cfg: _BackwardConfig, tensors: Any) -> State:
 
 # torch.compile runs this eagerly (a graph break): the solve loops on a data-dependent residual
 # test and the backward (a custom autograd.Function) solves its own fixed point with autograd.grad
-@torch.compiler.disable
+@compiled_eagerly
 @in_full_precision
 def implicit(
     f: Callable[..., State],

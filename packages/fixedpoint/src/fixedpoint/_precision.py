@@ -13,12 +13,12 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import Tensor
 
-__all__ = ["in_full_precision"]
+__all__ = ["compiled_eagerly", "in_full_precision"]
 
 _HALF = {
     torch.float16: torch.float32,
@@ -74,3 +74,11 @@ def in_full_precision(fn: F) -> F:
             return fn(*(_upcast(a) for a in args), **{k: _upcast(v) for k, v in kwargs.items()})
 
     return wrapper  # type: ignore[return-value]
+
+
+def compiled_eagerly(fn: F) -> F:
+    """Return ``torch.compiler.disable(fn)``, typed as ``fn`` (torch's annotation says ``Any``).
+
+    ``torch.compile`` then breaks its graph at ``fn`` and runs it eagerly.
+    """
+    return cast(F, torch.compiler.disable(fn))

@@ -6,12 +6,10 @@ import inspect
 from collections.abc import Callable
 from typing import Any, TypeAlias
 
-import torch
-
 from ._anderson import anderson
 from ._banach import banach
 from ._broyden import broyden
-from ._precision import in_full_precision
+from ._precision import compiled_eagerly, in_full_precision
 from ._result import FixedPointResult, OnFailure, StopMode
 from ._state import State, StateFn
 from ._validate import boolean
@@ -127,7 +125,7 @@ def check_options(name: str, solver: Solver, options: dict[str, Any]) -> None:
 
 
 # torch.compile runs the solvers eagerly (a graph break): they loop on a data-dependent test
-@torch.compiler.disable
+@compiled_eagerly
 @in_full_precision
 def solve(
     f: StateFn,

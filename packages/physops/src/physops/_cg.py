@@ -45,7 +45,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from physops._linop import LinearOperator, ensure_operator
-from physops._precision import in_full_precision
+from physops._precision import compiled_eagerly, in_full_precision
 from physops._validate import finite_number, integer, known_name, nonnegative_int
 
 __all__ = ["ConvergenceError", "ConvergenceWarning", "SolveResult", "cg", "least_squares"]
@@ -266,7 +266,7 @@ def _report(result: SolveResult, policy: str, max_iter: int, tol: float) -> None
 
 # torch.compile runs CG eagerly (a graph break): its loop stops on a data-dependent residual test
 # and its implicit backward is a custom autograd.Function that runs another CG
-@torch.compiler.disable
+@compiled_eagerly
 @in_full_precision
 def cg(
     apply_A: Callable[[Tensor], Tensor],

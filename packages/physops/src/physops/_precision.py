@@ -16,12 +16,12 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import Tensor
 
-__all__ = ["autocast_active", "full_precision", "in_full_precision", "upcast"]
+__all__ = ["autocast_active", "compiled_eagerly", "full_precision", "in_full_precision", "upcast"]
 
 _HALF = {
     torch.float16: torch.float32,
@@ -77,3 +77,11 @@ def in_full_precision(fn: F) -> F:
 
     wrapper._physops_full_precision = True  # type: ignore[attr-defined]
     return wrapper  # type: ignore[return-value]
+
+
+def compiled_eagerly(fn: F) -> F:
+    """Return ``torch.compiler.disable(fn)``, typed as ``fn`` (torch's annotation says ``Any``).
+
+    ``torch.compile`` then breaks its graph at ``fn`` and runs it eagerly.
+    """
+    return cast(F, torch.compiler.disable(fn))

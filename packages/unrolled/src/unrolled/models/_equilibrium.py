@@ -209,7 +209,7 @@ def equilibrium(
         f,
         z0,
         *params,
-        backward=mode,  # "unrolled": autograd through the iterations
+        backward=mode,  # type: ignore[arg-type]  # "unrolled": autograd through the iterations
         method=solver.method,
         tol=solver.tol,
         max_iter=solver.max_iter,
@@ -222,7 +222,7 @@ def equilibrium(
         diagnostics=diagnostics,
         **solver.options,
     )
-    return out
+    return out  # type: ignore[return-value]  # a tensor state in, a tensor out
 
 
 class EquilibriumStage(Stage):
