@@ -48,6 +48,14 @@ TINY: dict[str, tuple[str, ...]] = {
     "mel_modl": (*_MODL, "eval.cs_iterations=3"),
     "mel_fpm": ("task.image_size=16", "model.iterations=2", "model.num_measurements=2"),
     "luser_deblur": _LUSER,
+    "deq4ip_deblur": (
+        "task.image_size=16",
+        "model.features=8",
+        "model.depth=4",
+        'model.solver={method = "anderson", tol = 1e-3, max_iter = 10, on_failure = "ignore"}',
+        "pretrain.steps=2",
+        "pretrain.batch_size=1",
+    ),
     "luser_ct": (*_LUSER, "task.num_angles=60", "task.keep_angles=12"),
     "luser_mri": _LUSER,
     "irim_2d": (
